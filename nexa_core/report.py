@@ -1,0 +1,62 @@
+"""Human-readable text for plans (the CLI's table); the app renders the same Plan with plotly."""
+
+from __future__ import annotations
+
+from nexa_core.memory import GIB
+from nexa_core.planner import Plan
+
+
+def gib(n: int) -> str:
+    return f"{n / GIB:8.2f}"
+
+
+def plan_rows(plan: Plan) -> list[dict[str, object]]:
+    """One row per layout, in GiB: the table shown by the CLI and the Plan page."""
+    rows = []
+    for e in plan.estimates:
+        g, h = e.per_gpu, e.host
+        rows.append(
+            {
+                "option": e.label,
+                "params GiB": round(g.params_bytes / GIB, 3),
+                "gradients GiB": round(g.gradients_bytes / GIB, 3),
+                "optimizer GiB": round(g.optimizer_bytes / GIB, 3),
+                "activations GiB": round(g.activations_bytes / GIB, 3),
+                "overhead GiB": round(g.overhead_bytes / GIB, 3),
+                "per-GPU total GiB": round(g.total_bytes / GIB, 3),
+                "host total GiB": round(h.total_bytes / GIB, 3),
+                "fits": "yes" if e.fits else "no",
+            }
+        )
+    return rows
+
+
+def plan_text(plan: Plan) -> str:
+    s = plan.size
+    cfg = plan.config
+    where = f"{plan.gpus_per_node} GPU(s)/node × {cfg.nodes} node(s)" if plan.gpus_per_node else f"CPU only × {cfg.nodes} node(s)"
+    lines = [
+        f"Model: {cfg.model or 'hypothetical'}   task: {cfg.task}   precision: {plan.precision}   {where}",
+        f"Parameters: {s.params:,}   trainable: {s.trainable_params:,}   largest layer: {s.largest_layer_params:,}",
+        f"Batch {cfg.batch_size} × seq {cfg.seq_len}"
+        + ("   gradient checkpointing" if cfg.gradient_checkpointing else "")
+        + (f"   LoRA r={cfg.lora_rank}" if cfg.lora else ""),
+        "",
+    ]
+    header = (
+        f"{'option':28s} {'params':>8s} {'grads':>8s} {'optim':>8s} {'activ':>8s} {'overhd':>8s} "
+        f"{'GPU tot':>8s} {'host tot':>8s}  fits"
+    )
+    lines += [header + "   (GiB; GPU columns per GPU, host per node)", "-" * len(header)]
+    for e in plan.estimates:
+        source = e.per_gpu if plan.gpus_per_node else e.host
+        lines.append(
+            f"{e.label:28s} {gib(source.params_bytes)} {gib(source.gradients_bytes)} {gib(source.optimizer_bytes)} "
+            f"{gib(source.activations_bytes)} {gib(source.overhead_bytes)} {gib(e.per_gpu.total_bytes)} "
+            f"{gib(e.host.total_bytes)}  {'yes' if e.fits else 'no'}"
+        )
+    if not plan.gpus_per_node:
+        lines.append("(CPU-only: the component columns show host bytes)")
+    lines += ["", "Recommendation: " + plan.recommendation.reason]
+    lines += [f"Note: {n}" for n in plan.notes]
+    return "\n".join(lines)
