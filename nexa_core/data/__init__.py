@@ -1,0 +1,1 @@
+"""Bundled synthetic utility-domain datasets and the deterministic scripts that generate them."""
