@@ -301,30 +301,37 @@ class PairCollator:
     """Pads anchor and positive sides separately (each to its own longest sequence)."""
 
     tokenizer: Any
+    pad_to_multiple_of: int | None = None
 
     def __call__(self, features: list[dict]) -> dict[str, Any]:
         out, keys = {}, ("input_ids", "attention_mask")
         for side in ("anchor", "positive"):
             batch = self.tokenizer.pad(
-                [{k: f[f"{side}_{k}"] for k in keys} for f in features], return_tensors="pt"
+                [{k: f[f"{side}_{k}"] for k in keys} for f in features],
+                return_tensors="pt",
+                pad_to_multiple_of=self.pad_to_multiple_of,
             )
             out.update({f"{side}_{k}": batch[k] for k in keys})
         return out
 
 
-def make_collator(task: Task | str, tokenizer: Any):
-    """The batch collator for a task (pads dynamically; causal-lm masks padding in labels with -100)."""
+def make_collator(task: Task | str, tokenizer: Any, pad_to: int | None = None):
+    """The batch collator for a task (pads dynamically; causal-lm masks padding in labels with -100).
+
+    ``pad_to``: pad every batch to exactly this length (sequences are already truncated to it), as
+    a probe run does to measure memory at the longest sequence length.
+    """
     import transformers
 
     task = Task.parse(task, "task")
     ensure_pad_token(tokenizer)
     if task is Task.NER:  # pads labels with -100
-        return transformers.DataCollatorForTokenClassification(tokenizer)
+        return transformers.DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=pad_to)
     if task is Task.CLASSIFICATION:
-        return transformers.DataCollatorWithPadding(tokenizer)
+        return transformers.DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to)
     if task is Task.CAUSAL_LM:  # labels = input_ids, padding -> -100 (the model shifts them itself)
-        return transformers.DataCollatorForLanguageModeling(tokenizer, mlm=False)
-    return PairCollator(tokenizer)
+        return transformers.DataCollatorForLanguageModeling(tokenizer, mlm=False, pad_to_multiple_of=pad_to)
+    return PairCollator(tokenizer, pad_to)
 
 
 @dataclass
@@ -345,6 +352,7 @@ def build_dataloaders(
     seq_len: int,
     seed: int = 0,
     max_bytes: int = LIMIT_BYTES,
+    pad_to_seq_len: bool = False,
 ) -> DataBundle:
     """Load (bundled files for None paths), validate, tokenise and wrap in DataLoaders.
 
@@ -366,18 +374,31 @@ def build_dataloaders(
         train_records = load_records(train_path or default_train, task, max_bytes=max_bytes)
     except ConfigError as exc:
         problems += exc.problems
-    label_names = label_names_for(task, train_records)
-    try:  # eval labels must be ones the model is trained on
-        known = label_names if train_records and task in (Task.NER, Task.CLASSIFICATION) else None
-        eval_records = load_records(eval_path or default_eval, task, max_bytes=max_bytes, label_names=known)
-    except ConfigError as exc:
-        problems += exc.problems
+    if train_path is not None and eval_path is None and len(train_records) >= 2:
+        # The user's own data with no validation file: hold out 10 % of it (seeded), since the
+        # bundled validation set has other labels.
+        import random
+
+        order = list(range(len(train_records)))
+        random.Random(seed).shuffle(order)
+        cut = max(1, len(order) // 10)
+        eval_records = [train_records[i] for i in order[:cut]]
+        train_records = [train_records[i] for i in order[cut:]]
+    label_names = label_names_for(task, train_records + eval_records)
+    if not eval_records:
+        try:  # eval labels must be ones the model is trained on
+            known = label_names if train_records and task in (Task.NER, Task.CLASSIFICATION) else None
+            eval_records = load_records(
+                eval_path or default_eval, task, max_bytes=max_bytes, label_names=known
+            )
+        except ConfigError as exc:
+            problems += exc.problems
     if problems:
         raise ConfigError(problems)
     train_ds, eval_ds = build_datasets(
         task, tokenizer, train_records, eval_records, seq_len=seq_len, label_names=label_names
     )
-    collate = make_collator(task, tokenizer)
+    collate = make_collator(task, tokenizer, seq_len if pad_to_seq_len else None)
     # A seeded generator fixes the shuffle order per epoch, so a resumed run can replay it.
     generator = torch.Generator().manual_seed(seed)
     train = DataLoader(train_ds, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=collate)

@@ -11,7 +11,7 @@ class _Choice(str, Enum):
         return [m.value for m in cls]
 
     @classmethod
-    def parse(cls, value: object, field: str) -> "_Choice":
+    def parse(cls, value: object, field: str) -> _Choice:
         """Turn user input into a member, or raise ValueError naming the field and choices."""
         if isinstance(value, cls):
             return value

@@ -50,7 +50,9 @@ def list_gpus() -> tuple[Gpu, ...]:
             handle = pynvml.nvmlDeviceGetHandleByIndex(i)
             mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
             name = pynvml.nvmlDeviceGetName(handle)
-            gpus.append(Gpu(i, name.decode() if isinstance(name, bytes) else name, int(mem.total), int(mem.free)))
+            gpus.append(
+                Gpu(i, name.decode() if isinstance(name, bytes) else name, int(mem.total), int(mem.free))
+            )
         return tuple(gpus)
     finally:
         pynvml.nvmlShutdown()

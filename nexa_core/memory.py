@@ -51,7 +51,13 @@ class Breakdown:
 
     @property
     def total_bytes(self) -> int:
-        return self.params_bytes + self.gradients_bytes + self.optimizer_bytes + self.activations_bytes + self.overhead_bytes
+        return (
+            self.params_bytes
+            + self.gradients_bytes
+            + self.optimizer_bytes
+            + self.activations_bytes
+            + self.overhead_bytes
+        )
 
     def to_dict(self) -> dict[str, int]:
         return {**asdict(self), "total_bytes": self.total_bytes}
@@ -142,7 +148,9 @@ def model_states_bytes(
         # ZeRO-Infinity parameter offload: the 16-bit partition lives on host; the GPU keeps only
         # the gathered live layer (DeepSpeed's estimator: gpu_mem = 4 * largest_layer_params).
         host = Breakdown(
-            params_bytes=compute_params, gradients_bytes=host.gradients_bytes, optimizer_bytes=host.optimizer_bytes
+            params_bytes=compute_params,
+            gradients_bytes=host.gradients_bytes,
+            optimizer_bytes=host.optimizer_bytes,
         )
         compute_params = 0
     gpu = Breakdown(
@@ -233,7 +241,9 @@ def per_rank_estimate(
     states = model_states_bytes(params, trainable, largest_layer, precision, layout)
     acts = 0
     if arch is not None:
-        acts = activation_bytes(arch, batch_size, seq_len, precision, gradient_checkpointing, task, num_labels)
+        acts = activation_bytes(
+            arch, batch_size, seq_len, precision, gradient_checkpointing, task, num_labels
+        )
     buffers = deepspeed_buffer_bytes(arch, precision, layout)
     k = layout.ranks_per_node
     c = calibration

@@ -154,7 +154,11 @@ def _resolve_hub(name: str) -> ResolvedModel:
     try:
         config = AutoConfig.from_pretrained(name).to_dict()
     except Exception as exc:  # the hub client raises many types (offline, 404, gated, timeout)
-        why = "the hub is offline (HF_HUB_OFFLINE=1)" if offline else f"the hub did not answer ({type(exc).__name__})"
+        why = (
+            "the hub is offline (HF_HUB_OFFLINE=1)"
+            if offline
+            else f"the hub did not answer ({type(exc).__name__})"
+        )
         some = ", ".join(list(catalogue())[:4])
         raise ConfigError(
             [
@@ -191,7 +195,9 @@ def architecture_of(config) -> Architecture:
         num_kv_heads=int(getattr(config, "num_key_value_heads", None) or heads),
         intermediate_size=int(inter),
         vocab_size=int(config.vocab_size),
-        max_positions=int(getattr(config, "max_position_embeddings", 0) or getattr(config, "n_positions", 0) or 0),
+        max_positions=int(
+            getattr(config, "max_position_embeddings", 0) or getattr(config, "n_positions", 0) or 0
+        ),
         gated_mlp=config.model_type in {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3"},
     )
 
@@ -231,7 +237,9 @@ def lora_config(task: Task, rank: int):
     from peft import LoraConfig, TaskType
 
     # target_modules=None lets peft pick the attention projections it knows for the architecture
-    return LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, task_type=getattr(TaskType, _PEFT_TASK[task]))
+    return LoraConfig(
+        r=rank, lora_alpha=2 * rank, lora_dropout=0.0, task_type=getattr(TaskType, _PEFT_TASK[task])
+    )
 
 
 def build_meta_model(resolved: ResolvedModel, task: Task, num_labels: int, lora_rank: int | None = None):
@@ -243,9 +251,13 @@ def build_meta_model(resolved: ResolvedModel, task: Task, num_labels: int, lora_
     try:
         with torch.device("meta"):
             model = cls.from_config(config)
-    except ValueError as exc:  # transformers' "Unrecognized configuration class ... for this kind of AutoModel"
+    except (
+        ValueError
+    ) as exc:  # transformers' "Unrecognized configuration class ... for this kind of AutoModel"
         raise ConfigError(
-            [f"task: {task.value} is not supported for {resolved.name} ({config.model_type}): {str(exc)[:160]}"]
+            [
+                f"task: {task.value} is not supported for {resolved.name} ({config.model_type}): {str(exc)[:160]}"
+            ]
         ) from None
     if lora_rank:
         from peft import get_peft_model

@@ -10,7 +10,15 @@ from typing import Any
 from nexa_core import hardware
 from nexa_core.enums import Precision, Task
 from nexa_core.errors import raise_if
-from nexa_core.memory import DEFAULT_CALIBRATION, GIB, Breakdown, Calibration, Layout, layouts, per_rank_estimate
+from nexa_core.memory import (
+    DEFAULT_CALIBRATION,
+    GIB,
+    Breakdown,
+    Calibration,
+    Layout,
+    layouts,
+    per_rank_estimate,
+)
 from nexa_core.models import DEFAULT_MODEL, ModelSize, hypothetical_size, size_model, validate_model_name
 
 SAFETY_MARGIN = 0.10  # keep 10 % of the memory free: estimates are not exact and allocators fragment
@@ -70,8 +78,12 @@ class PlanConfig:
             problems += _int_in_range("gpus", self.gpus, 0, MAX_GPUS_PER_NODE)
         for name in ("gpu_memory_gb", "host_memory_gb"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0):
-                problems.append(f"{name} (--{name.replace('_', '-')}): must be a positive number of GiB, got {value!r}")
+            if value is not None and (
+                not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0
+            ):
+                problems.append(
+                    f"{name} (--{name.replace('_', '-')}): must be a positive number of GiB, got {value!r}"
+                )
         raise_if(problems)
 
 
@@ -182,7 +194,9 @@ def speed_rank(layout: Layout) -> tuple[int, int]:
     return (offload, layout.zero_stage)
 
 
-def make_plan(config: PlanConfig, hw: hardware.Hardware | None = None, calibration: Calibration | None = None) -> Plan:
+def make_plan(
+    config: PlanConfig, hw: hardware.Hardware | None = None, calibration: Calibration | None = None
+) -> Plan:
     """Estimate every layout and recommend the fastest that fits. Raises ConfigError on bad input."""
     calibration = calibration or DEFAULT_CALIBRATION
     needs_hw = config.gpus is None or config.host_memory_gb is None or config.gpu_memory_gb is None
@@ -193,16 +207,22 @@ def make_plan(config: PlanConfig, hw: hardware.Hardware | None = None, calibrati
 
     if config.params is not None:
         size = hypothetical_size(config.params)
-        notes.append("hypothetical model (--params): model states only; activations omitted (no architecture)")
+        notes.append(
+            "hypothetical model (--params): model states only; activations omitted (no architecture)"
+        )
     else:
         assert config.model is not None  # validated in PlanConfig
-        size = size_model(config.model, config.task, config.num_labels, config.lora_rank if config.lora else None)
+        size = size_model(
+            config.model, config.task, config.num_labels, config.lora_rank if config.lora else None
+        )
 
     if config.gpu_memory_gb is not None:
         gpu_budget = int(config.gpu_memory_gb * GIB)
     else:
         gpu_budget = hw.min_gpu_free_bytes
-    host_budget = int(config.host_memory_gb * GIB) if config.host_memory_gb is not None else hw.host_available_bytes
+    host_budget = (
+        int(config.host_memory_gb * GIB) if config.host_memory_gb is not None else hw.host_available_bytes
+    )
     if gpus and not gpu_budget:
         notes.append("no GPU detected to measure free memory: pass --gpu-memory-gb to check the fit")
     if not gpus:
@@ -231,7 +251,15 @@ def make_plan(config: PlanConfig, hw: hardware.Hardware | None = None, calibrati
             fit_notes.append(f"needs {_gib(host_b.total_bytes)} host RAM of {_gib(host_budget)}")
         estimates.append(Estimate(layout, gpu_b, host_b, not fit_notes, tuple(fit_notes)))
     return Plan(
-        config, size, precision, gpus, gpu_budget, host_budget, tuple(estimates), recommend(estimates, gpus), tuple(notes)
+        config,
+        size,
+        precision,
+        gpus,
+        gpu_budget,
+        host_budget,
+        tuple(estimates),
+        recommend(estimates, gpus),
+        tuple(notes),
     )
 
 
@@ -257,9 +285,15 @@ def recommend(estimates: list[Estimate], gpus: int) -> Recommendation:
         "mean less communication and no CPU optimizer step, so faster steps."
     )
     if choice.layout.ranks == 1 and choice.layout.zero_stage == 0:
-        reason += " With a single rank, ZeRO stages 1-3 have nothing to partition across, so stage 0 is enough."
+        reason += (
+            " With a single rank, ZeRO stages 1-3 have nothing to partition across, so stage 0 is enough."
+        )
     if skipped:
-        reason += " Faster options that do not fit: " + "; ".join(f"{e.label} {', '.join(e.fit_notes)}" for e in skipped) + "."
+        reason += (
+            " Faster options that do not fit: "
+            + "; ".join(f"{e.label} {', '.join(e.fit_notes)}" for e in skipped)
+            + "."
+        )
     return Recommendation(choice.layout, reason)
 
 

@@ -34,7 +34,11 @@ def plan_rows(plan: Plan) -> list[dict[str, object]]:
 def plan_text(plan: Plan) -> str:
     s = plan.size
     cfg = plan.config
-    where = f"{plan.gpus_per_node} GPU(s)/node × {cfg.nodes} node(s)" if plan.gpus_per_node else f"CPU only × {cfg.nodes} node(s)"
+    where = (
+        f"{plan.gpus_per_node} GPU(s)/node × {cfg.nodes} node(s)"
+        if plan.gpus_per_node
+        else f"CPU only × {cfg.nodes} node(s)"
+    )
     lines = [
         f"Model: {cfg.model or 'hypothetical'}   task: {cfg.task}   precision: {plan.precision}   {where}",
         f"Parameters: {s.params:,}   trainable: {s.trainable_params:,}   largest layer: {s.largest_layer_params:,}",

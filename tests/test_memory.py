@@ -41,18 +41,28 @@ def test_zero3_matches_deepspeed_estimator(gpus, nodes):
     _, ds, _ = estimate_zero3_model_states_mem_needs(PSI, LARGEST, gpus, nodes, cpu_offload=False)
     # DeepSpeed's ZeRO-3 estimator counts 18 bytes/param where its ZeRO-2 one counts 2 + 18: it leaves
     # out the 16-bit gradient partition (stage3.py grads_in_partition). We keep it (docs/MEMORY.md).
-    assert gpu_states(3, False, False, gpus, nodes).gpu.total_bytes - 2 * PSI // n == pytest.approx(ds, abs=16)
-    _, ds, _ = estimate_zero3_model_states_mem_needs(PSI, LARGEST, gpus, nodes, cpu_offload=True, cpu_offload_params=False)
+    assert gpu_states(3, False, False, gpus, nodes).gpu.total_bytes - 2 * PSI // n == pytest.approx(
+        ds, abs=16
+    )
+    _, ds, _ = estimate_zero3_model_states_mem_needs(
+        PSI, LARGEST, gpus, nodes, cpu_offload=True, cpu_offload_params=False
+    )
     assert gpu_states(3, True, False, gpus, nodes).gpu.total_bytes == pytest.approx(ds, abs=16)
-    _, ds, _ = estimate_zero3_model_states_mem_needs(PSI, LARGEST, gpus, nodes, cpu_offload=True, cpu_offload_params=True)
+    _, ds, _ = estimate_zero3_model_states_mem_needs(
+        PSI, LARGEST, gpus, nodes, cpu_offload=True, cpu_offload_params=True
+    )
     assert gpu_states(3, True, True, gpus, nodes).gpu.total_bytes == ds
 
 
-@pytest.mark.parametrize("stage,offload_param,ds_bytes_per_param", [(2, False, 16), (3, False, 16), (3, True, 18)])
+@pytest.mark.parametrize(
+    "stage,offload_param,ds_bytes_per_param", [(2, False, 16), (3, False, 16), (3, True, 18)]
+)
 def test_offloaded_host_bytes_match_deepspeed_single_gpu(stage, offload_param, ds_bytes_per_param):
     # DeepSpeed (zero_init): cpu_mem = params * {16, 18} * 1.5 on one GPU.
     layout = Layout(stage, True, offload_param, 1, 1)
-    _, host = per_rank_estimate(PSI, PSI, LARGEST, None, Precision.FP16, layout, 1, 1, False, Task.NER, 7, NO_BUFFERS)
+    _, host = per_rank_estimate(
+        PSI, PSI, LARGEST, None, Precision.FP16, layout, 1, 1, False, Task.NER, 7, NO_BUFFERS
+    )
     assert host.total_bytes == pytest.approx(PSI * ds_bytes_per_param * 1.5, rel=1e-6)
 
 
@@ -127,7 +137,9 @@ def test_layouts_cover_each_allowed_offload():
 
 def test_cpu_only_puts_everything_on_host():
     layout = Layout(0, False, False, 0, 1)
-    gpu, host = per_rank_estimate(PSI, PSI, LARGEST, GPT2_LIKE, Precision.FP32, layout, 1, 128, False, Task.NER, 7)
+    gpu, host = per_rank_estimate(
+        PSI, PSI, LARGEST, GPT2_LIKE, Precision.FP32, layout, 1, 128, False, Task.NER, 7
+    )
     assert gpu.total_bytes == 0
     assert host.params_bytes == 4 * PSI and host.activations_bytes > 0
 

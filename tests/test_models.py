@@ -37,7 +37,9 @@ def test_catalogue_has_the_required_entries():
         "distilbert-base-uncased", "gpt2-medium", "gpt2-large",
     }  # fmt: skip
     assert required <= set(CATALOGUE)
-    decoders = [e for e in models.catalogue().values() if e.config["model_type"] in ("llama", "mistral", "qwen2")]
+    decoders = [
+        e for e in models.catalogue().values() if e.config["model_type"] in ("llama", "mistral", "qwen2")
+    ]
     assert len(decoders) >= 4
     assert all(e.source for e in models.catalogue().values())
 
@@ -85,7 +87,9 @@ def test_lora_keeps_the_task_head_trainable():
     lora = models.size_model(models.DEFAULT_MODEL, Task.NER, 7, 8)
     head = 384 * 7 + 7
     assert lora.trainable_params == 6 * 2 * (2 * 8 * 384) + head
-    assert lora.params == plain.params + 6 * 2 * (2 * 8 * 384) + head  # peft keeps a trainable copy of the head
+    assert (
+        lora.params == plain.params + 6 * 2 * (2 * 8 * 384) + head
+    )  # peft keeps a trainable copy of the head
 
 
 def test_local_folder_with_config(tmp_path):

@@ -13,7 +13,9 @@ ONE_GPU = hardware.Hardware((hardware.Gpu(0, "Test GPU", 16 * GIB, 15 * GIB),), 
 
 def test_every_problem_is_reported_at_once():
     with pytest.raises(ConfigError) as err:
-        PlanConfig(model="--evil", task="translation", precision="fp8", batch_size=0, seq_len=-1, gpus=-2, nodes=0)
+        PlanConfig(
+            model="--evil", task="translation", precision="fp8", batch_size=0, seq_len=-1, gpus=-2, nodes=0
+        )
     fields = " ".join(err.value.problems)
     for name in ("model", "task", "precision", "batch_size", "seq_len", "gpus", "nodes"):
         assert name in fields
@@ -50,7 +52,10 @@ def test_recommendation_is_the_fastest_fitting_layout():
     assert rec is not None and rec.offload_optimizer and not rec.offload_param
     assert "do not fit" in plan.recommendation.reason
     fitting = [e for e in plan.estimates if e.fits]
-    assert all((e.layout.offload_optimizer, e.layout.zero_stage) >= (rec.offload_optimizer, rec.zero_stage) for e in fitting)
+    assert all(
+        (e.layout.offload_optimizer, e.layout.zero_stage) >= (rec.offload_optimizer, rec.zero_stage)
+        for e in fitting
+    )
 
 
 def test_nothing_fits_says_what_to_change():
@@ -60,19 +65,27 @@ def test_nothing_fits_says_what_to_change():
 
 
 def test_more_gpus_shrink_sharded_states():
-    one = make_plan(PlanConfig(model="gpt2-xl", task="causal-lm", gpus=1, gpu_memory_gb=80, host_memory_gb=500), NO_HW)
-    eight = make_plan(PlanConfig(model="gpt2-xl", task="causal-lm", gpus=8, gpu_memory_gb=80, host_memory_gb=500), NO_HW)
+    one = make_plan(
+        PlanConfig(model="gpt2-xl", task="causal-lm", gpus=1, gpu_memory_gb=80, host_memory_gb=500), NO_HW
+    )
+    eight = make_plan(
+        PlanConfig(model="gpt2-xl", task="causal-lm", gpus=8, gpu_memory_gb=80, host_memory_gb=500), NO_HW
+    )
     z3 = lambda p: next(e for e in p.estimates if e.label == "ZeRO-3")  # noqa: E731
     assert z3(eight).per_gpu.optimizer_bytes == pytest.approx(z3(one).per_gpu.optimizer_bytes / 8, rel=1e-6)
 
 
 def test_detected_hardware_fills_defaults():
     plan = make_plan(PlanConfig(params=10**8), ONE_GPU)
-    assert plan.gpus_per_node == 1 and plan.gpu_budget_bytes == 15 * GIB and plan.host_budget_bytes == 60 * GIB
+    assert (
+        plan.gpus_per_node == 1 and plan.gpu_budget_bytes == 15 * GIB and plan.host_budget_bytes == 60 * GIB
+    )
 
 
 def test_json_interface(capsys):
-    code = cli.main(["plan", "sentence-transformers/all-MiniLM-L6-v2", "--gpus", "0", "--host-memory-gb", "24", "--json"])
+    code = cli.main(
+        ["plan", "sentence-transformers/all-MiniLM-L6-v2", "--gpus", "0", "--host-memory-gb", "24", "--json"]
+    )
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert out["model"]["params"] == 22_568_071 and out["model"]["trainable_params"] == 22_568_071
@@ -83,7 +96,9 @@ def test_json_interface(capsys):
         assert set(e["per_gpu"]) >= {"params_bytes", "gradients_bytes", "optimizer_bytes", "activations_bytes",
                                      "overhead_bytes", "total_bytes"}  # fmt: skip
         assert e["offload_optimizer"] in ("none", "cpu") and e["offload_param"] in ("none", "cpu")
-        assert isinstance(e["fits"], bool) and e["host"]["total_bytes"] > 0 and e["per_gpu"]["total_bytes"] == 0
+        assert (
+            isinstance(e["fits"], bool) and e["host"]["total_bytes"] > 0 and e["per_gpu"]["total_bytes"] == 0
+        )
 
 
 def test_human_table(capsys):

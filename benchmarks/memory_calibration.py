@@ -1,0 +1,246 @@
+"""Measure peak host memory of real short CPU training runs and compare with the planner.
+
+Each case is one `nexa train` process (3 optimizer steps, batches padded to --seq-len, no
+checkpoint), so peaks never mix; its peak RSS comes from the kernel (wait4's ru_maxrss). The
+planner's CPU-only estimate for the same configuration is printed beside it with the error.
+
+    python benchmarks/memory_calibration.py                # measure every case, print the table
+    python benchmarks/memory_calibration.py --quick        # four cases
+    python benchmarks/memory_calibration.py --fit          # also fit the CPU calibration constants
+    python benchmarks/memory_calibration.py --from FILE    # re-use saved measurements
+
+Measurements are saved to benchmarks/results/memory_calibration.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from nexa_core.hardware import Hardware  # noqa: E402
+from nexa_core.memory import DEFAULT_CALIBRATION, MIB, Calibration  # noqa: E402
+from nexa_core.planner import PlanConfig, make_plan  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "memory_calibration.json"
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    model: str = MINILM
+    task: str = "ner"
+    batch_size: int = 8
+    seq_len: int = 128
+    gradient_checkpointing: bool = False
+    lora: bool = False
+    deepspeed: bool = False
+    zero_stage: int = 0
+    offload_optimizer: bool = False
+    offload_param: bool = False
+    random_init: bool = False  # no offline weights: a random-initialised model of the real shape
+
+
+CASES = [
+    Case("minilm b8 s128"),
+    Case("minilm b32 s128", batch_size=32),
+    Case("minilm b8 s512", seq_len=512),
+    Case("minilm b32 s256 ckpt", batch_size=32, seq_len=256, gradient_checkpointing=True),
+    Case("minilm b16 s256 lora", batch_size=16, seq_len=256, lora=True),
+    Case("minilm embedding b16 s128", task="embedding", batch_size=16),
+    Case("minilm zero1", deepspeed=True, zero_stage=1),
+    Case("minilm zero2", deepspeed=True, zero_stage=2),
+    Case("minilm zero3", deepspeed=True, zero_stage=3),
+    Case("minilm zero2 offload", deepspeed=True, zero_stage=2, offload_optimizer=True),
+    Case(
+        "minilm zero3 offload both", deepspeed=True, zero_stage=3, offload_optimizer=True, offload_param=True
+    ),
+    Case(
+        "distilbert b16 s256", model="distilbert-base-uncased", batch_size=16, seq_len=256, random_init=True
+    ),
+    Case("bert-base cls b8 s128", model="bert-base-uncased", task="classification", random_init=True),
+    Case(
+        "bert-base zero2 b8 s256",
+        model="bert-base-uncased",
+        seq_len=256,
+        deepspeed=True,
+        zero_stage=2,
+        random_init=True,
+    ),
+    Case("gpt2 lm b4 s256", model="gpt2", task="causal-lm", batch_size=4, seq_len=256, random_init=True),
+    Case(
+        "gpt2 lm b4 s256 ckpt zero3",
+        model="gpt2",
+        task="causal-lm",
+        batch_size=4,
+        seq_len=256,
+        gradient_checkpointing=True,
+        deepspeed=True,
+        zero_stage=3,
+        random_init=True,
+    ),
+    Case("bert-large ner b4 s128", model="bert-large-uncased", batch_size=4, random_init=True),
+]
+QUICK = ["minilm b8 s128", "minilm b8 s512", "minilm zero2", "gpt2 lm b4 s256"]
+
+
+def train_argv(case: Case) -> list[str]:
+    argv = [sys.executable, "-m", "nexa_core", "train", "--model", case.model, "--task", case.task]
+    argv += ["--batch-size", str(case.batch_size), "--seq-len", str(case.seq_len), "--max-steps", "3"]
+    argv += ["--precision", "fp32", "--no-eval", "--no-save", "--pad-to-seq-len", "--json"]
+    argv += ["--deepspeed", "on" if case.deepspeed else "off", "--zero-stage", str(case.zero_stage)]
+    argv += ["--offload-optimizer", "cpu" if case.offload_optimizer else "none"]
+    argv += ["--offload-param", "cpu" if case.offload_param else "none"]
+    if case.gradient_checkpointing:
+        argv.append("--gradient-checkpointing")
+    if case.lora:
+        argv.append("--lora")
+    if case.random_init:
+        argv.append("--random-init")
+    return argv
+
+
+def measure(case: Case, home: Path) -> dict:
+    """Run the case in its own process; peak RSS from the kernel once it exits."""
+    env = dict(os.environ, NEXA_HOME=str(home), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        train_argv(case), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    out, err = proc.communicate()
+    # communicate() reaped the child; its rusage is in RUSAGE_CHILDREN only as a running max, so
+    # each case runs in a fresh helper process (see main) and reads the max from there.
+    if proc.returncode != 0:
+        raise RuntimeError(f"{case.name}: exit {proc.returncode}\n{err[-2000:]}")
+    import resource
+
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {"peak_rss_bytes": peak_kib * 1024, "wall_s": round(time.perf_counter() - start, 1)}
+
+
+def estimate_bytes(case: Case, calibration: Calibration) -> int:
+    config = PlanConfig(
+        model=case.model,
+        task=case.task,
+        precision="fp32",
+        batch_size=case.batch_size,
+        seq_len=case.seq_len,
+        gradient_checkpointing=case.gradient_checkpointing,
+        lora=case.lora,
+        gpus=0,
+        host_memory_gb=24,
+    )
+    plan = make_plan(config, Hardware((), 0, 0), calibration)
+    stage = case.zero_stage if case.deepspeed else 0
+    for e in plan.estimates:
+        lay = e.layout
+        if (lay.zero_stage, lay.offload_optimizer, lay.offload_param) == (
+            stage,
+            case.offload_optimizer,
+            case.offload_param,
+        ):
+            return e.host.total_bytes
+    raise KeyError(case.name)
+
+
+def errors(rows: list[dict], calibration: Calibration) -> list[float]:
+    out = []
+    for row in rows:
+        est = estimate_bytes(Case(**row["case"]), calibration)
+        out.append((est - row["peak_rss_bytes"]) / row["peak_rss_bytes"])
+    return out
+
+
+def fit(rows: list[dict]) -> Calibration:
+    """Grid search over the CPU constants; minimise the median absolute error, then the worst case."""
+    best, best_score = DEFAULT_CALIBRATION, (float("inf"), float("inf"))
+    baselines = [int(x * MIB) for x in range(500, 1101, 25)]
+    factors = [x / 20 for x in range(16, 61)]
+    frags = [x / 100 for x in range(0, 31, 2)]
+    for base, factor, frag in itertools.product(baselines, factors, frags):
+        cal = replace(
+            DEFAULT_CALIBRATION,
+            process_baseline_bytes=base,
+            cpu_activation_factor=factor,
+            host_fragmentation=frag,
+        )
+        errs = [abs(e) for e in errors(rows, cal)]
+        score = (round(statistics.median(errs), 3), max(errs))
+        if score < best_score:
+            best, best_score = cal, score
+    return best
+
+
+def table(rows: list[dict], calibration: Calibration) -> str:
+    lines = [f"{'case':32s} {'measured MiB':>13s} {'estimate MiB':>13s} {'error':>8s} {'wall s':>7s}"]
+    errs = errors(rows, calibration)
+    for row, err in zip(rows, errs):
+        est = estimate_bytes(Case(**row["case"]), calibration)
+        lines.append(
+            f"{row['case']['name']:32s} {row['peak_rss_bytes'] / MIB:13.0f} {est / MIB:13.0f} {err:+8.1%} {row['wall_s']:7.1f}"
+        )
+    abs_errs = [abs(e) for e in errs]
+    lines.append(
+        f"median absolute error {statistics.median(abs_errs):.1%}, worst {max(abs_errs):.1%} over {len(rows)} cases"
+    )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--fit", action="store_true")
+    parser.add_argument("--from", dest="source", help="saved measurements to re-use instead of measuring")
+    parser.add_argument("--case", help="(internal) measure one case by name and print JSON")
+    args = parser.parse_args()
+    by_name = {c.name: c for c in CASES}
+    if args.case:  # child mode: a fresh process, so RUSAGE_CHILDREN holds only this case
+        with tempfile.TemporaryDirectory() as home:
+            print(json.dumps(measure(by_name[args.case], Path(home))))
+        return 0
+    if args.source:
+        rows = json.loads(Path(args.source).read_text())["rows"]
+    else:
+        cases = [by_name[n] for n in QUICK] if args.quick else CASES
+        rows = []
+        for case in cases:
+            out = subprocess.run(
+                [sys.executable, __file__, "--case", case.name], capture_output=True, text=True
+            )
+            if out.returncode != 0:
+                print(f"{case.name}: FAILED\n{out.stderr[-1500:]}", file=sys.stderr)
+                continue
+            rows.append({"case": asdict(case), **json.loads(out.stdout.strip().splitlines()[-1])})
+            print(
+                f"measured {case.name}: {rows[-1]['peak_rss_bytes'] / MIB:.0f} MiB in {rows[-1]['wall_s']} s",
+                flush=True,
+            )
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps({"measured_at": time.strftime("%Y-%m-%d"), "rows": rows}, indent=1))
+    print(table(rows, DEFAULT_CALIBRATION))
+    if args.fit:
+        cal = fit(rows)
+        print(
+            f"\nfitted: process_baseline_bytes={cal.process_baseline_bytes // MIB} MiB, "
+            f"cpu_activation_factor={cal.cpu_activation_factor}, host_fragmentation={cal.host_fragmentation}"
+        )
+        print(table(rows, cal))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

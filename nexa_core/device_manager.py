@@ -1,0 +1,252 @@
+"""Device manager (the seed's ``ml_device_utils``): DeepSpeed settings from the seed's environment
+variables, the per-run DeepSpeed config, and ``get_accelerator(use_deepspeed=...)``.
+
+Environment variables (the seed guide's names): USE_DEEPSPEED, DEEPSPEED_CONFIG_FILE,
+DEEPSPEED_ZERO_STAGE, DEEPSPEED_OFFLOAD_OPTIMIZER, DEEPSPEED_OFFLOAD_PARAM,
+DEEPSPEED_CPU_CHECKPOINTING, ENABLE_MIXED_PRECISION, GRADIENT_ACCUMULATION_STEPS.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nexa_core.enums import DeepSpeedMode, Offload, Precision
+from nexa_core.errors import raise_if
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DEEPSPEED_CONFIG = PROJECT_ROOT / "deployment" / "deepspeed_config.json"
+DEFAULT_ACCELERATE_CONFIG = PROJECT_ROOT / "deployment" / "accelerate_config.yaml"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def gpu_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@dataclass
+class DeepSpeedSettings:
+    """The DeepSpeed choices of one run. ``from_env`` fills defaults from the seed's variables."""
+
+    mode: DeepSpeedMode | str = DeepSpeedMode.AUTO
+    # None: as the DeepSpeed config file says (deployment/deepspeed_config.json: ZeRO-3, both offloads)
+    zero_stage: int | None = None
+    offload_optimizer: Offload | str | None = None
+    offload_param: Offload | str | None = None
+    cpu_checkpointing: bool = False
+    precision: Precision | str | None = None  # None: bf16 (or fp16 without bf16 support) on GPU, fp32 on CPU
+    gradient_accumulation_steps: int = 1
+    config_file: str | None = None  # template; default deployment/deepspeed_config.json
+    problems: list[str] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        problems = list(self.problems)
+        for name, enum, flag in (
+            ("mode", DeepSpeedMode, "--deepspeed / USE_DEEPSPEED"),
+            ("offload_optimizer", Offload, "--offload-optimizer / DEEPSPEED_OFFLOAD_OPTIMIZER"),
+            ("offload_param", Offload, "--offload-param / DEEPSPEED_OFFLOAD_PARAM"),
+        ):
+            if getattr(self, name) is None:
+                continue
+            try:
+                setattr(self, name, enum.parse(getattr(self, name), f"{name} ({flag})"))
+            except ValueError as exc:
+                problems.append(str(exc))
+        if self.config_file is not None and not Path(self.config_file).is_file():
+            problems.append(f"config_file (DEEPSPEED_CONFIG_FILE): {self.config_file!r} does not exist")
+            self.config_file = None
+        if self.precision is not None:
+            try:
+                self.precision = Precision.parse(self.precision, "precision (--precision)")
+            except ValueError as exc:
+                problems.append(str(exc))
+        if self.zero_stage is not None and self.zero_stage not in (0, 1, 2, 3):
+            problems.append(
+                f"zero_stage (--zero-stage / DEEPSPEED_ZERO_STAGE): must be 0, 1, 2 or 3, got {self.zero_stage!r}"
+            )
+        elif not problems:
+            stage, off_opt, off_param = self.layout()
+            if off_opt is Offload.CPU and stage == 0:
+                problems.append("offload_optimizer (--offload-optimizer): cpu needs ZeRO stage 1, 2 or 3")
+            if off_param is Offload.CPU and stage != 3:
+                problems.append("offload_param (--offload-param): cpu needs ZeRO stage 3")
+        if (
+            not isinstance(self.gradient_accumulation_steps, int)
+            or not 1 <= self.gradient_accumulation_steps <= 4096
+        ):
+            problems.append(
+                "gradient_accumulation_steps (--gradient-accumulation / GRADIENT_ACCUMULATION_STEPS): "
+                f"must be a whole number from 1 to 4096, got {self.gradient_accumulation_steps!r}"
+            )
+        self.problems = []
+        raise_if(problems)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> DeepSpeedSettings:
+        """Seed variables first, explicit overrides (CLI flags, page fields) on top."""
+        env = os.environ if env is None else env
+        problems: list[str] = []
+        values: dict[str, Any] = {}
+        use = env.get("USE_DEEPSPEED")
+        if use is not None:
+            values["mode"] = (
+                DeepSpeedMode.ON
+                if use.lower() in _TRUE
+                else DeepSpeedMode.OFF
+                if use.lower() in _FALSE
+                else use
+            )
+        for var, key in (
+            ("DEEPSPEED_ZERO_STAGE", "zero_stage"),
+            ("GRADIENT_ACCUMULATION_STEPS", "gradient_accumulation_steps"),
+        ):
+            if env.get(var):
+                try:
+                    values[key] = int(env[var])
+                except ValueError:
+                    problems.append(f"{key} ({var}): must be a whole number, got {env[var]!r}")
+        for var, key in (
+            ("DEEPSPEED_OFFLOAD_OPTIMIZER", "offload_optimizer"),
+            ("DEEPSPEED_OFFLOAD_PARAM", "offload_param"),
+        ):
+            if env.get(var):
+                values[key] = env[var]
+        if env.get("DEEPSPEED_CPU_CHECKPOINTING"):
+            values["cpu_checkpointing"] = env["DEEPSPEED_CPU_CHECKPOINTING"].lower() in _TRUE
+        mixed = env.get("ENABLE_MIXED_PRECISION")
+        if mixed is not None and mixed.lower() in _FALSE:
+            values["precision"] = Precision.FP32
+        # `accelerate launch --use_deepspeed --deepspeed_config_file F` passes these two on.
+        if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and use is None:
+            values["mode"] = DeepSpeedMode.ON
+        config_file = env.get("DEEPSPEED_CONFIG_FILE") or env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+        if config_file:
+            values["config_file"] = config_file
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values, problems=problems)
+
+    def deepspeed_enabled(self, has_gpu: bool | None = None) -> bool:
+        """auto: on with a GPU, off on CPU (the seed's behaviour); on/off force it."""
+        if self.mode is DeepSpeedMode.AUTO:
+            return gpu_available() if has_gpu is None else has_gpu
+        return self.mode is DeepSpeedMode.ON
+
+    def resolved_precision(self, has_gpu: bool | None = None) -> Precision:
+        if self.precision is not None:
+            return self.precision  # type: ignore[return-value]
+        has_gpu = gpu_available() if has_gpu is None else has_gpu
+        if not has_gpu:
+            return Precision.FP32
+        import torch
+
+        return Precision.BF16 if torch.cuda.is_bf16_supported() else Precision.FP16
+
+    def template(self) -> dict[str, Any]:
+        path = Path(self.config_file) if self.config_file else DEFAULT_DEEPSPEED_CONFIG
+        return json.loads(path.read_text())
+
+    def layout(self) -> tuple[int, Offload, Offload]:
+        """(stage, optimizer offload, parameter offload): explicit choices over the config file's."""
+        zero = self.template().get("zero_optimization", {})
+
+        def offload(choice: Offload | str | None, key: str) -> Offload:
+            if choice is not None:
+                return Offload(choice)
+            return Offload.CPU if zero.get(key, {}).get("device", "none") == "cpu" else Offload.NONE
+
+        stage = self.zero_stage if self.zero_stage is not None else int(zero.get("stage", 0))
+        return (
+            stage,
+            offload(self.offload_optimizer, "offload_optimizer"),
+            offload(self.offload_param, "offload_param"),
+        )
+
+    def deepspeed_config(self, precision: Precision) -> dict[str, Any]:
+        """The per-run DeepSpeed config: the template with this run's stage, offload and precision.
+        "auto" values stay for Accelerate to fill from the dataloader, optimizer and model."""
+        config = copy.deepcopy(self.template())
+        stage, off_opt, off_param = self.layout()
+        zero = config.setdefault("zero_optimization", {})
+        zero["stage"] = stage
+        pin = not _cpu_only()  # pinned host memory only helps (and only works) with a GPU
+        for key, choice in (("offload_optimizer", off_opt), ("offload_param", off_param)):
+            if choice is Offload.CPU:
+                zero[key] = {**zero.get(key, {}), "device": "cpu", "pin_memory": pin}
+            else:
+                zero.pop(key, None)
+        config.setdefault("fp16", {})["enabled"] = precision is Precision.FP16
+        config.setdefault("bf16", {})["enabled"] = precision is Precision.BF16
+        config["gradient_accumulation_steps"] = self.gradient_accumulation_steps
+        config.setdefault("activation_checkpointing", {})["cpu_checkpointing"] = self.cpu_checkpointing
+        if off_opt is Offload.NONE and _cpu_only():
+            # DeepSpeed's FusedAdam on the CPU accelerator is a JIT-built op; the torch AdamW it
+            # wraps is the same maths, so CPU runs without offload use the client optimizer.
+            config.pop("optimizer", None)
+            config.pop("scheduler", None)
+        return config
+
+
+def _cpu_only() -> bool:
+    return not gpu_available()
+
+
+def ensure_distributed_env() -> None:
+    """A process started without a launcher has no rank variables, and DeepSpeed then tries MPI
+    discovery; a single-rank world on loopback is what the user meant."""
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(_free_port())
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_accelerator(
+    use_deepspeed: bool | None = None, settings: DeepSpeedSettings | None = None, **accelerator_kwargs: Any
+):
+    """An ``accelerate.Accelerator``, with a ``DeepSpeedPlugin`` when DeepSpeed is on.
+
+    ``use_deepspeed=None`` follows the settings' mode (USE_DEEPSPEED; auto = on with a GPU).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DeepSpeedPlugin
+
+    settings = settings or DeepSpeedSettings.from_env()
+    enabled = settings.deepspeed_enabled() if use_deepspeed is None else use_deepspeed
+    precision = settings.resolved_precision()
+    mixed = {Precision.FP32: "no", Precision.FP16: "fp16", Precision.BF16: "bf16"}[precision]
+    if not enabled:
+        return Accelerator(
+            mixed_precision=mixed,
+            gradient_accumulation_steps=settings.gradient_accumulation_steps,
+            **accelerator_kwargs,
+        )
+    ensure_distributed_env()
+    plugin = DeepSpeedPlugin(hf_ds_config=settings.deepspeed_config(precision), zero3_init_flag=False)
+    if not gpu_available():
+        # Without CUDA, Accelerate finds no backend for a launched rank and records a world of one
+        # process, while DeepSpeed joins all ranks: train_batch_size is then computed for 1 process
+        # and DeepSpeed's batch check fails with several ranks. Naming gloo makes Accelerate take
+        # the world size from the process group DeepSpeed initialises (accelerate/state.py).
+        from accelerate.utils import InitProcessGroupKwargs
+
+        handlers = list(accelerator_kwargs.pop("kwargs_handlers", []))
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+        accelerator_kwargs["kwargs_handlers"] = handlers
+    return Accelerator(mixed_precision=mixed, deepspeed_plugin=plugin, **accelerator_kwargs)

@@ -1,0 +1,45 @@
+"""Where NEXA keeps runs: ``$NEXA_HOME`` (default ``~/.nexa``) holds runs.sqlite and runs/<run_id>/."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+from pathlib import Path
+
+from nexa_core.errors import ConfigError
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def nexa_home() -> Path:
+    home = Path(os.environ.get("NEXA_HOME") or "~/.nexa").expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def store_path() -> Path:
+    return nexa_home() / "runs.sqlite"
+
+
+def runs_root() -> Path:
+    root = nexa_home() / "runs"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def run_dir(run_id: str) -> Path:
+    """The run's folder; refuses ids that could name anything outside the runs root."""
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id) or run_id in (".", ".."):
+        raise ConfigError([f"run_id: {run_id!r} is not a run id (letters, digits, '.', '_', '-'; up to 128)"])
+    root = runs_root().resolve()
+    path = root / run_id
+    if os.path.realpath(path) != str(path):  # a symlink planted in the runs root
+        raise ConfigError([f"run_id: {run_id!r} resolves outside {root}"])
+    return path
+
+
+def new_run_id(name: str | None = None) -> str:
+    slug = re.sub(r"[^a-z0-9-]+", "-", (name or "run").lower()).strip("-")[:40] or "run"
+    return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{slug}-{secrets.token_hex(3)}"

@@ -1,0 +1,289 @@
+"""The run store: one SQLite file shared by trainers (subprocesses), the app and the CLI.
+
+WAL mode lets readers run while a trainer writes; every write is a short ``BEGIN IMMEDIATE``
+transaction (the write lock is taken up front, so no reader-to-writer upgrade can deadlock) with
+a 30 s busy timeout. Metric rows are keyed by (run, step, metric): a resumed run rewrites them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from nexa_core import paths
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY, name TEXT, kind TEXT DEFAULT 'train', state TEXT NOT NULL,
+    spec_json TEXT, command_json TEXT, run_dir TEXT, pid INTEGER, pid_create_time REAL,
+    created_at REAL, started_at REAL, ended_at REAL, exit_code INTEGER, reason TEXT,
+    stopped_by TEXT, estimate_json TEXT, gpus_json TEXT, last_step INTEGER
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id TEXT, step INTEGER, name TEXT, value REAL, wall_time REAL,
+    PRIMARY KEY (run_id, step, name)
+);
+CREATE TABLE IF NOT EXISTS memory (
+    run_id TEXT, t REAL, rank INTEGER, host TEXT, step INTEGER, rss_bytes INTEGER,
+    gpu_index INTEGER, gpu_allocated_bytes INTEGER, gpu_reserved_bytes INTEGER, nvml_used_bytes INTEGER
+);
+CREATE INDEX IF NOT EXISTS memory_run_t ON memory (run_id, t);
+CREATE TABLE IF NOT EXISTS events (run_id TEXT, t REAL, level TEXT, message TEXT);
+CREATE INDEX IF NOT EXISTS events_run ON events (run_id, t);
+"""
+_RUN_COLUMNS = {
+    "name", "kind", "state", "spec", "command", "run_dir", "pid", "pid_create_time", "created_at", "started_at",
+    "ended_at", "exit_code", "reason", "stopped_by", "estimate", "gpus", "last_step",
+}  # fmt: skip
+_JSON_COLUMNS = {"spec", "command", "estimate", "gpus"}
+_MEMORY_COLUMNS = "run_id t rank host step rss_bytes gpu_index gpu_allocated_bytes gpu_reserved_bytes nvml_used_bytes".split()
+
+
+class RunState(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+TERMINAL = {RunState.SUCCEEDED, RunState.FAILED, RunState.STOPPED}
+
+
+class RunStore:
+    def __init__(self, path: Path | str | None = None) -> None:
+        self.path = Path(path) if path is not None else paths.store_path()
+        self._ready = False
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout=30000")
+            if not self._ready:
+                conn.execute("PRAGMA journal_mode=WAL")
+                if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                    # CREATE ... IF NOT EXISTS: two processes racing here both succeed.
+                    conn.executescript(SCHEMA)
+                    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                self._ready = True
+            conn.execute("PRAGMA synchronous=NORMAL")
+            yield conn
+        finally:
+            conn.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    # ---------------------------------------------------------------- runs
+    def create_run(
+        self,
+        run_id: str,
+        *,
+        name: str,
+        spec: dict[str, Any],
+        run_dir: str,
+        kind: str = "train",
+        state: RunState = RunState.QUEUED,
+        estimate: dict[str, Any] | None = None,
+        command: list[str] | None = None,
+        gpus: list[int] | None = None,
+    ) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO runs (id, name, kind, state, spec_json, command_json, run_dir, created_at, estimate_json,"
+                " gpus_json, last_step) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                (
+                    run_id,
+                    name,
+                    kind,
+                    str(state),
+                    _dump(spec),
+                    _dump(command),
+                    run_dir,
+                    time.time(),
+                    _dump(estimate),
+                    _dump(gpus),
+                ),
+            )
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        unknown = set(fields) - _RUN_COLUMNS
+        if unknown:
+            raise ValueError(f"unknown run field(s): {sorted(unknown)}")
+        if not fields:
+            return
+        cols = [f"{k}_json" if k in _JSON_COLUMNS else k for k in fields]
+        values = [
+            _dump(v) if k in _JSON_COLUMNS else (str(v) if isinstance(v, Enum) else v)
+            for k, v in fields.items()
+        ]
+        with self._write() as conn:
+            conn.execute(
+                f"UPDATE runs SET {', '.join(c + ' = ?' for c in cols)} WHERE id = ?", (*values, run_id)
+            )
+
+    def set_state(
+        self,
+        run_id: str,
+        state: RunState,
+        *,
+        reason: str | None = None,
+        exit_code: int | None = None,
+        stopped_by: str | None = None,
+    ) -> None:
+        now = time.time()
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE runs SET state = ?, reason = COALESCE(?, reason), exit_code = COALESCE(?, exit_code),"
+                " stopped_by = COALESCE(?, stopped_by),"
+                " started_at = CASE WHEN ? = 'running' AND started_at IS NULL THEN ? ELSE started_at END,"
+                " ended_at = CASE WHEN ? THEN ? ELSE NULL END WHERE id = ?",
+                (
+                    str(state),
+                    reason,
+                    exit_code,
+                    stopped_by,
+                    str(state),
+                    now,
+                    RunState(state) in TERMINAL,
+                    now,
+                    run_id,
+                ),
+            )
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        with self._connect() as conn:
+            row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return _run_dict(row) if row else None
+
+    def list_runs(self, limit: int = 200, state: RunState | str | None = None) -> list[dict[str, Any]]:
+        query, args = "SELECT * FROM runs", []
+        if state is not None:
+            query, args = query + " WHERE state = ?", [str(state)]
+        with self._connect() as conn:
+            rows = conn.execute(query + " ORDER BY created_at DESC LIMIT ?", (*args, limit)).fetchall()
+        return [_run_dict(r) for r in rows]
+
+    def delete_run(self, run_id: str) -> None:
+        with self._write() as conn:
+            for table, key in (
+                ("runs", "id"),
+                ("metrics", "run_id"),
+                ("memory", "run_id"),
+                ("events", "run_id"),
+            ):
+                conn.execute(f"DELETE FROM {table} WHERE {key} = ?", (run_id,))
+
+    # ------------------------------------------------------------- metrics
+    def log_metrics(
+        self, run_id: str, step: int, values: dict[str, float], wall_time: float | None = None
+    ) -> None:
+        """Idempotent per (run, step, metric): a resumed run rewrites rows instead of duplicating them."""
+        wall = time.time() if wall_time is None else wall_time
+        rows = [(run_id, step, k, _finite(v), wall) for k, v in values.items()]
+        with self._write() as conn:
+            conn.executemany("INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?)", rows)
+            conn.execute(
+                "UPDATE runs SET last_step = MAX(COALESCE(last_step, 0), ?) WHERE id = ?", (step, run_id)
+            )
+
+    def metrics(
+        self, run_id: str, names: list[str] | None = None, since_step: int | None = None
+    ) -> dict[str, list[tuple[int, float | None, float]]]:
+        query, args = "SELECT step, name, value, wall_time FROM metrics WHERE run_id = ?", [run_id]
+        if names:
+            query += f" AND name IN ({', '.join('?' * len(names))})"
+            args += names
+        if since_step is not None:
+            query += " AND step > ?"
+            args.append(since_step)
+        out: dict[str, list[tuple[int, float | None, float]]] = {n: [] for n in names or []}
+        with self._connect() as conn:
+            for row in conn.execute(query + " ORDER BY step", args):
+                out.setdefault(row["name"], []).append((row["step"], row["value"], row["wall_time"]))
+        return out
+
+    # -------------------------------------------------------------- memory
+    def log_memory(self, run_id: str, samples: list[dict[str, Any]]) -> None:
+        if not samples:
+            return
+        rows = [tuple(run_id if c == "run_id" else s.get(c) for c in _MEMORY_COLUMNS) for s in samples]
+        with self._write() as conn:
+            conn.executemany(f"INSERT INTO memory VALUES ({', '.join('?' * len(_MEMORY_COLUMNS))})", rows)
+
+    def memory(self, run_id: str, since_t: float | None = None) -> list[dict[str, Any]]:
+        query, args = "SELECT * FROM memory WHERE run_id = ?", [run_id]
+        if since_t is not None:
+            query, args = query + " AND t > ?", [run_id, since_t]
+        with self._connect() as conn:
+            return [dict(r) for r in conn.execute(query + " ORDER BY t", args)]
+
+    def peak_memory(self, run_id: str) -> dict[str, int | None]:
+        """Peaks over the run: host RSS summed over ranks (each rank's own peak), GPU figures max."""
+        with self._connect() as conn:
+            rss = conn.execute(
+                "SELECT SUM(peak) FROM (SELECT MAX(rss_bytes) AS peak FROM memory WHERE run_id = ? GROUP BY host, rank)",
+                (run_id,),
+            ).fetchone()[0]
+            gpu = conn.execute(
+                "SELECT MAX(gpu_allocated_bytes), MAX(gpu_reserved_bytes), MAX(nvml_used_bytes) FROM memory WHERE run_id = ?",
+                (run_id,),
+            ).fetchone()
+        return {
+            "peak_rss_bytes": rss,
+            "peak_gpu_allocated_bytes": gpu[0],
+            "peak_gpu_reserved_bytes": gpu[1],
+            "peak_nvml_used_bytes": gpu[2],
+        }
+
+    # -------------------------------------------------------------- events
+    def add_event(self, run_id: str, message: str, level: str = "info") -> None:
+        with self._write() as conn:
+            conn.execute("INSERT INTO events VALUES (?, ?, ?, ?)", (run_id, time.time(), level, message))
+
+    def events(self, run_id: str) -> list[dict[str, Any]]:
+        with self._connect() as conn:
+            return [
+                dict(r) for r in conn.execute("SELECT * FROM events WHERE run_id = ? ORDER BY t", (run_id,))
+            ]
+
+
+def _dump(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, default=str)
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _run_dict(row: sqlite3.Row) -> dict[str, Any]:
+    out = dict(row)
+    for key in _JSON_COLUMNS:
+        raw = out.pop(f"{key}_json", None)
+        out[key] = json.loads(raw) if raw else None
+    return out

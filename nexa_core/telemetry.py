@@ -1,0 +1,168 @@
+"""Memory telemetry: process-tree RSS (psutil), CUDA allocator figures (torch) and NVML used memory,
+sampled every second by a daemon thread and on every training step, written to the run store."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sqlite3
+import sys
+import threading
+import time
+from typing import Any
+
+import psutil
+
+log = logging.getLogger("nexa.telemetry")
+_nvml_lock = threading.Lock()
+_nvml_ready: bool | None = None
+
+
+def process_tree_rss_bytes(pid: int | None = None) -> int:
+    """RSS of a process and all its descendants (launchers, ranks, compile jobs)."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for proc in procs:
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:  # ended or not ours between listing and reading
+            continue
+    return total
+
+
+def _nvml():
+    """pynvml, initialised once per process; None without a driver."""
+    global _nvml_ready
+    with _nvml_lock:
+        if _nvml_ready is None:
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                _nvml_ready = True
+            except Exception:  # no library, no driver: a CPU-only machine
+                _nvml_ready = False
+        if not _nvml_ready:
+            return None
+        import pynvml
+
+        return pynvml
+
+
+def physical_gpu_index(torch_index: int) -> int:
+    """Map torch's device number to the NVML (physical) index through CUDA_VISIBLE_DEVICES; NEXA
+    launches with CUDA_DEVICE_ORDER=PCI_BUS_ID so both count in the same order."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        ids = [v.strip() for v in visible.split(",") if v.strip()]
+        if torch_index < len(ids) and ids[torch_index].isdigit():
+            return int(ids[torch_index])
+    return torch_index
+
+
+def gpu_samples() -> list[dict[str, Any]]:
+    """Per visible CUDA device: allocator figures and NVML used memory. [] without CUDA. Does not
+    import torch itself: a process that has not imported it has no CUDA memory to report."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return []
+    nvml = _nvml()
+    out = []
+    for i in range(torch.cuda.device_count()):
+        physical = physical_gpu_index(i)
+        used = None
+        if nvml is not None:
+            try:
+                used = int(nvml.nvmlDeviceGetMemoryInfo(nvml.nvmlDeviceGetHandleByIndex(physical)).used)
+            except Exception:
+                used = None
+        out.append(
+            {
+                "gpu_index": physical,
+                "gpu_allocated_bytes": int(torch.cuda.memory_allocated(i)),
+                "gpu_reserved_bytes": int(torch.cuda.memory_reserved(i)),
+                "nvml_used_bytes": used,
+            }
+        )
+    return out
+
+
+class MemorySampler:
+    """Samples this process every ``interval_s`` in a daemon thread and on ``sample_now()``.
+    Store errors never stop training: the last one is kept in ``last_error``."""
+
+    def __init__(self, store: Any, run_id: str, rank: int = 0, interval_s: float = 1.0) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.rank = rank
+        self.interval_s = interval_s
+        self.host = socket.gethostname()
+        self.peak_rss_bytes = 0
+        self.last_error: Exception | None = None
+        self._step: int | None = None
+        self._pending: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_sample = 0.0
+        self._last_flush = 0.0
+
+    def set_step(self, step: int) -> None:
+        self._step = step
+
+    def sample_now(self) -> None:
+        """Called each step; more often than every 0.2 s it only updates the peak."""
+        rss = process_tree_rss_bytes()
+        self.peak_rss_bytes = max(self.peak_rss_bytes, rss)
+        if time.monotonic() - self._last_sample >= 0.2:
+            self._take(rss)
+
+    def _take(self, rss: int | None = None) -> None:
+        rss = process_tree_rss_bytes() if rss is None else rss
+        self.peak_rss_bytes = max(self.peak_rss_bytes, rss)
+        base = {"t": time.time(), "rank": self.rank, "host": self.host, "step": self._step, "rss_bytes": rss}
+        rows = [{**base, **gpu} for gpu in gpu_samples()] or [base]
+        with self._lock:
+            self._pending.extend(rows)
+        self._last_sample = time.monotonic()
+
+    def flush(self) -> None:
+        with self._lock:
+            rows, self._pending = self._pending, []
+        if not rows:
+            return
+        try:
+            self.store.log_memory(self.run_id, rows)
+        except (sqlite3.Error, OSError) as exc:
+            self.last_error = exc
+            log.warning("memory samples not stored: %s", exc)
+        self._last_flush = time.monotonic()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._take()
+            self.flush()
+
+    def start(self) -> MemorySampler:
+        self._take()
+        self._thread = threading.Thread(target=self._loop, name="nexa-memory-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._take()
+        self.flush()
+
+    def __enter__(self) -> MemorySampler:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

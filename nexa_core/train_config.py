@@ -1,0 +1,140 @@
+"""TrainConfig: everything one training run needs, validated at once. It is also the run-config
+file (``run_config.json`` in the run folder) that the app writes and ``nexa train --config`` reads."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from nexa_core.device_manager import DeepSpeedSettings
+from nexa_core.enums import DeepSpeedMode, Offload, Precision, Task
+from nexa_core.errors import ConfigError, raise_if
+from nexa_core.models import DEFAULT_MODEL, validate_model_name
+
+TRACKERS = ("tensorboard", "mlflow", "wandb", "aim", "comet_ml", "clearml", "dvclive")
+_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._- ")
+
+
+@dataclass
+class TrainConfig:
+    model: str = DEFAULT_MODEL
+    task: Task | str = Task.NER
+    num_labels: int | None = None  # None: from the dataset's labels
+    dataset: str | None = None  # training file (CSV/JSONL); None: the task's bundled sample
+    eval_dataset: str | None = None
+    deepspeed: DeepSpeedMode | str = DeepSpeedMode.AUTO
+    zero_stage: int | None = None  # None: DEEPSPEED_ZERO_STAGE, else the DeepSpeed config file (ZeRO-3)
+    offload_optimizer: Offload | str | None = None
+    offload_param: Offload | str | None = None
+    precision: Precision | str | None = None
+    batch_size: int = 8
+    seq_len: int = 128
+    gradient_accumulation: int | None = None
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    epochs: int = 1
+    max_steps: int | None = None
+    lora: bool = False
+    lora_rank: int = 8
+    gradient_checkpointing: bool = False
+    save_every: int | None = None  # steps between checkpoints; one is always written at the end
+    keep_last: int = 2
+    seed: int = 0
+    name: str | None = None
+    random_init: bool = False  # train from random weights (tiny test variants; clearly labelled)
+    tracker: str | None = None  # also log through an Accelerate tracker
+    eval: bool = True
+    save: bool = True  # write checkpoints (a memory probe needs none)
+    pad_to_seq_len: bool = False  # pad every batch to seq_len: memory probes measure the worst case
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        problems += validate_model_name(self.model)
+        for name, enum in (("task", Task), ("deepspeed", DeepSpeedMode)):
+            try:
+                setattr(self, name, enum.parse(getattr(self, name), f"{name} (--{name})"))
+            except ValueError as exc:
+                problems.append(str(exc))
+        for name, low, high in (
+            ("batch_size", 1, 65_536),
+            ("seq_len", 8, 131_072),
+            ("epochs", 1, 10_000),
+            ("lora_rank", 1, 4096),
+            ("keep_last", 1, 1000),
+            ("seed", 0, 2**31 - 1),
+            ("warmup_steps", 0, 10**9),
+        ):
+            problems += _check_int(name, getattr(self, name), low, high)
+        for name, low, high in (("num_labels", 1, 10_000), ("max_steps", 1, 10**9), ("save_every", 1, 10**9)):
+            if getattr(self, name) is not None:
+                problems += _check_int(name, getattr(self, name), low, high)
+        if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not 0 < self.lr < 1:
+            problems.append(f"lr (--lr): must be a number between 0 and 1, got {self.lr!r}")
+        if not isinstance(self.weight_decay, (int, float)) or not 0 <= self.weight_decay < 1:
+            problems.append(f"weight_decay (--weight-decay): must be in [0, 1), got {self.weight_decay!r}")
+        if self.name is not None and (
+            len(self.name) > 80 or not set(self.name) <= _NAME_CHARS or self.name.startswith("-")
+        ):
+            problems.append(
+                "name (--name): up to 80 letters, digits, spaces, '.', '_' or '-', not starting with '-'"
+            )
+        if self.tracker is not None and self.tracker not in TRACKERS:
+            problems.append(
+                f"tracker (--tracker): {self.tracker!r} is not allowed; choose one of {', '.join(TRACKERS)}"
+            )
+        for name in ("dataset", "eval_dataset"):
+            value = getattr(self, name)
+            if value is not None and not Path(value).is_file():
+                problems.append(f"{name} (--{name.replace('_', '-')}): file {value!r} does not exist")
+        try:
+            self.deepspeed_settings()
+        except ConfigError as exc:
+            problems += exc.problems
+        raise_if(problems)
+
+    def deepspeed_settings(self) -> DeepSpeedSettings:
+        return DeepSpeedSettings.from_env(
+            mode=self.deepspeed,
+            zero_stage=self.zero_stage,
+            offload_optimizer=self.offload_optimizer,
+            offload_param=self.offload_param,
+            precision=self.precision,
+            gradient_accumulation_steps=self.gradient_accumulation,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if hasattr(v, "value") else v) for k, v in asdict(self).items()}
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                [f"run config: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}"]
+            )
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: Path) -> TrainConfig:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError([f"config (--config): cannot read {str(path)!r}: {exc}"]) from None
+        if not isinstance(data, dict):
+            raise ConfigError([f"config (--config): {str(path)!r} must hold a JSON object"])
+        return cls.from_dict(data)
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> list[str]:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        return [
+            f"{name} (--{name.replace('_', '-')}): must be a whole number from {low} to {high}, got {value!r}"
+        ]
+    return []

@@ -1,0 +1,527 @@
+"""DeepSpeedTrainer: fine-tuning on Accelerate (with DeepSpeed when on), for the four tasks.
+
+Accelerate does the distributed work, gradient accumulation, mixed precision and state saving;
+transformers gives the models and schedulers; peft the LoRA adapters. This file holds the loop,
+the per-task loss and evaluation, checkpoint rotation and telemetry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from nexa_core.device_manager import DeepSpeedSettings, get_accelerator
+from nexa_core.enums import Offload, Precision, Task
+from nexa_core.errors import ConfigError
+from nexa_core.models import auto_class, lora_config, resolve_model, task_config
+
+log = logging.getLogger("nexa.trainer")
+COMPLETE_MARKER = "COMPLETE"
+STATE_FILE = "nexa_state.json"
+
+
+class RunStopped(Exception):
+    """Training ended early on request (SIGTERM/SIGINT); a checkpoint was written when possible."""
+
+
+@dataclass
+class StepInfo:
+    step: int
+    epoch: int
+    batches_into_epoch: int
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first. A folder without the marker (a crash mid-save) is ignored."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    done = [
+        p
+        for p in root.iterdir()
+        if p.is_dir() and p.name.startswith("step-") and (p / COMPLETE_MARKER).exists()
+    ]
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+class DeepSpeedTrainer:
+    """Fine-tune ``model_name`` for ``task``; the seed guide's constructor, plus run bookkeeping."""
+
+    def __init__(
+        self,
+        model_name: str,
+        task: Task | str = Task.NER,
+        num_labels: int | None = None,
+        zero_stage: int | None = None,
+        offload_optimizer: bool | str | None = None,
+        offload_params: bool | str | None = None,
+        gradient_checkpointing: bool = False,
+        use_lora: bool = False,
+        lora_rank: int = 8,
+        precision: Precision | str | None = None,
+        use_deepspeed: bool | None = None,
+        learning_rate: float = 5e-5,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        gradient_accumulation_steps: int | None = None,
+        max_steps: int | None = None,
+        save_every: int | None = None,
+        keep_last: int = 2,
+        seed: int = 0,
+        label_names: list[str] | None = None,
+        random_init: bool = False,
+        store: Any = None,
+        run_id: str | None = None,
+        tracker: str | None = None,
+        progress: bool = False,
+        save: bool = True,
+    ) -> None:
+        from accelerate.utils import set_seed
+
+        self.task = Task.parse(task, "task")
+        self.model_name = model_name
+        self.label_names = label_names
+        self.num_labels = num_labels or (len(label_names) if label_names else 7)
+        self.gradient_checkpointing = gradient_checkpointing
+        self.use_lora = use_lora
+        self.lora_rank = lora_rank
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.warmup_steps = warmup_steps
+        self.max_steps = max_steps
+        self.save_every = save_every
+        self.keep_last = keep_last
+        self.seed = seed
+        self.random_init = random_init
+        self.store = store
+        self.run_id = run_id
+        self.tracker = tracker
+        self.progress = progress
+        self.save = save
+        self.settings = DeepSpeedSettings.from_env(
+            mode=None if use_deepspeed is None else ("on" if use_deepspeed else "off"),
+            zero_stage=zero_stage,
+            offload_optimizer=_offload(offload_optimizer),
+            offload_param=_offload(offload_params),
+            precision=precision,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+        )
+        kwargs: dict[str, Any] = {}
+        if tracker:
+            kwargs["log_with"] = tracker
+        from accelerate.utils import DataLoaderConfiguration
+
+        # Seedable sampler: the shuffle order depends only on (seed, epoch), so a resumed run sees
+        # the same batches as an uninterrupted one.
+        kwargs["dataloader_config"] = DataLoaderConfiguration(use_seedable_sampler=True)
+        self.accelerator = get_accelerator(settings=self.settings, **kwargs)
+        self.use_deepspeed = self.accelerator.state.deepspeed_plugin is not None
+        self.precision = self.settings.resolved_precision()
+        set_seed(seed)
+        self.model = self._build_model()
+        self.stop_requested = False  # set from a signal handler; acted on at the next step boundary
+
+    # ----------------------------------------------------------------- model
+    def _build_model(self):
+        resolved = resolve_model(self.model_name)
+        config = task_config(resolved, self.task, self.num_labels)
+        if self.label_names and self.task in (Task.NER, Task.CLASSIFICATION):
+            config.id2label = dict(enumerate(self.label_names))
+            config.label2id = {n: i for i, n in enumerate(self.label_names)}
+        cls = auto_class(self.task)
+        if resolved.weights_dir is not None and not self.random_init:
+            model = cls.from_pretrained(resolved.weights_dir, config=config)
+        elif self.random_init:
+            log.warning("model %s: RANDOM-INITIALISED weights (random_init=True)", self.model_name)
+            model = cls.from_config(config)
+        else:
+            raise ConfigError(
+                [
+                    f"model: no weights for {self.model_name!r} on this machine; give a local folder with weights, "
+                    "the packaged sentence-transformers/all-MiniLM-L6-v2, or --random-init for a random-initialised test run"
+                ]
+            )
+        if self.task is Task.CAUSAL_LM and model.config.pad_token_id is None:
+            model.config.pad_token_id = model.config.eos_token_id
+        if self.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.use_lora:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, lora_config(self.task, self.lora_rank))
+        return model
+
+    # ----------------------------------------------------------- memory log
+    def _log_memory_state(self, tag: str) -> dict[str, Any]:
+        """GPU allocated/reserved per device when present, process RSS, ZeRO stage and offload."""
+        import torch
+
+        state: dict[str, Any] = {"tag": tag, "rss_bytes": psutil.Process().memory_info().rss}
+        if torch.cuda.is_available():
+            state["gpus"] = [
+                {
+                    "device": i,
+                    "allocated_bytes": torch.cuda.memory_allocated(i),
+                    "reserved_bytes": torch.cuda.memory_reserved(i),
+                }
+                for i in range(torch.cuda.device_count())
+            ]
+        stage, off_opt, off_param = self.settings.layout()
+        state["deepspeed"] = (
+            {"zero_stage": stage, "offload_optimizer": str(off_opt), "offload_param": str(off_param)}
+            if self.use_deepspeed
+            else None
+        )
+        gpu_text = "".join(
+            f" GPU{g['device']} allocated {g['allocated_bytes'] / 2**30:.2f}GB reserved {g['reserved_bytes'] / 2**30:.2f}GB"
+            for g in state.get("gpus", [])
+        )
+        ds_text = (
+            f"DeepSpeed ZeRO stage {stage}, offload optimizer={off_opt} params={off_param}"
+            if self.use_deepspeed
+            else "DeepSpeed off"
+        )
+        log.info("[%s] RSS %.2fGB%s | %s", tag, state["rss_bytes"] / 2**30, gpu_text, ds_text)
+        if self.store is not None and self.run_id and self.accelerator.is_main_process:
+            self.store.add_event(
+                self.run_id, f"{tag}: RSS {state['rss_bytes'] / 2**30:.2f} GB{gpu_text}; {ds_text}"
+            )
+        return state
+
+    # ------------------------------------------------------------- training
+    def _optimizer_and_scheduler(self, total_steps: int):
+        import torch
+        from accelerate.utils import DummyOptim, DummyScheduler
+        from transformers import get_linear_schedule_with_warmup
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        ds_config = self.accelerator.state.deepspeed_plugin.deepspeed_config if self.use_deepspeed else {}
+        if "optimizer" in ds_config:
+            # The DeepSpeed config owns the optimizer (CPU Adam with offload): Accelerate's DummyOptim
+            # carries lr/weight decay into its "auto" fields.
+            optimizer = DummyOptim(params, lr=self.learning_rate, weight_decay=self.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(params, lr=self.learning_rate, weight_decay=self.weight_decay)
+        if "scheduler" in ds_config:
+            scheduler = DummyScheduler(
+                optimizer, total_num_steps=total_steps, warmup_num_steps=self.warmup_steps
+            )
+        else:
+            scheduler = get_linear_schedule_with_warmup(optimizer, self.warmup_steps, total_steps)
+        return optimizer, scheduler
+
+    def train(
+        self,
+        train_dataloader,
+        num_epochs: int = 1,
+        output_dir: str | Path = "nexa_output",
+        eval_dataloader=None,
+        resume: bool = False,
+    ) -> dict[str, Any]:
+        """Train, checkpoint into ``output_dir/checkpoints`` and return final metrics."""
+        acc = self.accelerator
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        steps_per_epoch = max(1, math.ceil(len(train_dataloader) / self.settings.gradient_accumulation_steps))
+        total_steps = self.max_steps or steps_per_epoch * num_epochs
+        num_epochs = math.ceil(total_steps / steps_per_epoch)
+        optimizer, scheduler = self._optimizer_and_scheduler(total_steps)
+        prepared = acc.prepare(
+            self.model,
+            optimizer,
+            train_dataloader,
+            scheduler,
+            *([eval_dataloader] if eval_dataloader else []),
+        )
+        model, optimizer, train_loader, scheduler = prepared[:4]
+        eval_loader = prepared[4] if eval_dataloader else None
+        self.model = model
+        if self.tracker:
+            acc.init_trackers(
+                self.run_id or "nexa", config={"model": self.model_name, "task": str(self.task)}
+            )
+        self._log_memory_state("after prepare")
+
+        start = StepInfo(0, 0, 0)
+        if resume:
+            ckpt = latest_checkpoint(output_dir)
+            if ckpt is None:
+                raise ConfigError([f"resume: no complete checkpoint under {output_dir / 'checkpoints'}"])
+            acc.load_state(str(ckpt))
+            start = StepInfo(**json.loads((ckpt / STATE_FILE).read_text()))
+            self._event(f"resumed from {ckpt.name} (step {start.step})")
+
+        sampler = _Sampler(self) if self.store is not None and self.run_id else None
+        if sampler:
+            sampler.start()
+        metrics: dict[str, Any] = {}
+        step = start.step
+        progress = None
+        if self.progress and acc.is_local_main_process:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=total_steps, initial=step, desc="training", unit="step")
+        try:
+            model.train()
+            loss_value = float("nan")
+            window_start, window_samples, window_tokens = time.perf_counter(), 0, 0
+            for epoch in range(start.epoch, num_epochs):
+                train_loader.set_epoch(epoch)
+                loader = train_loader
+                skip = start.batches_into_epoch if epoch == start.epoch else 0
+                if skip:
+                    loader = acc.skip_first_batches(train_loader, skip)
+                batches = skip
+                for batch in loader:
+                    batches += 1
+                    with acc.accumulate(model):
+                        loss = self._loss(model, batch)
+                        acc.backward(loss)
+                        grad_norm = None
+                        if acc.sync_gradients and not self.use_deepspeed:
+                            grad_norm = acc.clip_grad_norm_(model.parameters(), 1.0)
+                        optimizer.step()
+                        scheduler.step()
+                        optimizer.zero_grad()
+                    window_samples += _batch_size(batch)
+                    window_tokens += _token_count(batch)
+                    if not acc.sync_gradients:
+                        continue
+                    step += 1
+                    loss_value = acc.gather(loss.detach()).float().mean().item()
+                    if self.use_deepspeed:
+                        grad_norm = model.get_global_grad_norm()
+                    elapsed = max(time.perf_counter() - window_start, 1e-9)
+                    row = {
+                        "loss": loss_value,
+                        "lr": optimizer.param_groups[0]["lr"],
+                        "epoch": epoch + batches / max(len(train_loader), 1),
+                        "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+                        "samples_per_s": window_samples * acc.num_processes / elapsed,
+                        "tokens_per_s": window_tokens * acc.num_processes / elapsed,
+                        "step_time_s": elapsed,
+                    }
+                    window_start, window_samples, window_tokens = time.perf_counter(), 0, 0
+                    self._record(step, row, sampler)
+                    if progress:
+                        progress.update(1)
+                        progress.set_postfix(loss=f"{loss_value:.4f}")
+                    if not math.isfinite(loss_value):
+                        raise FloatingPointError(f"loss is {loss_value} at step {step}")
+                    if self.save and self.save_every and step % self.save_every == 0 and step < total_steps:
+                        self.save_checkpoint(output_dir, StepInfo(step, epoch, batches))
+                    if self._any_rank_stopping() and step < total_steps:
+                        if self.save:
+                            self.save_checkpoint(output_dir, StepInfo(step, epoch, batches))
+                        raise RunStopped(f"stopped at step {step} of {total_steps}")
+                    if step >= total_steps:
+                        break
+                if step >= total_steps:
+                    break
+            if self.save:
+                self.save_checkpoint(output_dir, StepInfo(step, epoch, batches))
+            metrics = {"steps": step, "final_loss": loss_value, "epochs": epoch + 1}
+            if eval_loader is not None:
+                metrics.update(self.evaluate(eval_loader))
+                self._record(
+                    step,
+                    {f"eval_{k}": v for k, v in metrics.items() if k.startswith(("f1", "acc", "eval"))},
+                    None,
+                )
+            latest = latest_checkpoint(output_dir)
+            metrics["checkpoint_dir"] = str(latest) if latest else None
+            self._log_memory_state("end of training")
+        finally:
+            if progress:
+                progress.close()
+            if sampler:
+                sampler.stop()
+            if self.tracker:
+                acc.end_training()
+        return metrics
+
+    def _any_rank_stopping(self) -> bool:
+        """A stop must be seen by every rank at the same step, or the collective checkpoint hangs."""
+        if self.accelerator.num_processes == 1:
+            return self.stop_requested
+        import torch
+
+        flag = torch.tensor([1.0 if self.stop_requested else 0.0], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    def _loss(self, model, batch):
+        if self.task is Task.EMBEDDING:
+            return _contrastive_loss(model, batch)
+        return model(**batch).loss
+
+    def _record(self, step: int, row: dict[str, float], sampler) -> None:
+        if sampler:
+            sampler.step(step)
+        if not self.accelerator.is_main_process:
+            return
+        if self.store is not None and self.run_id:
+            self.store.log_metrics(self.run_id, step, row)
+        if self.tracker:
+            self.accelerator.log(row, step=step)
+
+    def _event(self, message: str) -> None:
+        log.info(message)
+        if self.store is not None and self.run_id and self.accelerator.is_main_process:
+            self.store.add_event(self.run_id, message)
+
+    # ---------------------------------------------------------- checkpoints
+    def save_checkpoint(self, output_dir: Path, info: StepInfo) -> Path:
+        """Accelerate/DeepSpeed state into a temporary folder, then rename; the marker comes last,
+        so a crash mid-save leaves a folder that resume ignores."""
+        acc = self.accelerator
+        root = Path(output_dir) / "checkpoints"
+        final = root / f"step-{info.step:07d}"
+        tmp = root / f".tmp-step-{info.step:07d}"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            root.mkdir(parents=True, exist_ok=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))  # collective under DeepSpeed: every rank writes its partition
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            (tmp / STATE_FILE).write_text(json.dumps(info.__dict__))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            (final / COMPLETE_MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+            for old in checkpoints(output_dir)[: -self.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+            self._event(f"checkpoint {final.name} saved")
+        acc.wait_for_everyone()
+        return final
+
+    # ----------------------------------------------------------- evaluation
+    def evaluate(self, eval_loader) -> dict[str, float]:
+        import torch
+
+        model, acc = self.model, self.accelerator
+        model.eval()
+        losses, preds, refs, hits, total = [], [], [], 0, 0
+        with torch.no_grad():
+            for batch in eval_loader:
+                if self.task is Task.EMBEDDING:
+                    a, p = _embed_pair(model, batch)
+                    sims = a @ p.T
+                    hits += int((sims.argmax(dim=1) == torch.arange(len(a), device=a.device)).sum())
+                    total += len(a)
+                    continue
+                out = model(**batch)
+                losses.append(acc.gather(out.loss.detach()).float().mean().item())
+                if self.task in (Task.NER, Task.CLASSIFICATION):
+                    logits, labels = acc.gather_for_metrics((out.logits.argmax(-1), batch["labels"]))
+                    preds.append(logits.cpu())
+                    refs.append(labels.cpu())
+        model.train()
+        result: dict[str, float] = {}
+        if losses:
+            result["eval_loss"] = sum(losses) / len(losses)
+        if self.task is Task.NER:
+            result["f1"] = _seqeval_f1(
+                preds, refs, self.label_names or [str(i) for i in range(self.num_labels)]
+            )
+        elif self.task is Task.CLASSIFICATION:
+            correct = sum(int((p == r).sum()) for p, r in zip(preds, refs))
+            result["accuracy"] = correct / max(1, sum(len(r) for r in refs))
+        elif self.task is Task.EMBEDDING:
+            result["accuracy"] = hits / max(total, 1)  # in-batch retrieval top-1
+        elif self.task is Task.CAUSAL_LM and losses:
+            result["eval_perplexity"] = math.exp(min(result["eval_loss"], 50))
+        return result
+
+
+def _offload(value: bool | str | None) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return Offload.CPU.value if value else Offload.NONE.value
+    return value
+
+
+def _batch_size(batch) -> int:
+    for key in ("input_ids", "anchor_input_ids"):
+        if key in batch:
+            return int(batch[key].shape[0])
+    return 0
+
+
+def _token_count(batch) -> int:
+    total = 0
+    for key in ("attention_mask", "anchor_attention_mask", "positive_attention_mask"):
+        if key in batch:
+            total += int(batch[key].sum())
+    return total
+
+
+def _mean_pool(model, ids, mask):
+    hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+
+
+def _embed_pair(model, batch):
+    import torch.nn.functional as F
+
+    a = _mean_pool(model, batch["anchor_input_ids"], batch["anchor_attention_mask"])
+    p = _mean_pool(model, batch["positive_input_ids"], batch["positive_attention_mask"])
+    return F.normalize(a, dim=-1), F.normalize(p, dim=-1)
+
+
+def _contrastive_loss(model, batch, scale: float = 20.0):
+    """In-batch negatives (sentence-transformers' MultipleNegativesRankingLoss: cosine × 20, cross
+    entropy against the diagonal). Written here because that loss wraps a SentenceTransformer,
+    while DeepSpeed must wrap the raw transformers encoder."""
+    import torch
+    import torch.nn.functional as F
+
+    a, p = _embed_pair(model, batch)
+    scores = a @ p.T * scale
+    return F.cross_entropy(scores, torch.arange(len(a), device=scores.device))
+
+
+def _seqeval_f1(preds, refs, label_names: list[str]) -> float:
+    from seqeval.metrics import f1_score
+
+    true_seqs, pred_seqs = [], []
+    for p_batch, r_batch in zip(preds, refs):
+        for p_row, r_row in zip(p_batch.tolist(), r_batch.tolist()):
+            keep = [(p, r) for p, r in zip(p_row, r_row) if r != -100]
+            true_seqs.append([label_names[r] for _, r in keep])
+            pred_seqs.append([label_names[p] if 0 <= p < len(label_names) else "O" for p, _ in keep])
+    return float(f1_score(true_seqs, pred_seqs)) if true_seqs else 0.0
+
+
+class _Sampler:
+    """Telemetry glue: a MemorySampler writing into the run store, tagged with this rank."""
+
+    def __init__(self, trainer: DeepSpeedTrainer) -> None:
+        from nexa_core.telemetry import MemorySampler
+
+        self._sampler = MemorySampler(trainer.store, trainer.run_id, rank=trainer.accelerator.process_index)
+
+    def start(self) -> None:
+        self._sampler.start()
+
+    def step(self, step: int) -> None:
+        self._sampler.set_step(step)
+        self._sampler.sample_now()
+
+    def stop(self) -> None:
+        self._sampler.stop()

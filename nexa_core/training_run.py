@@ -1,0 +1,170 @@
+"""One training run end to end: TrainConfig -> run folder and store row -> data -> trainer -> state.
+
+This is what `nexa train` runs in the foreground and what the run manager starts in a subprocess.
+Only rank 0 writes the store row and the run files; every rank trains.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import traceback
+from pathlib import Path
+from typing import Any
+
+from nexa_core import paths
+from nexa_core.errors import ConfigError
+from nexa_core.train_config import TrainConfig
+
+log = logging.getLogger("nexa.run")
+RUN_CONFIG = "run_config.json"
+
+
+def load_tokenizer(model: str):
+    """The model's own tokenizer when its folder has one, else the packaged MiniLM tokenizer (for
+    random-initialised test variants whose config sets a vocabulary at least that large)."""
+    from transformers import AutoTokenizer
+
+    from nexa_core.models import _packaged_minilm_dir, resolve_model
+
+    resolved = resolve_model(model)
+    for folder in (resolved.weights_dir, Path(model) if Path(model).is_dir() else None):
+        if folder is not None and any(
+            (folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+        ):
+            return AutoTokenizer.from_pretrained(folder)
+    fallback = _packaged_minilm_dir()
+    if fallback is None:
+        raise ConfigError(
+            [f"model: no tokenizer found for {model!r} and the packaged MiniLM is not installed"]
+        )
+    tokenizer = AutoTokenizer.from_pretrained(fallback)
+    vocab = int(resolved.config.get("vocab_size") or resolved.config.get("n_vocab") or 0)
+    if vocab and vocab < len(tokenizer):
+        raise ConfigError(
+            [
+                f"model: {model!r} has no tokenizer and its vocab_size {vocab} is smaller than the fallback tokenizer's {len(tokenizer)}"
+            ]
+        )
+    log.warning("tokenizer: %s has none; using the packaged all-MiniLM-L6-v2 tokenizer", model)
+    return tokenizer
+
+
+def _stop_on_signals(trainer) -> None:
+    """SIGTERM/SIGINT ask the trainer to checkpoint and stop at the next step boundary, instead of
+    dying mid-step; a second signal is left to the default handler (SIGKILL always works)."""
+    import signal
+
+    def request_stop(signum, frame):
+        trainer.stop_requested = True
+        signal.signal(signum, signal.SIG_DFL)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, request_stop)
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _shared_run_id(config: TrainConfig, run_id: str | None) -> str:
+    """Every rank must agree on the run id (it names the checkpoint folder)."""
+    run_id = run_id or os.environ.get("NEXA_RUN_ID")
+    if run_id:
+        return run_id
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(["run_id (--run-id / NEXA_RUN_ID): required when several ranks train together"])
+    return paths.new_run_id(config.name)
+
+
+def run_training(
+    config: TrainConfig, run_id: str | None = None, resume: bool = False, progress: bool = False
+) -> dict[str, Any]:
+    """Train per ``config`` as run ``run_id`` (new unless resuming) and return the result summary."""
+    from nexa_core import datasets as nexa_datasets
+    from nexa_core.runstore import RunState, RunStore
+    from nexa_core.trainer import DeepSpeedTrainer, RunStopped
+
+    run_id = _shared_run_id(config, run_id)
+    run_dir = paths.run_dir(run_id)
+    store = RunStore()
+    main = _rank() == 0
+    existing = store.get_run(run_id)
+    if resume and existing is None:
+        raise ConfigError([f"resume (--resume): no run {run_id!r} in {paths.store_path()}"])
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config.write(run_dir / RUN_CONFIG)
+        if existing is None:
+            store.create_run(run_id, name=config.name or run_id, spec=config.to_dict(), run_dir=str(run_dir))
+        store.update_run(run_id, pid=os.getpid())
+        store.set_state(run_id, RunState.RUNNING)
+    try:
+        tokenizer = load_tokenizer(config.model)
+        data = nexa_datasets.build_dataloaders(
+            config.task,
+            tokenizer,
+            config.dataset,
+            config.eval_dataset,
+            batch_size=config.batch_size,
+            seq_len=config.seq_len,
+            seed=config.seed,
+            pad_to_seq_len=config.pad_to_seq_len,
+        )
+        trainer = DeepSpeedTrainer(
+            config.model,
+            task=config.task,
+            num_labels=config.num_labels or (len(data.label_names) if data.label_names else None),
+            zero_stage=config.zero_stage,
+            offload_optimizer=config.offload_optimizer,
+            offload_params=config.offload_param,
+            gradient_checkpointing=config.gradient_checkpointing,
+            use_lora=config.lora,
+            lora_rank=config.lora_rank,
+            precision=config.precision,
+            use_deepspeed={"on": True, "off": False}.get(str(config.deepspeed)),
+            learning_rate=config.lr,
+            weight_decay=config.weight_decay,
+            warmup_steps=config.warmup_steps,
+            gradient_accumulation_steps=config.gradient_accumulation,
+            max_steps=config.max_steps,
+            save_every=config.save_every,
+            keep_last=config.keep_last,
+            seed=config.seed,
+            label_names=data.label_names or None,
+            random_init=config.random_init,
+            store=store,
+            run_id=run_id,
+            tracker=config.tracker,
+            progress=progress,
+            save=config.save,
+        )
+        _stop_on_signals(trainer)
+        if main:
+            (run_dir / "labels.json").write_text(json.dumps(data.label_names))
+            tokenizer.save_pretrained(run_dir / "tokenizer")
+        metrics = trainer.train(
+            data.train_loader,
+            num_epochs=config.epochs,
+            output_dir=run_dir,
+            eval_dataloader=data.eval_loader if config.eval else None,
+            resume=resume,
+        )
+    except BaseException as exc:
+        if main:
+            stopped = isinstance(exc, (KeyboardInterrupt, RunStopped))
+            summary = traceback.format_exception_only(type(exc), exc)[-1].strip()
+            last = store.get_run(run_id) or {}
+            store.set_state(
+                run_id,
+                RunState.STOPPED if stopped else RunState.FAILED,
+                reason=summary[:2000],
+                stopped_by=os.environ.get("NEXA_STOP_REQUESTED_BY", "signal") if stopped else None,
+            )
+            log.info("run %s ended at step %s: %s", run_id, last.get("last_step"), summary)
+        raise
+    if main:
+        store.update_run(run_id, last_step=metrics["steps"])
+        store.set_state(run_id, RunState.SUCCEEDED, exit_code=0)
+    return {"run_id": run_id, "state": "succeeded", "run_dir": str(run_dir), **metrics}
