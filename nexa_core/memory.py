@@ -241,8 +241,11 @@ def per_rank_estimate(
     states = model_states_bytes(params, trainable, largest_layer, precision, layout)
     acts = 0
     if arch is not None:
+        # On GPU, SDPA dispatches to flash / memory-efficient kernels that keep no s×s scores; the
+        # CPU training path keeps them (measured: peak RSS grows with s² at long sequences).
+        fused = not layout.cpu_only
         acts = activation_bytes(
-            arch, batch_size, seq_len, precision, gradient_checkpointing, task, num_labels
+            arch, batch_size, seq_len, precision, gradient_checkpointing, task, num_labels, fused
         )
     buffers = deepspeed_buffer_bytes(arch, precision, layout)
     k = layout.ranks_per_node

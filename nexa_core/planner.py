@@ -124,6 +124,10 @@ class Recommendation:
     layout: Layout | None
     reason: str
 
+    @property
+    def label(self) -> str | None:
+        return layout_label(self.layout) if self.layout else None
+
     def to_dict(self) -> dict[str, Any]:
         lay = self.layout
         return {

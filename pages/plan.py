@@ -1,0 +1,127 @@
+"""Plan: will this model train here, with which ZeRO stage, and how much memory will it take?"""
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from nexa_core.enums import Precision, Task
+from nexa_core.errors import ConfigError
+from nexa_core.memory import GIB
+from nexa_core.models import DEFAULT_MODEL, catalogue
+from nexa_core.planner import plan_command
+from nexa_core.report import plan_rows
+from pages._shared import cached_plan, detected_hardware, show_problems
+
+st.title("Plan memory before a run")
+hw = detected_hardware()
+ids = list(catalogue())
+
+with st.sidebar:
+    st.caption(
+        f"Detected: {hw.gpu_count} GPU(s)"
+        + "".join(
+            f" · GPU{g.index} {g.name} {g.free_bytes / GIB:.1f}/{g.total_bytes / GIB:.1f} GiB free"
+            for g in hw.gpus
+        )
+        + f" · host RAM {hw.host_available_bytes / GIB:.1f} GiB available"
+    )
+
+left, right = st.columns(2)
+with left:
+    picked = st.selectbox("Model (catalogue)", ids, index=ids.index(DEFAULT_MODEL), key="plan_model")
+    typed = st.text_input(
+        "…or a hub id / local folder", key="plan_model_text", placeholder="org/name or /path/to/model"
+    )
+    task = st.selectbox("Task", Task.values(), key="plan_task")
+    num_labels = st.number_input(
+        "Labels", 1, 10_000, 7, key="plan_labels", disabled=task not in ("ner", "classification")
+    )
+    precision = st.selectbox("Precision", ["auto", *Precision.values()], key="plan_precision")
+    batch = st.number_input("Micro-batch per GPU", 1, 65_536, 8, key="plan_batch")
+    seq = st.number_input("Sequence length", 8, 1_048_576, 128, key="plan_seq")
+with right:
+    ckpt = st.checkbox("Gradient checkpointing", key="plan_ckpt")
+    lora = st.checkbox("LoRA", key="plan_lora")
+    rank = st.number_input("LoRA rank", 1, 4096, 8, key="plan_rank", disabled=not lora)
+    gpus = st.number_input("GPUs per node (0 = CPU-only)", 0, 64, hw.gpu_count, key="plan_gpus")
+    nodes = st.number_input("Nodes", 1, 1024, 1, key="plan_nodes")
+    gpu_gb = st.number_input(
+        "GPU memory per GPU (GiB)",
+        0.0,
+        4096.0,
+        round(hw.min_gpu_free_bytes / GIB, 1),
+        key="plan_gpu_gb",
+        disabled=gpus == 0,
+    )
+    host_gb = st.number_input(
+        "Host RAM per node (GiB)", 0.1, 65_536.0, round(hw.host_available_bytes / GIB, 1), key="plan_host_gb"
+    )
+
+fields = dict(
+    model=typed.strip() or picked,
+    task=task,
+    num_labels=int(num_labels),
+    precision=None if precision == "auto" else precision,
+    batch_size=int(batch),
+    seq_len=int(seq),
+    gradient_checkpointing=ckpt,
+    lora=lora,
+    lora_rank=int(rank),
+    gpus=int(gpus),
+    nodes=int(nodes),
+    gpu_memory_gb=float(gpu_gb) if gpus and gpu_gb > 0 else None,
+    host_memory_gb=float(host_gb),
+)
+try:
+    plan = cached_plan(**fields)
+except ConfigError as exc:
+    show_problems(exc.problems)
+    st.stop()
+
+size = plan.size
+c1, c2, c3 = st.columns(3)
+c1.metric("Parameters (exact)", f"{size.params:,}")
+c2.metric("Trainable", f"{size.trainable_params:,}")
+c3.metric("Largest layer (ZeRO-3 gathers)", f"{size.largest_layer_params:,}")
+
+rec = plan.recommendation
+if rec.layout is None:
+    st.warning(rec.reason)
+else:
+    st.success(f"Recommended: {rec.label}")
+    st.write(rec.reason)
+
+on_gpu = plan.gpus_per_node > 0
+labels = [e.label for e in plan.estimates]
+fig = go.Figure()
+for part, attr in (("parameters", "params_bytes"), ("gradients", "gradients_bytes"), ("optimizer", "optimizer_bytes"),
+                   ("activations", "activations_bytes"), ("overhead", "overhead_bytes")):  # fmt: skip
+    values = [getattr(e.per_gpu if on_gpu else e.host, attr) / GIB for e in plan.estimates]
+    fig.add_bar(name=part, x=labels, y=values)
+capacity = (plan.gpu_budget_bytes if on_gpu else plan.host_budget_bytes) / GIB
+if capacity:
+    fig.add_hline(
+        y=capacity,
+        line_dash="dash",
+        annotation_text=f"{'GPU' if on_gpu else 'host RAM'} capacity {capacity:.1f} GiB",
+    )
+fig.update_layout(
+    barmode="stack",
+    title="Per-GPU memory by option (GiB)" if on_gpu else "Host memory by option, CPU-only training (GiB)",
+    yaxis_title="GiB",
+    legend_title="term",
+)
+st.plotly_chart(fig, width="stretch")
+st.dataframe(plan_rows(plan), hide_index=True, width="stretch")
+st.caption(
+    "Host totals are per node: offloaded states, each rank's process baseline and the weights' load copy."
+)
+st.code(plan_command(plan.config), language="bash")
+for note in plan.notes:
+    st.caption(note)
+
+st.session_state["plan_choices"] = {
+    **fields,
+    "zero_stage": rec.layout.zero_stage if rec.layout else None,
+    "offload_optimizer": ("cpu" if rec.layout.offload_optimizer else "none") if rec.layout else None,
+    "offload_param": ("cpu" if rec.layout.offload_param else "none") if rec.layout else None,
+}
