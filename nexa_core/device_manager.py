@@ -157,16 +157,20 @@ class DeepSpeedSettings:
         """(stage, optimizer offload, parameter offload): explicit choices over the config file's."""
         zero = self.template().get("zero_optimization", {})
 
-        def offload(choice: Offload | str | None, key: str) -> Offload:
+        stage = self.zero_stage if self.zero_stage is not None else int(zero.get("stage", 0))
+
+        def offload(choice: Offload | str | None, key: str, min_stage: int) -> Offload:
             if choice is not None:
                 return Offload(choice)
-            return Offload.CPU if zero.get(key, {}).get("device", "none") == "cpu" else Offload.NONE
+            # The file's offload applies only where the chosen stage allows it (a user who picks
+            # ZeRO-2 over the ZeRO-3 template means "no parameter offload", not an error).
+            in_file = zero.get(key, {}).get("device", "none") == "cpu"
+            return Offload.CPU if in_file and stage >= min_stage else Offload.NONE
 
-        stage = self.zero_stage if self.zero_stage is not None else int(zero.get("stage", 0))
         return (
             stage,
-            offload(self.offload_optimizer, "offload_optimizer"),
-            offload(self.offload_param, "offload_param"),
+            offload(self.offload_optimizer, "offload_optimizer", 1),
+            offload(self.offload_param, "offload_param", 3),
         )
 
     def deepspeed_config(self, precision: Precision) -> dict[str, Any]:
