@@ -9,7 +9,7 @@ from nexa_core.memory import GIB
 from nexa_core.models import DEFAULT_MODEL, catalogue
 from nexa_core.planner import plan_command
 from nexa_core.report import plan_rows
-from pages._shared import cached_plan, detected_hardware, show_problems
+from pages._shared import cached_plan, detected_hardware, refresh_hardware, show_problems
 
 st.title("Plan memory before a run")
 hw = detected_hardware()
@@ -24,6 +24,7 @@ with st.sidebar:
         )
         + f" · host RAM {hw.host_available_bytes / GIB:.1f} GiB available"
     )
+    st.button("Re-detect hardware", key="plan_redetect", on_click=refresh_hardware)
 
 left, right = st.columns(2)
 with left:
@@ -32,12 +33,12 @@ with left:
         "…or a hub id / local folder", key="plan_model_text", placeholder="org/name or /path/to/model"
     )
     task = st.selectbox("Task", Task.values(), key="plan_task")
-    num_labels = st.number_input(
-        "Labels", 1, 10_000, 7, key="plan_labels", disabled=task not in ("ner", "classification")
-    )
+    num_labels = 7  # PlanConfig's default; only token/sequence classification heads use it
+    if task in (Task.NER, Task.CLASSIFICATION):
+        num_labels = st.number_input("Labels", 1, 10_000, 7, key="plan_labels")
     precision = st.selectbox("Precision", ["auto", *Precision.values()], key="plan_precision")
     batch = st.number_input("Micro-batch per GPU", 1, 65_536, 8, key="plan_batch")
-    seq = st.number_input("Sequence length", 8, 1_048_576, 128, key="plan_seq")
+    seq = st.number_input("Sequence length", 1, 1_048_576, 128, key="plan_seq")
 with right:
     ckpt = st.checkbox("Gradient checkpointing", key="plan_ckpt")
     lora = st.checkbox("LoRA", key="plan_lora")
@@ -45,7 +46,7 @@ with right:
     gpus = st.number_input("GPUs per node (0 = CPU-only)", 0, 64, hw.gpu_count, key="plan_gpus")
     nodes = st.number_input("Nodes", 1, 1024, 1, key="plan_nodes")
     gpu_gb = st.number_input(
-        "GPU memory per GPU (GiB)",
+        "GPU memory per GPU (GiB; 0 = as detected)",
         0.0,
         4096.0,
         round(hw.min_gpu_free_bytes / GIB, 1),
@@ -74,6 +75,7 @@ fields = dict(
 try:
     plan = cached_plan(**fields)
 except ConfigError as exc:
+    st.session_state.pop("plan_choices", None)  # nothing valid to carry over to Launch
     show_problems(exc.problems)
     st.stop()
 
@@ -87,22 +89,22 @@ rec = plan.recommendation
 if rec.layout is None:
     st.warning(rec.reason)
 else:
-    st.success(f"Recommended: {rec.label}")
-    st.write(rec.reason)
+    st.success(f"**Recommended: {rec.label}**\n\n{rec.reason}")
 
+# CPU-only training keeps every term in host RAM (per-GPU totals are 0), so chart host bytes then.
 on_gpu = plan.gpus_per_node > 0
 labels = [e.label for e in plan.estimates]
 fig = go.Figure()
-for part, attr in (("parameters", "params_bytes"), ("gradients", "gradients_bytes"), ("optimizer", "optimizer_bytes"),
+for term, attr in (("parameters", "params_bytes"), ("gradients", "gradients_bytes"), ("optimizer", "optimizer_bytes"),
                    ("activations", "activations_bytes"), ("overhead", "overhead_bytes")):  # fmt: skip
     values = [getattr(e.per_gpu if on_gpu else e.host, attr) / GIB for e in plan.estimates]
-    fig.add_bar(name=part, x=labels, y=values)
+    fig.add_trace(go.Bar(name=term, x=labels, y=values))
 capacity = (plan.gpu_budget_bytes if on_gpu else plan.host_budget_bytes) / GIB
 if capacity:
     fig.add_hline(
         y=capacity,
         line_dash="dash",
-        annotation_text=f"{'GPU' if on_gpu else 'host RAM'} capacity {capacity:.1f} GiB",
+        annotation_text=f"{'GPU memory' if on_gpu else 'host RAM'} capacity {capacity:.1f} GiB",
     )
 fig.update_layout(
     barmode="stack",
@@ -119,9 +121,6 @@ st.code(plan_command(plan.config), language="bash")
 for note in plan.notes:
     st.caption(note)
 
-st.session_state["plan_choices"] = {
-    **fields,
-    "zero_stage": rec.layout.zero_stage if rec.layout else None,
-    "offload_optimizer": ("cpu" if rec.layout.offload_optimizer else "none") if rec.layout else None,
-    "offload_param": ("cpu" if rec.layout.offload_param else "none") if rec.layout else None,
-}
+# What the Launch page carries over: the user's choices and the recommended layout.
+recommended = {k: v for k, v in rec.to_dict().items() if k != "reason"}
+st.session_state["plan_choices"] = {**fields, **recommended}

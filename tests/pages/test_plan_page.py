@@ -1,5 +1,6 @@
 """The Plan page, driven with Streamlit's AppTest (runs the real page script, no browser)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -8,45 +9,110 @@ from streamlit.testing.v1 import AppTest
 from nexa_core.enums import Task
 from nexa_core.models import DEFAULT_MODEL, size_model
 
+# Absolute: AppTest resolves a relative path against this test file, not the working directory.
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def page():
-    at = AppTest.from_file(str(ROOT / "pages" / "plan.py"), default_timeout=120)
+def page(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(ROOT)
+    at = AppTest.from_file(ROOT / "pages" / "plan.py", default_timeout=60)
     return at.run()
+
+
+def _chart(at: AppTest) -> dict:
+    charts = at.get("plotly_chart")
+    assert len(charts) == 1
+    return json.loads(charts[0].proto.spec)
+
+
+def _model_error(at: AppTest) -> str:
+    assert not at.exception
+    assert len(at.error) == 1  # every problem in one block
+    assert "model" in at.error[0].value
+    assert not at.get("plotly_chart")  # nothing rendered from a bad config
+    assert "plan_choices" not in at.session_state
+    return at.error[0].value
 
 
 def test_renders_with_defaults_and_recommends(page):
     assert not page.exception
     assert any("Recommended: ZeRO-" in s.value for s in page.success)
-    assert any("fastest option that fits" in m.value for m in page.markdown)
-    expected = size_model(DEFAULT_MODEL, Task.NER, 7, None).params
-    assert page.metric[0].value == f"{expected:,}"
-    charts = page.get("plotly_chart")
-    assert len(charts) == 1
-    assert "Host memory" in charts[0].proto.spec  # no GPU here: the chart shows host RAM
-    assert "nexa plan sentence-transformers/all-MiniLM-L6-v2" in page.code[0].value
+    assert any("fastest option that fits" in s.value for s in page.success)
+    expected = size_model(DEFAULT_MODEL, Task.NER, 7, None)
+    assert page.metric[0].value == f"{expected.params:,}"
+    assert page.metric[1].value == f"{expected.trainable_params:,}"
+    assert page.metric[2].value == f"{expected.largest_layer_params:,}"
+    assert _chart(page)["data"]  # one stacked bar per memory term
+    assert page.dataframe and "host total GiB" in page.dataframe[0].value.columns
+    assert page.code[0].value.startswith(f"nexa plan {DEFAULT_MODEL} --task ner --num-labels 7")
+
+
+def test_plan_choices_are_kept_for_launch(page):
+    choices = page.session_state["plan_choices"]
+    assert choices["model"] == DEFAULT_MODEL and choices["task"] == "ner"
+    assert choices["zero_stage"] is not None
+    assert choices["offload_optimizer"] in ("cpu", "none") and choices["offload_param"] in ("cpu", "none")
+
+
+def test_cpu_only_chart_shows_host_memory(page):
+    page.number_input(key="plan_gpus").set_value(0).run()
+    assert not page.exception
+    spec = json.dumps(_chart(page))
+    assert "Host memory" in spec and "host RAM capacity" in spec
+
+
+def test_hypothetical_gpus_chart_per_gpu_memory(page):
+    page.number_input(key="plan_gpus").set_value(2).run()  # enables the GPU memory field, as in a browser
+    page.number_input(key="plan_gpu_gb").set_value(16.0).run()
+    assert not page.exception
+    spec = json.dumps(_chart(page))
+    assert "Per-GPU memory" in spec and "GPU memory capacity 16.0 GiB" in spec
+    assert "--gpus 2" in page.code[0].value and "--gpu-memory-gb 16" in page.code[0].value
+    assert [b["name"] for b in _chart(page)["data"]] == [
+        "parameters",
+        "gradients",
+        "optimizer",
+        "activations",
+        "overhead",
+    ]
+
+
+def test_labels_only_for_classification_heads(page):
+    assert "plan_labels" in [w.key for w in page.number_input]
+    page.selectbox(key="plan_task").set_value("embedding").run()
+    assert not page.exception
+    assert "plan_labels" not in [w.key for w in page.number_input]
+    assert "--num-labels" not in page.code[0].value
 
 
 def test_lora_changes_trainable_count(page):
     page.checkbox(key="plan_lora").check().run()
     assert not page.exception
     assert int(page.metric[1].value.replace(",", "")) < int(page.metric[0].value.replace(",", ""))
+    assert "--lora --lora-rank 8" in page.code[0].value
 
 
-def test_bad_model_is_shown_as_an_error_not_a_traceback(page):
+def test_nonsense_model_name_is_an_error_not_a_traceback(page):
+    page.text_input(key="plan_model_text").input("not a model!!").run()
+    assert "not a catalogue entry" in _model_error(page)
+
+
+def test_option_like_model_is_refused(page):
     page.text_input(key="plan_model_text").input("--evil").run()
-    assert not page.exception
-    assert page.error and "model" in page.error[0].value and "option" in page.error[0].value
+    assert "option" in _model_error(page)
 
 
 def test_unreachable_hub_id_says_offline(page):
     page.text_input(key="plan_model_text").input("someone/unknown-model").run()
-    assert not page.exception
-    assert "offline" in page.error[0].value and "catalogue" in page.error[0].value
+    message = _model_error(page)
+    assert "offline" in message and "catalogue" in message
 
 
-def test_app_router_runs():
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+def test_app_router_runs(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(ROOT)
+    at = AppTest.from_file(ROOT / "app.py", default_timeout=60).run()
     assert not at.exception
+    assert at.title and at.title[0].value == "Plan memory before a run"  # Plan is the default page
