@@ -29,9 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nexa_core.hardware import Hardware  # noqa: E402
-from nexa_core.memory import DEFAULT_CALIBRATION, MIB, Calibration  # noqa: E402
-from nexa_core.planner import PlanConfig, make_plan  # noqa: E402
+from nexa_core.enums import Precision, Task  # noqa: E402
+from nexa_core.memory import DEFAULT_CALIBRATION, MIB, Calibration, Layout, per_rank_estimate  # noqa: E402
+from nexa_core.models import size_model  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "memory_calibration.json"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -93,6 +93,29 @@ CASES = [
     ),
     Case("bert-large ner b4 s128", model="bert-large-uncased", batch_size=4, random_init=True),
 ]
+# Not used by --fit: measured after the constants were fixed, to check the fit out of sample.
+HOLDOUT = [
+    Case("holdout minilm cls b64 s64", task="classification", batch_size=64, seq_len=64),
+    Case(
+        "holdout gpt2 lora b8 s128", model="gpt2", task="causal-lm", batch_size=8, lora=True, random_init=True
+    ),
+    Case(
+        "holdout distilbert zero2 offload b8",
+        model="distilbert-base-uncased",
+        deepspeed=True,
+        zero_stage=2,
+        offload_optimizer=True,
+        random_init=True,
+    ),
+    Case(
+        "holdout bert-base embedding b8 s64 ckpt",
+        model="bert-base-uncased",
+        task="embedding",
+        seq_len=64,
+        gradient_checkpointing=True,
+        random_init=True,
+    ),  # fmt: skip
+]
 QUICK = ["minilm b8 s128", "minilm b8 s512", "minilm zero2", "gpt2 lm b4 s256"]
 
 
@@ -131,28 +154,25 @@ def measure(case: Case, home: Path) -> dict:
 
 
 def estimate_bytes(case: Case, calibration: Calibration) -> int:
-    config = PlanConfig(
-        model=case.model,
-        task=case.task,
-        precision="fp32",
-        batch_size=case.batch_size,
-        seq_len=case.seq_len,
-        gradient_checkpointing=case.gradient_checkpointing,
-        lora=case.lora,
-        gpus=0,
-        host_memory_gb=24,
-    )
-    plan = make_plan(config, Hardware((), 0, 0), calibration)
+    """The planner's CPU-only host total for the case's own layout (the same function make_plan uses)."""
+    size = size_model(case.model, Task(case.task), 7, 8 if case.lora else None)
     stage = case.zero_stage if case.deepspeed else 0
-    for e in plan.estimates:
-        lay = e.layout
-        if (lay.zero_stage, lay.offload_optimizer, lay.offload_param) == (
-            stage,
-            case.offload_optimizer,
-            case.offload_param,
-        ):
-            return e.host.total_bytes
-    raise KeyError(case.name)
+    layout = Layout(stage, case.offload_optimizer, case.offload_param, 0, 1)
+    _, host = per_rank_estimate(
+        size.params,
+        size.trainable_params,
+        size.largest_layer_params,
+        size.architecture,
+        Precision.FP32,
+        layout,
+        case.batch_size,
+        case.seq_len,
+        case.gradient_checkpointing,
+        Task(case.task),
+        7,
+        calibration,
+    )
+    return host.total_bytes
 
 
 def errors(rows: list[dict], calibration: Calibration) -> list[float]:
@@ -164,20 +184,26 @@ def errors(rows: list[dict], calibration: Calibration) -> list[float]:
 
 
 def fit(rows: list[dict]) -> Calibration:
-    """Grid search over the CPU constants; minimise the median absolute error, then the worst case."""
-    best, best_score = DEFAULT_CALIBRATION, (float("inf"), float("inf"))
-    baselines = [int(x * MIB) for x in range(500, 1101, 25)]
-    factors = [x / 20 for x in range(16, 61)]
-    frags = [x / 100 for x in range(0, 31, 2)]
-    for base, factor, frag in itertools.product(baselines, factors, frags):
+    """Grid search over the CPU constants: the smallest worst-case error among those whose median
+    absolute error is within 10 % (the project's goal: median <= 10 %, no case worse than 20 %)."""
+    best, best_score = DEFAULT_CALIBRATION, (True, float("inf"), float("inf"))
+    grid = itertools.product(
+        [int(x * MIB) for x in range(500, 1001, 25)],  # process baseline
+        [int(x * MIB) for x in range(0, 401, 50)],  # DeepSpeed runtime
+        [x / 10 for x in range(10, 31)],  # activation factor
+        [x / 100 for x in range(0, 31, 5)],  # fragmentation
+    )
+    for base, ds, factor, frag in grid:
         cal = replace(
             DEFAULT_CALIBRATION,
             process_baseline_bytes=base,
+            deepspeed_host_bytes=ds,
             cpu_activation_factor=factor,
             host_fragmentation=frag,
         )
         errs = [abs(e) for e in errors(rows, cal)]
-        score = (round(statistics.median(errs), 3), max(errs))
+        median = statistics.median(errs)
+        score = (median > 0.10, round(max(errs), 3), median)
         if score < best_score:
             best, best_score = cal, score
     return best
@@ -204,10 +230,11 @@ def main() -> int:
     )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--fit", action="store_true")
+    parser.add_argument("--holdout", action="store_true", help="measure the held-out cases instead")
     parser.add_argument("--from", dest="source", help="saved measurements to re-use instead of measuring")
     parser.add_argument("--case", help="(internal) measure one case by name and print JSON")
     args = parser.parse_args()
-    by_name = {c.name: c for c in CASES}
+    by_name = {c.name: c for c in CASES + HOLDOUT}
     if args.case:  # child mode: a fresh process, so RUSAGE_CHILDREN holds only this case
         with tempfile.TemporaryDirectory() as home:
             print(json.dumps(measure(by_name[args.case], Path(home))))
@@ -215,7 +242,7 @@ def main() -> int:
     if args.source:
         rows = json.loads(Path(args.source).read_text())["rows"]
     else:
-        cases = [by_name[n] for n in QUICK] if args.quick else CASES
+        cases = HOLDOUT if args.holdout else [by_name[n] for n in QUICK] if args.quick else CASES
         rows = []
         for case in cases:
             out = subprocess.run(
@@ -230,12 +257,14 @@ def main() -> int:
                 flush=True,
             )
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps({"measured_at": time.strftime("%Y-%m-%d"), "rows": rows}, indent=1))
+        out_file = RESULTS.with_name("memory_holdout.json") if args.holdout else RESULTS
+        out_file.write_text(json.dumps({"measured_at": time.strftime("%Y-%m-%d"), "rows": rows}, indent=1))
     print(table(rows, DEFAULT_CALIBRATION))
     if args.fit:
         cal = fit(rows)
         print(
             f"\nfitted: process_baseline_bytes={cal.process_baseline_bytes // MIB} MiB, "
+            f"deepspeed_host_bytes={cal.deepspeed_host_bytes // MIB} MiB, "
             f"cpu_activation_factor={cal.cpu_activation_factor}, host_fragmentation={cal.host_fragmentation}"
         )
         print(table(rows, cal))

@@ -22,7 +22,9 @@ MODEL = "meta-llama/Llama-3.1-70B"
 
 def plan_once(lora: bool = False) -> float:
     start = time.perf_counter()
-    config = PlanConfig(model=MODEL, task="causal-lm", gpus=8, nodes=2, gpu_memory_gb=80, host_memory_gb=1024, lora=lora)
+    config = PlanConfig(
+        model=MODEL, task="causal-lm", gpus=8, nodes=2, gpu_memory_gb=80, host_memory_gb=1024, lora=lora
+    )
     make_plan(config, Hardware((), 0, 0))
     return time.perf_counter() - start
 
@@ -36,7 +38,9 @@ def main() -> int:
     for _ in range(3):  # imports warm, but the meta-device build redone each time
         size_model.cache_clear()
         uncached.append(plan_once())
-    print(f"{MODEL}: cold {cold:.2f} s (imports + first build), warm uncached median {statistics.median(uncached):.2f} s,")
+    print(
+        f"{MODEL}: cold {cold:.2f} s (imports + first build), warm uncached median {statistics.median(uncached):.2f} s,"
+    )
     print(f"  warm cached median {statistics.median(warm) * 1000:.1f} ms")
     print(f"{MODEL} + LoRA: cold {cold_lora:.2f} s, warm median {statistics.median(warm_lora) * 1000:.1f} ms")
     print(f"goal: warm < 2 s -> {'met' if max(uncached + warm + warm_lora) < 2 else 'MISSED'}")

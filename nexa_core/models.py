@@ -59,6 +59,7 @@ class Architecture:
     vocab_size: int  # V
     max_positions: int
     gated_mlp: bool  # SwiGLU-style MLP (Llama, Mistral, Qwen2): three projections
+    composite_activation: bool = False  # an activation built from tensor ops (gelu_new), not one kernel
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,16 @@ def architecture_of(config) -> Architecture:
             getattr(config, "max_position_embeddings", 0) or getattr(config, "n_positions", 0) or 0
         ),
         gated_mlp=config.model_type in {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3"},
+        composite_activation=_activation(config) in {"gelu_new", "gelu_fast", "quick_gelu"},
     )
+
+
+def _activation(config) -> str:
+    for name in ("activation_function", "hidden_act", "activation"):
+        value = getattr(config, name, None)
+        if isinstance(value, str):
+            return value
+    return ""
 
 
 _AUTO_CLASS = {

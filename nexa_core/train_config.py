@@ -85,6 +85,8 @@ class TrainConfig:
             problems.append(
                 f"tracker (--tracker): {self.tracker!r} is not allowed; choose one of {', '.join(TRACKERS)}"
             )
+        elif self.tracker is not None and not _tracker_installed(self.tracker):
+            problems.append(f"tracker (--tracker): {self.tracker} is not installed here; pip install {self.tracker}")
         for name in ("dataset", "eval_dataset"):
             value = getattr(self, name)
             if value is not None and not Path(value).is_file():
@@ -130,6 +132,14 @@ class TrainConfig:
         if not isinstance(data, dict):
             raise ConfigError([f"config (--config): {str(path)!r} must hold a JSON object"])
         return cls.from_dict(data)
+
+
+def _tracker_installed(name: str) -> bool:
+    import importlib.util
+
+    if name == "tensorboard":  # Accelerate accepts either writer
+        return any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX"))
+    return importlib.util.find_spec(name) is not None
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> list[str]:

@@ -104,3 +104,12 @@ def test_train_config_collects_every_problem_and_round_trips(tmp_path):
     (tmp_path / "bad.json").write_text('{"unknown_field": 1}')
     with pytest.raises(ConfigError, match="unknown field"):
         TrainConfig.load(tmp_path / "bad.json")
+
+
+def test_a_tracker_that_is_not_installed_is_a_clear_error():
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is not None:
+        pytest.skip("mlflow is installed here")
+    with pytest.raises(ConfigError, match="mlflow is not installed"):
+        TrainConfig(tracker="mlflow")

@@ -19,7 +19,7 @@ from nexa_core.models import Architecture
 
 PSI = 1_234_567_890
 LARGEST = 98_765_432
-NO_BUFFERS = Calibration(host_offload_factor=1.5, process_baseline_bytes=0)
+NO_BUFFERS = Calibration(host_offload_factor=1.5, process_baseline_bytes=0, deepspeed_host_bytes=0)
 
 
 def gpu_states(stage, off_opt, off_param, gpus, nodes, precision=Precision.FP16, trainable=PSI):
@@ -100,33 +100,41 @@ GPT2_LIKE = Architecture("gpt2", 1600, 48, 25, 25, 6400, 50257, 1024, gated_mlp=
 
 def test_activations_equal_korthikanti_per_layer():
     b, s, h, a, L = 4, 512, 1600, 25, 48
-    got = activation_bytes(GPT2_LIKE, b, s, Precision.FP16, False, Task.EMBEDDING, 0, fused_attention=False)
+    got = activation_bytes(GPT2_LIKE, b, s, Precision.FP16, False, Task.CLASSIFICATION, 0, fused_attention=False)
     per_layer = s * b * h * (34 + 5 * a * s / h)
-    extras = 2 * s * b * h + 2 * 4 * b * h  # embedding output and pooled pair vectors
-    assert got == pytest.approx(L * per_layer + extras, rel=1e-9)
+    extras = 2 * s * b * h  # embedding output (a classifier with 0 labels adds nothing)
+    # stored activations of L layers + one layer's activation gradients during its backward
+    assert got == pytest.approx((L + 1) * per_layer + extras, rel=1e-9)
 
 
 def test_fused_attention_drops_the_score_matrix_and_fp32_doubles():
     args = (GPT2_LIKE, 2, 1024)
-    eager = activation_bytes(*args, Precision.FP16, False, Task.EMBEDDING, 0, fused_attention=False)
-    fused = activation_bytes(*args, Precision.FP16, False, Task.EMBEDDING, 0, fused_attention=True)
-    assert eager - fused == pytest.approx(48 * 5 * 25 * 1024 * 1024 * 2, rel=1e-9)
-    fp32 = activation_bytes(*args, Precision.FP32, False, Task.EMBEDDING, 0)
-    assert fp32 - 2 * 4 * 2 * 1600 == pytest.approx(2 * (fused - 2 * 4 * 2 * 1600), rel=1e-9)
+    eager = activation_bytes(*args, Precision.FP16, False, Task.CLASSIFICATION, 0, fused_attention=False)
+    fused = activation_bytes(*args, Precision.FP16, False, Task.CLASSIFICATION, 0, fused_attention=True)
+    assert eager - fused == pytest.approx((48 + 1) * 5 * 25 * 1024 * 1024 * 2, rel=1e-9)
+    fp32 = activation_bytes(*args, Precision.FP32, False, Task.CLASSIFICATION, 0)
+    assert fp32 == pytest.approx(2 * fused, rel=1e-9)
+
+
+def test_contrastive_pairs_keep_both_passes():
+    one = activation_bytes(GPT2_LIKE, 2, 64, Precision.BF16, False, Task.CLASSIFICATION, 0)
+    pair = activation_bytes(GPT2_LIKE, 2, 64, Precision.BF16, False, Task.EMBEDDING, 0)
+    assert pair == 2 * one + 2 * 4 * 2 * 1600  # + the pooled vectors of both sides
 
 
 def test_checkpointing_keeps_layer_inputs_plus_one_layer():
     b, s, h, L = 2, 256, 1600, 48
     ckpt = activation_bytes(GPT2_LIKE, b, s, Precision.BF16, True, Task.NER, 7)
-    # L layer inputs (2sbh) + one layer recomputed (34sbh with fused attention) + embeddings + logits
-    assert ckpt == L * 2 * s * b * h + 34 * s * b * h + 2 * s * b * h + 4 * b * s * 7
+    # L layer inputs (2sbh) + one layer recomputed (34sbh with fused attention) and its gradients
+    # + embeddings + logits
+    assert ckpt == L * 2 * s * b * h + 2 * 34 * s * b * h + 2 * s * b * h + 4 * b * s * 7
     assert ckpt < activation_bytes(GPT2_LIKE, b, s, Precision.BF16, False, Task.NER, 7) / 5
 
 
 def test_causal_lm_adds_fp32_logits():
     lm = activation_bytes(GPT2_LIKE, 2, 128, Precision.BF16, False, Task.CAUSAL_LM, 0)
-    enc = activation_bytes(GPT2_LIKE, 2, 128, Precision.BF16, False, Task.EMBEDDING, 0)
-    assert lm - enc == 4 * 2 * 128 * 50257 - 2 * 4 * 2 * 1600
+    enc = activation_bytes(GPT2_LIKE, 2, 128, Precision.BF16, False, Task.CLASSIFICATION, 0)
+    assert lm - enc == 4 * 4 * 2 * 128 * 50257
 
 
 def test_layouts_cover_each_allowed_offload():
@@ -146,3 +154,12 @@ def test_cpu_only_puts_everything_on_host():
 
 def test_seed_helper_kept():
     assert [get_optimal_zero_stage(x) for x in (0.1, 1, 4, 20)] == [0, 1, 2, 3]
+
+
+def test_composite_gelu_keeps_four_more_mlp_tensors():
+    from dataclasses import replace
+
+    gelu_new = replace(GPT2_LIKE, composite_activation=True)
+    plain = activation_bytes(GPT2_LIKE, 2, 64, Precision.BF16, False, Task.CLASSIFICATION, 0)
+    composite = activation_bytes(gelu_new, 2, 64, Precision.BF16, False, Task.CLASSIFICATION, 0)
+    assert composite - plain == (48 + 1) * 4 * 2 * 2 * 64 * 6400

@@ -153,6 +153,13 @@ def test_lora_export_merges_adapters(nexa_home, tmp_path):
     out = export_checkpoint(result["run_id"], tmp_path / "merged")
     model = AutoModelForTokenClassification.from_pretrained(out)
     assert not any("lora" in name for name, _ in model.named_parameters())
+    separate = export_checkpoint(result["run_id"], tmp_path / "separate", merge_lora=False)
+    from peft import PeftModel
+
+    base = AutoModelForTokenClassification.from_pretrained(separate)
+    assert not any("lora" in name for name, _ in base.named_parameters())
+    with_adapter = PeftModel.from_pretrained(base, separate / "adapter")
+    assert any("lora" in name for name, _ in with_adapter.named_parameters())
 
 
 def _final_weights(checkpoint_dir: str, tmp: Path):
