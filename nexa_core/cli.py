@@ -168,12 +168,99 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_launch_args(p: argparse.ArgumentParser) -> None:
+    from nexa_core.launch import LaunchMode
+
+    _add_train_args(p)
+    p.add_argument("--mode", default="python", help=f"one of {', '.join(LaunchMode.values())}")
+    p.add_argument(
+        "--nproc", type=int, default=1, help="ranks on this node (torchrun, deepspeed, accelerate)"
+    )
+    p.add_argument("--gpus", default="", help="physical GPU ids as nvidia-smi shows them, e.g. 0,2")
+    p.add_argument("--master-port", type=int, default=29500)
+
+
+def _parse_gpus(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError([f"gpus (--gpus): comma-separated GPU ids like 0,1; got {text!r}"]) from None
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from nexa_core import runner, runs
+    from nexa_core.launch import RunSpec
+    from nexa_core.train_config import TrainConfig
+
+    if args.resume:
+        run_id = runner.resume(args.resume)
+    else:
+        overrides = {k: getattr(args, k) for k in _TRAIN_FIELDS if getattr(args, k) is not None}
+        base = TrainConfig.load(args.config).to_dict() if args.config else {}
+        config = TrainConfig.from_dict({**base, **overrides})
+        spec = RunSpec(config, args.mode, args.nproc, _parse_gpus(args.gpus), args.master_port)
+        run_id = runner.launch(spec, run_id=args.run_id, estimate=runs.estimate_for(spec))
+    print(json.dumps({"run_id": run_id}) if args.json else f"launched {run_id} (nexa runs show {run_id})")
+    return 0
+
+
+def _add_runs_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["list", "show", "logs", "stop", "resume", "export", "wait"])
+    p.add_argument("run_id", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--out", help="export: the folder to write")
+    p.add_argument("--grace", type=float, default=15.0, help="stop: seconds before SIGKILL")
+    p.add_argument("--timeout", type=float, default=3600.0, help="wait: seconds")
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from nexa_core import runner, runs
+    from nexa_core.runstore import RunStore
+
+    store = RunStore()
+    runner.refresh(store)
+    if args.action == "list":
+        rows = [runs.summary(store, r) for r in store.list_runs()]
+        if args.json:
+            print(json.dumps(rows, default=str))
+        else:
+            for r in rows:
+                print(
+                    f"{r['run_id']:45s} {r['state']:10s} step {r['step']:>6} {r['model'] or ''} {r['task'] or ''}"
+                )
+        return 0
+    if not args.run_id:
+        raise ConfigError([f"run_id: `nexa runs {args.action}` needs a run id (see `nexa runs list`)"])
+    run = store.get_run(args.run_id)
+    if run is None:
+        raise ConfigError([f"run_id: no run {args.run_id!r} (see `nexa runs list`)"])
+    if args.action == "show":
+        print(json.dumps(runs.summary(store, run), default=str, indent=None if args.json else 2))
+    elif args.action == "logs":
+        print(runner.logs(args.run_id, store=store), end="")
+    elif args.action == "stop":
+        print(runner.stop(args.run_id, grace_s=args.grace, store=store))
+    elif args.action == "resume":
+        print(runner.resume(args.run_id, store=store))
+    elif args.action == "wait":
+        print(runner.wait(args.run_id, timeout_s=args.timeout, store=store)["state"])
+    else:
+        if not args.out:
+            raise ConfigError(["out (--out): export needs a folder to write"])
+        from nexa_core.export import export_checkpoint
+
+        print(f"exported to {export_checkpoint(args.run_id, args.out)}")
+    return 0
+
+
 COMMANDS: dict[
     str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]
 ] = {
     "plan": (_add_plan_args, cmd_plan, "estimate memory for every ZeRO stage and recommend one"),
     "train": (_add_train_args, cmd_train, "run one training in the foreground"),
     "export": (_add_export_args, cmd_export, "write a checkpoint as a Hugging Face model folder"),
+    "launch": (_add_launch_args, cmd_launch, "start a run in the background and print its id"),
+    "runs": (_add_runs_args, cmd_runs, "list, show, follow, stop, resume or export runs"),
 }
 
 

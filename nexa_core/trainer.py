@@ -339,7 +339,11 @@ class DeepSpeedTrainer:
                 metrics.update(self.evaluate(eval_loader))
                 self._record(
                     step,
-                    {f"eval_{k}": v for k, v in metrics.items() if k.startswith(("f1", "acc", "eval"))},
+                    {
+                        (k if k.startswith("eval") else f"eval_{k}"): v
+                        for k, v in metrics.items()
+                        if k.startswith(("f1", "acc", "eval"))
+                    },
                     None,
                 )
             latest = latest_checkpoint(output_dir)

@@ -13,6 +13,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from nexa_core import paths
 from nexa_core.errors import ConfigError
 from nexa_core.train_config import TrainConfig
@@ -95,10 +97,12 @@ def run_training(
         raise ConfigError([f"resume (--resume): no run {run_id!r} in {paths.store_path()}"])
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        config.write(run_dir / RUN_CONFIG)
-        if existing is None:
+        if existing is None:  # started by hand (`nexa train`): this process is the run
+            config.write(run_dir / RUN_CONFIG)
             store.create_run(run_id, name=config.name or run_id, spec=config.to_dict(), run_dir=str(run_dir))
-        store.update_run(run_id, pid=os.getpid())
+            store.update_run(run_id, pid=os.getpid(), pid_create_time=psutil.Process().create_time())
+        elif not resume:  # launched by the run manager, which recorded its supervisor's pid
+            config.write(run_dir / RUN_CONFIG)
         store.set_state(run_id, RunState.RUNNING)
     try:
         tokenizer = load_tokenizer(config.model)

@@ -1,0 +1,40 @@
+"""``python -m nexa_core.supervise RUN_ID -- ARGV...``: the first process of every launched run.
+
+It runs the launcher as its child in the same process group (so a stop reaches both), waits,
+and records how the run ended when the trainer itself could not (a crash, a kill, an OOM kill).
+It ignores SIGTERM so it can still record the outcome of a stop; SIGKILL ends it like the rest.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+from nexa_core.exits import classify_exit, log_tail
+from nexa_core.runstore import TERMINAL, RunState, RunStore
+
+
+def main(argv: list[str]) -> int:
+    run_id, sep, command = argv[0], argv[1], argv[2:]
+    if sep != "--" or not command:
+        print("usage: python -m nexa_core.supervise RUN_ID -- ARGV...", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    child = subprocess.Popen(command, stdin=subprocess.DEVNULL)  # inherits stdout/stderr: the run log
+    returncode = child.wait()
+    store = RunStore()
+    run = store.get_run(run_id) or {}
+    state, reason = classify_exit(
+        returncode, log_tail(run.get("run_dir")), stop_requested=bool(run.get("stopped_by"))
+    )
+    # The trainer records its own success; anything else is decided here from the exit and the log.
+    if state is not RunState.SUCCEEDED or run.get("state") not in {s.value for s in TERMINAL}:
+        store.set_state(run_id, state, reason=reason, exit_code=returncode)
+    else:
+        store.update_run(run_id, exit_code=returncode)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,181 @@
+"""The run manager with real subprocesses and real training (the packaged MiniLM, a few steps)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from nexa_core import runner
+from nexa_core.errors import ConfigError
+from nexa_core.exits import classify_exit, last_error_line
+from nexa_core.launch import LaunchMode, RunSpec, build_launch
+from nexa_core.runstore import RunState, RunStore
+from nexa_core.train_config import TrainConfig
+
+FAST = dict(batch_size=4, seq_len=32, eval=False)
+
+
+def _spec(**train):
+    return RunSpec(TrainConfig(**{**FAST, **train}))
+
+
+def _wait_for_step(run_id, step, timeout=300):
+    """Until the run has logged ``step``; fails at once if the run ends first."""
+    store = RunStore()
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        run = store.get_run(run_id) or {}
+        if (run.get("last_step") or 0) >= step:
+            return run
+        assert run.get("state") in ("queued", "running"), (run.get("reason"), runner.logs(run_id)[-3000:])
+        time.sleep(0.2)
+    raise TimeoutError
+
+
+# ------------------------------------------------------------------ pure parts
+
+
+def test_build_launch_for_each_mode(tmp_path):
+    config = TrainConfig(**FAST)
+    python = "/py"
+    argv, env = build_launch(RunSpec(config), "r1", tmp_path, python)
+    assert (
+        argv[:4] == ["/py", "-m", "nexa_core", "train"] and "--run-id" in argv and env["NEXA_RUN_ID"] == "r1"
+    )
+    argv, env = build_launch(
+        RunSpec(config, LaunchMode.TORCHRUN, nproc=2, master_port=29555), "r1", tmp_path, python
+    )
+    assert argv[1:5] == ["-m", "torch.distributed.run", "--nproc_per_node", "2"] and "29555" in argv
+    argv, env = build_launch(
+        RunSpec(config, LaunchMode.ACCELERATE, nproc=2, gpus=[3, 1]), "r1", tmp_path, python
+    )
+    assert "--use_deepspeed" in argv and str(tmp_path / "deepspeed_config.json") in argv
+    assert env["CUDA_VISIBLE_DEVICES"] == "3,1" and env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    argv, env = build_launch(
+        RunSpec(config, LaunchMode.DEEPSPEED, nproc=2, gpus=[2, 5]), "r1", tmp_path, python
+    )
+    assert "localhost:2,5" in argv and "--module" in argv and "CUDA_VISIBLE_DEVICES" not in env
+    assert all(isinstance(a, str) for a in argv)  # an argv list, never a shell string
+
+
+def test_run_spec_validation_lists_every_problem():
+    with pytest.raises(ConfigError) as err:
+        RunSpec(TrainConfig(**FAST), mode="ssh", nproc=0, gpus=[1, 1], master_port=80)
+    assert len(err.value.problems) == 4
+
+
+def test_exit_classification():
+    assert classify_exit(0, "")[0] is RunState.SUCCEEDED
+    state, reason = classify_exit(1, "Traceback...\n  File x\nValueError: bad label 'X'\n")
+    assert state is RunState.FAILED and "ValueError: bad label 'X'" in reason
+    assert (
+        "out of memory"
+        in classify_exit(1, "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate")[1]
+    )
+    assert "probably out of memory" in classify_exit(-9, "")[1]
+    assert "probably out of memory" in classify_exit(1, "exitcode  : -9 (pid: 12)\nChildFailedError")[1]
+    assert classify_exit(-9, "", stop_requested=True)[0] is RunState.STOPPED
+    assert last_error_line("x\ntorch.distributed.elastic.multiprocessing.errors.ChildFailedError:\n") is None
+
+
+# ------------------------------------------------------------- real processes
+
+
+def test_launch_runs_to_success_with_metrics_and_checkpoint(nexa_home):
+    run_id = runner.launch(_spec(max_steps=3))
+    run = runner.wait(run_id, timeout_s=300)
+    assert run["state"] == "succeeded" and run["exit_code"] == 0
+    store = RunStore()
+    assert [s for s, _, _ in store.metrics(run_id, ["loss"])["loss"]] == [1, 2, 3]
+    assert list(Path(run["run_dir"], "checkpoints").glob("step-*/COMPLETE"))
+    for name in ("run_config.json", "deepspeed_config.json", "accelerate_config.yaml", "run.log"):
+        assert (Path(run["run_dir"]) / name).exists()
+
+
+def test_second_launch_on_a_busy_device_is_refused_and_stop_kills_every_process(nexa_home):
+    """torchrun with 2 ranks: supervisor -> torchrun -> 2 workers (grandchildren)."""
+    spec = RunSpec(
+        TrainConfig(**FAST, max_steps=10_000, deepspeed="off"),
+        LaunchMode.TORCHRUN,
+        nproc=2,
+    )
+    run_id = runner.launch(spec)
+    store = RunStore()
+    _wait_for_step(run_id, 1)
+    with pytest.raises(ConfigError, match="busy"):
+        runner.launch(_spec(max_steps=3))
+    procs = runner.run_processes(store.get_run(run_id))
+    assert len(procs) >= 4  # supervisor, torchrun, two ranks
+    grace = 20.0
+    start = time.monotonic()
+    assert runner.stop(run_id, grace_s=grace) == "stopped"
+    assert time.monotonic() - start <= grace + 2
+    assert not [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert store.get_run(run_id)["stopped_by"] == "user"
+
+
+def test_failing_run_is_classified_with_the_error_summary(nexa_home, tmp_path):
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1,
+                                                    "num_attention_heads": 2, "intermediate_size": 64}))  # fmt: skip
+    # no weights and no --random-init: the trainer refuses with a clear message
+    run = runner.wait(runner.launch(_spec(model=str(folder), max_steps=2)), timeout_s=300)
+    assert run["state"] == "failed"
+    assert "no weights" in run["reason"]
+
+
+def test_sigkill_without_stop_is_classified_as_probable_oom(nexa_home):
+    run_id = runner.launch(_spec(max_steps=10_000, deepspeed="off"))
+    store = RunStore()
+    _wait_for_step(run_id, 1)
+    trainer = [p for p in runner.run_processes(store.get_run(run_id)) if "train" in " ".join(p.cmdline())][-1]
+    trainer.send_signal(signal.SIGKILL)  # what the kernel's OOM killer does
+    run = runner.wait(run_id, timeout_s=60)
+    assert run["state"] == "failed" and "probably out of memory" in run["reason"]
+
+
+def test_reattach_after_the_launching_process_is_gone_then_resume(nexa_home):
+    env = dict(os.environ, NEXA_HOME=str(nexa_home))
+    out = subprocess.run(
+        [sys.executable, "-m", "nexa_core", "launch", "--max-steps", "10000", "--save-every", "2", "--batch-size", "4",
+         "--seq-len", "32", "--deepspeed", "off", "--no-eval", "--json"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    run_id = json.loads(out.stdout.strip().splitlines()[-1])["run_id"]  # the launching CLI has exited
+    store = RunStore()
+    assert runner.refresh(store) == []  # still running: pid and start time match
+    assert store.get_run(run_id)["state"] == "running"
+    _wait_for_step(run_id, 3)
+    assert runner.stop(run_id, grace_s=30) == "stopped"
+    stopped_at = store.get_run(run_id)["last_step"]
+
+    # resume continues from the latest checkpoint as the same run, with no duplicated rows
+    config_path = Path(store.get_run(run_id)["run_dir"]) / "run_config.json"
+    data = json.loads(config_path.read_text())
+    data["max_steps"] = stopped_at + 2
+    config_path.write_text(json.dumps(data))
+    runner.resume(run_id)
+    run = runner.wait(run_id, timeout_s=300)
+    assert run["state"] == "succeeded"
+    steps = [s for s, _, _ in store.metrics(run_id, ["loss"])["loss"]]
+    assert steps == list(range(1, stopped_at + 3))
+
+
+def test_a_vanished_process_is_marked_failed_with_its_last_step(nexa_home):
+    store = RunStore()
+    store.create_run("ghost", name="ghost", spec={}, run_dir=str(nexa_home / "runs" / "ghost"))
+    store.update_run("ghost", pid=2**22 - 3, pid_create_time=1.0, last_step=7)
+    store.set_state("ghost", RunState.RUNNING)
+    assert runner.refresh(store) == ["ghost"]
+    run = store.get_run("ghost")
+    assert run["state"] == "failed" and "last step 7" in run["reason"]
