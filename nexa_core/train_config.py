@@ -86,7 +86,9 @@ class TrainConfig:
                 f"tracker (--tracker): {self.tracker!r} is not allowed; choose one of {', '.join(TRACKERS)}"
             )
         elif self.tracker is not None and not _tracker_installed(self.tracker):
-            problems.append(f"tracker (--tracker): {self.tracker} is not installed here; pip install {self.tracker}")
+            problems.append(
+                f"tracker (--tracker): {self.tracker} is not installed here; pip install {self.tracker}"
+            )
         for name in ("dataset", "eval_dataset"):
             value = getattr(self, name)
             if value is not None and not Path(value).is_file():
