@@ -14,32 +14,36 @@ _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def nexa_home() -> Path:
+    """``$NEXA_HOME`` when set, else ``~/.nexa``; created on demand."""
     home = Path(os.environ.get("NEXA_HOME") or "~/.nexa").expanduser()
     home.mkdir(parents=True, exist_ok=True)
     return home
 
 
 def store_path() -> Path:
+    """The SQLite run store shared by the app, the CLI and trainers."""
     return nexa_home() / "runs.sqlite"
 
 
 def runs_root() -> Path:
+    """The folder holding one sub-folder per run; created on demand."""
     root = nexa_home() / "runs"
     root.mkdir(parents=True, exist_ok=True)
     return root
 
 
 def run_dir(run_id: str) -> Path:
-    """The run's folder; refuses ids that could name anything outside the runs root."""
-    if not isinstance(run_id, str) or not _RUN_ID.match(run_id) or run_id in (".", ".."):
+    """The run's folder (not created); refuses ids, and symlinks, that could lead outside the runs root."""
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
         raise ConfigError([f"run_id: {run_id!r} is not a run id (letters, digits, '.', '_', '-'; up to 128)"])
     root = runs_root().resolve()
     path = root / run_id
-    if os.path.realpath(path) != str(path):  # a symlink planted in the runs root
+    if root not in Path(os.path.realpath(path)).parents:  # e.g. a symlink planted in the runs root
         raise ConfigError([f"run_id: {run_id!r} resolves outside {root}"])
     return path
 
 
 def new_run_id(name: str | None = None) -> str:
-    slug = re.sub(r"[^a-z0-9-]+", "-", (name or "run").lower()).strip("-")[:40] or "run"
+    """``<UTC yyyymmdd-HHMMSS>-<slug of name or 'run'>-<6 hex>``, always a valid run id."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", (name or "run").lower()).strip("-")[:40].strip("-") or "run"
     return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{slug}-{secrets.token_hex(3)}"

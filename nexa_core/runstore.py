@@ -62,38 +62,34 @@ TERMINAL = {RunState.SUCCEEDED, RunState.FAILED, RunState.STOPPED}
 
 
 class RunStore:
+    """Runs, metrics, memory samples and events in one SQLite file; safe for many processes at once."""
+
     def __init__(self, path: Path | str | None = None) -> None:
         self.path = Path(path) if path is not None else paths.store_path()
-        self._ready = False
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A short-lived connection in WAL mode; creates the schema when the file lacks it."""
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         try:
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA busy_timeout=30000")
-            if not self._ready:
-                conn.execute("PRAGMA journal_mode=WAL")
-                if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                    # CREATE ... IF NOT EXISTS: two processes racing here both succeed.
-                    conn.executescript(SCHEMA)
-                    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-                self._ready = True
+            conn.execute("PRAGMA journal_mode=WAL")  # persistent; a no-op once the file is in WAL
             conn.execute("PRAGMA synchronous=NORMAL")
+            if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                with _transaction(conn):  # re-checked under the write lock: racing creators both succeed
+                    if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                        for statement in filter(str.strip, SCHEMA.split(";")):
+                            conn.execute(statement)
+                        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             yield conn
         finally:
             conn.close()
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self._connect() as conn, _transaction(conn):
+            yield conn
 
     # ---------------------------------------------------------------- runs
     def create_run(
@@ -109,33 +105,35 @@ class RunStore:
         command: list[str] | None = None,
         gpus: list[int] | None = None,
     ) -> None:
+        """Insert a new run (an existing id raises sqlite3.IntegrityError); created ``running`` sets
+        ``started_at``, created in a terminal state sets ``ended_at``."""
+        state, now = RunState(state), time.time()
         with self._write() as conn:
             conn.execute(
-                "INSERT INTO runs (id, name, kind, state, spec_json, command_json, run_dir, created_at, estimate_json,"
-                " gpus_json, last_step) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
-                (
-                    run_id,
-                    name,
-                    kind,
-                    str(state),
-                    _dump(spec),
-                    _dump(command),
-                    run_dir,
-                    time.time(),
-                    _dump(estimate),
-                    _dump(gpus),
-                ),
-            )
+                "INSERT INTO runs (id, name, kind, state, spec_json, command_json, run_dir, created_at, started_at,"
+                " ended_at, estimate_json, gpus_json, last_step) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                (run_id, name, kind, state.value, _dump(spec), _dump(command), run_dir, now,
+                 now if state is RunState.RUNNING else None, now if state in TERMINAL else None,
+                 _dump(estimate), _dump(gpus)),
+            )  # fmt: skip
 
     def update_run(self, run_id: str, **fields: Any) -> None:
+        """Set whitelisted columns; ``spec``/``command``/``estimate``/``gpus`` (or their ``*_json``
+        names) are stored as JSON."""
+        fields = {
+            k.removesuffix("_json") if k.removesuffix("_json") in _JSON_COLUMNS else k: v
+            for k, v in fields.items()
+        }
         unknown = set(fields) - _RUN_COLUMNS
         if unknown:
             raise ValueError(f"unknown run field(s): {sorted(unknown)}")
         if not fields:
             return
+        if "state" in fields:
+            fields["state"] = RunState(fields["state"])
         cols = [f"{k}_json" if k in _JSON_COLUMNS else k for k in fields]
         values = [
-            _dump(v) if k in _JSON_COLUMNS else (str(v) if isinstance(v, Enum) else v)
+            _dump(v) if k in _JSON_COLUMNS else (v.value if isinstance(v, Enum) else v)
             for k, v in fields.items()
         ]
         with self._write() as conn:
@@ -152,40 +150,40 @@ class RunStore:
         exit_code: int | None = None,
         stopped_by: str | None = None,
     ) -> None:
-        now = time.time()
+        """Move a run to ``state``. A terminal state sets ``ended_at`` (the first time) and keeps outcome
+        fields already recorded unless given anew; the first ``running`` sets ``started_at``; a
+        non-terminal state (a resume) clears ``ended_at`` and the previous outcome."""
+        state, now = RunState(state), time.time()
+        keep = "COALESCE(?, {0})" if state in TERMINAL else "?"
         with self._write() as conn:
             conn.execute(
-                "UPDATE runs SET state = ?, reason = COALESCE(?, reason), exit_code = COALESCE(?, exit_code),"
-                " stopped_by = COALESCE(?, stopped_by),"
-                " started_at = CASE WHEN ? = 'running' AND started_at IS NULL THEN ? ELSE started_at END,"
-                " ended_at = CASE WHEN ? THEN ? ELSE NULL END WHERE id = ?",
-                (
-                    str(state),
-                    reason,
-                    exit_code,
-                    stopped_by,
-                    str(state),
-                    now,
-                    RunState(state) in TERMINAL,
-                    now,
-                    run_id,
-                ),
-            )
+                f"UPDATE runs SET state = ?, reason = {keep.format('reason')},"
+                f" exit_code = {keep.format('exit_code')}, stopped_by = {keep.format('stopped_by')},"
+                " started_at = CASE WHEN ? AND started_at IS NULL THEN ? ELSE started_at END,"
+                " ended_at = CASE WHEN ? THEN COALESCE(ended_at, ?) END WHERE id = ?",
+                (state.value, reason, exit_code, stopped_by, state is RunState.RUNNING, now,
+                 state in TERMINAL, now, run_id),
+            )  # fmt: skip
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
+        """The run's row with JSON columns decoded into ``spec``, ``command``, ``estimate``, ``gpus``."""
         with self._connect() as conn:
             row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         return _run_dict(row) if row else None
 
     def list_runs(self, limit: int = 200, state: RunState | str | None = None) -> list[dict[str, Any]]:
+        """Runs, newest first, optionally only those in ``state``."""
         query, args = "SELECT * FROM runs", []
         if state is not None:
-            query, args = query + " WHERE state = ?", [str(state)]
+            query, args = query + " WHERE state = ?", [RunState(state).value]
         with self._connect() as conn:
-            rows = conn.execute(query + " ORDER BY created_at DESC LIMIT ?", (*args, limit)).fetchall()
+            rows = conn.execute(
+                query + " ORDER BY created_at DESC, rowid DESC LIMIT ?", (*args, limit)
+            ).fetchall()
         return [_run_dict(r) for r in rows]
 
     def delete_run(self, run_id: str) -> None:
+        """Remove the run and its metrics, memory samples and events (not its folder)."""
         with self._write() as conn:
             for table, key in (
                 ("runs", "id"),
@@ -211,6 +209,7 @@ class RunStore:
     def metrics(
         self, run_id: str, names: list[str] | None = None, since_step: int | None = None
     ) -> dict[str, list[tuple[int, float | None, float]]]:
+        """name -> [(step, value, wall_time)] by step; ``since_step`` keeps steps after it (for polling)."""
         query, args = "SELECT step, name, value, wall_time FROM metrics WHERE run_id = ?", [run_id]
         if names:
             query += f" AND name IN ({', '.join('?' * len(names))})"
@@ -226,6 +225,7 @@ class RunStore:
 
     # -------------------------------------------------------------- memory
     def log_memory(self, run_id: str, samples: list[dict[str, Any]]) -> None:
+        """Append samples (dicts keyed by memory column names; missing keys are NULL) in one transaction."""
         if not samples:
             return
         rows = [tuple(run_id if c == "run_id" else s.get(c) for c in _MEMORY_COLUMNS) for s in samples]
@@ -233,6 +233,7 @@ class RunStore:
             conn.executemany(f"INSERT INTO memory VALUES ({', '.join('?' * len(_MEMORY_COLUMNS))})", rows)
 
     def memory(self, run_id: str, since_t: float | None = None) -> list[dict[str, Any]]:
+        """Memory samples by time; ``since_t`` keeps those after it."""
         query, args = "SELECT * FROM memory WHERE run_id = ?", [run_id]
         if since_t is not None:
             query, args = query + " AND t > ?", [run_id, since_t]
@@ -259,14 +260,29 @@ class RunStore:
 
     # -------------------------------------------------------------- events
     def add_event(self, run_id: str, message: str, level: str = "info") -> None:
+        """Append a timestamped message to the run's log."""
         with self._write() as conn:
             conn.execute("INSERT INTO events VALUES (?, ?, ?, ?)", (run_id, time.time(), level, message))
 
     def events(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's events, oldest first."""
         with self._connect() as conn:
             return [
                 dict(r) for r in conn.execute("SELECT * FROM events WHERE run_id = ? ORDER BY t", (run_id,))
             ]
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE``: the write lock is taken up front, so a reader never upgrades (no deadlock)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _dump(value: Any) -> str | None:

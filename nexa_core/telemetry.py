@@ -17,6 +17,7 @@ import psutil
 log = logging.getLogger("nexa.telemetry")
 _nvml_lock = threading.Lock()
 _nvml_ready: bool | None = None
+MIN_SAMPLE_GAP_S = 0.2  # sample_now() more often than this only updates the in-memory peak
 
 
 def process_tree_rss_bytes(pid: int | None = None) -> int:
@@ -54,14 +55,24 @@ def _nvml():
         return pynvml
 
 
-def physical_gpu_index(torch_index: int) -> int:
+def physical_gpu_index(torch_index: int) -> int | None:
     """Map torch's device number to the NVML (physical) index through CUDA_VISIBLE_DEVICES; NEXA
-    launches with CUDA_DEVICE_ORDER=PCI_BUS_ID so both count in the same order."""
+    launches with CUDA_DEVICE_ORDER=PCI_BUS_ID so both count in the same order. A GPU UUID entry is
+    looked up in NVML; None when it cannot be resolved (e.g. a MIG instance)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible:
         ids = [v.strip() for v in visible.split(",") if v.strip()]
-        if torch_index < len(ids) and ids[torch_index].isdigit():
-            return int(ids[torch_index])
+        if torch_index < len(ids):
+            entry = ids[torch_index]
+            if entry.isdigit():
+                return int(entry)
+            nvml = _nvml()
+            if nvml is None:
+                return None
+            try:
+                return int(nvml.nvmlDeviceGetIndex(nvml.nvmlDeviceGetHandleByUUID(entry)))
+            except Exception:
+                return None
     return torch_index
 
 
@@ -76,7 +87,7 @@ def gpu_samples() -> list[dict[str, Any]]:
     for i in range(torch.cuda.device_count()):
         physical = physical_gpu_index(i)
         used = None
-        if nvml is not None:
+        if nvml is not None and physical is not None:
             try:
                 used = int(nvml.nvmlDeviceGetMemoryInfo(nvml.nvmlDeviceGetHandleByIndex(physical)).used)
             except Exception:
@@ -110,38 +121,53 @@ class MemorySampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_sample = 0.0
-        self._last_flush = 0.0
 
     def set_step(self, step: int) -> None:
+        """The training step recorded with the following samples."""
         self._step = step
 
     def sample_now(self) -> None:
-        """Called each step; more often than every 0.2 s it only updates the peak."""
-        rss = process_tree_rss_bytes()
-        self.peak_rss_bytes = max(self.peak_rss_bytes, rss)
-        if time.monotonic() - self._last_sample >= 0.2:
-            self._take(rss)
+        """Called each step; more often than every 0.2 s it only updates the peak (nothing is queued).
+        Samples are written by the thread's next flush (or ``stop()``)."""
+        self._take(queue=time.monotonic() - self._last_sample >= MIN_SAMPLE_GAP_S)
 
-    def _take(self, rss: int | None = None) -> None:
-        rss = process_tree_rss_bytes() if rss is None else rss
-        self.peak_rss_bytes = max(self.peak_rss_bytes, rss)
-        base = {"t": time.time(), "rank": self.rank, "host": self.host, "step": self._step, "rss_bytes": rss}
-        rows = [{**base, **gpu} for gpu in gpu_samples()] or [base]
-        with self._lock:
-            self._pending.extend(rows)
-        self._last_sample = time.monotonic()
+    def _take(self, queue: bool = True) -> None:
+        """Update the peak and, when ``queue``, queue one row per GPU (one row without a GPU)."""
+        try:
+            rss = process_tree_rss_bytes()
+            with self._lock:
+                self.peak_rss_bytes = max(self.peak_rss_bytes, rss)
+            if not queue:
+                return
+            base = {
+                "t": time.time(),
+                "rank": self.rank,
+                "host": self.host,
+                "step": self._step,
+                "rss_bytes": rss,
+            }
+            rows = [{**base, **gpu} for gpu in gpu_samples()] or [{**base, "gpu_index": None}]
+            with self._lock:
+                self._pending.extend(rows)
+            self._last_sample = time.monotonic()
+        except Exception as exc:  # telemetry must never stop a training step (psutil, CUDA hiccups)
+            self._error(exc)
+
+    def _error(self, exc: Exception) -> None:
+        if self.last_error is None or str(exc) != str(self.last_error):
+            log.warning("memory telemetry: %s", exc)  # once per distinct error, not every second
+        self.last_error = exc
 
     def flush(self) -> None:
+        """Write queued samples in one transaction; a store error is kept in ``last_error``."""
         with self._lock:
             rows, self._pending = self._pending, []
         if not rows:
             return
         try:
             self.store.log_memory(self.run_id, rows)
-        except (sqlite3.Error, OSError) as exc:
-            self.last_error = exc
-            log.warning("memory samples not stored: %s", exc)
-        self._last_flush = time.monotonic()
+        except (sqlite3.Error, OSError) as exc:  # a busy or broken store: these samples are dropped
+            self._error(exc)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -149,12 +175,15 @@ class MemorySampler:
             self.flush()
 
     def start(self) -> MemorySampler:
+        """Take a first sample and start the daemon thread."""
+        self._stop.clear()
         self._take()
         self._thread = threading.Thread(target=self._loop, name="nexa-memory-sampler", daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        """Stop the thread (joined), take a last sample and flush everything queued."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)

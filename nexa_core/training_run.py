@@ -164,7 +164,8 @@ def run_training(
                 run_id,
                 RunState.STOPPED if stopped else RunState.FAILED,
                 reason=summary[:2000],
-                stopped_by=os.environ.get("NEXA_STOP_REQUESTED_BY", "signal") if stopped else None,
+                # a stop through NEXA has recorded who asked; a bare signal (Ctrl-C, kill) has not
+                stopped_by=None if not stopped or last.get("stopped_by") else "signal",
             )
             log.info("run %s ended at step %s: %s", run_id, last.get("last_step"), summary)
         raise
