@@ -253,6 +253,56 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench_args(p: argparse.ArgumentParser) -> None:
+    from nexa_core.bench import TECHNIQUES
+
+    p.add_argument("model", nargs="?", default="sentence-transformers/all-MiniLM-L6-v2")
+    p.add_argument("--task", default="ner")
+    p.add_argument(
+        "--techniques",
+        default="baseline,zero2,zero3,zero3-offload,lora",
+        help=f"from {', '.join(TECHNIQUES)}",
+    )
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--json", action="store_true", help="print one JSON object with `rows`")
+    p.add_argument("--report", help="also write a self-contained HTML report here")
+    p.add_argument("--csv", help="also write the table as CSV here")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from nexa_core.bench import BenchConfig, run_bench
+    from nexa_core.bench_report import table_rows, to_csv, to_html
+
+    config = BenchConfig(
+        model=args.model,
+        task=args.task,
+        techniques=tuple(t.strip() for t in args.techniques.split(",") if t.strip()),
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+    )
+
+    def progress(i: int, total: int, technique: str) -> None:
+        if not args.json:
+            print(f"[{i}/{total}] {technique}", file=sys.stderr, flush=True)
+
+    result = run_bench(config, progress)
+    if args.report:
+        Path(args.report).write_text(to_html(result), encoding="utf-8")
+    if args.csv:
+        Path(args.csv).write_text(to_csv(result), encoding="utf-8")
+    if args.json:
+        print(json.dumps(result, default=str))
+    else:
+        for row in table_rows(result):
+            print(" | ".join(f"{k}: {v}" for k, v in row.items() if v is not None))
+    return 0
+
+
 COMMANDS: dict[
     str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]
 ] = {
@@ -261,6 +311,7 @@ COMMANDS: dict[
     "export": (_add_export_args, cmd_export, "write a checkpoint as a Hugging Face model folder"),
     "launch": (_add_launch_args, cmd_launch, "start a run in the background and print its id"),
     "runs": (_add_runs_args, cmd_runs, "list, show, follow, stop, resume or export runs"),
+    "bench": (_add_bench_args, cmd_bench, "measure techniques side by side and report the savings"),
 }
 
 

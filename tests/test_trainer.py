@@ -246,3 +246,32 @@ def test_bad_training_input_is_one_clear_message(nexa_home, tmp_path):
     )  # fmt: skip
     assert out.returncode == 2
     assert "zero_stage" in out.stderr and "lr (--lr)" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_seed_launch_mode_use_deepspeed_env(nexa_home):
+    """`USE_DEEPSPEED=true python -m nexa_core train` forces DeepSpeed on, also on CPU; the stage
+    and offloads come from DEEPSPEED_* (here ZeRO-2 without offload)."""
+    env = {"USE_DEEPSPEED": "true", "DEEPSPEED_ZERO_STAGE": "2", "DEEPSPEED_OFFLOAD_OPTIMIZER": "none"}
+    result = nexa_train(nexa_home, "--max-steps", "2", *FAST, env=env)
+    events = " ".join(e["message"] for e in RunStore(nexa_home / "runs.sqlite").events(result["run_id"]))
+    assert "DeepSpeed ZeRO stage 2, offload optimizer=none" in events
+
+
+def test_seed_launch_mode_accelerate_with_two_processes(nexa_home):
+    """The seed's `accelerate launch --config_file deployment/accelerate_config.yaml --use_deepspeed
+    --deepspeed_config_file deployment/deepspeed_config.json` with 2 CPU processes (ZeRO-3 and both
+    offloads, as the file says)."""
+    env = dict(os.environ, NEXA_HOME=str(nexa_home), NEXA_RUN_ID="accelerate-two")
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
+    out = subprocess.run(
+        [accelerate, "launch", "--config_file", "deployment/accelerate_config.yaml", "--use_deepspeed",
+         "--deepspeed_config_file", "deployment/deepspeed_config.json", "--num_processes", "2",
+         "--main_process_port", "29547", "-m", "nexa_core", "train", "--max-steps", "2", *FAST, "--json"],
+        capture_output=True, text=True, timeout=600, env=env, cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    store = RunStore(nexa_home / "runs.sqlite")
+    assert store.get_run("accelerate-two")["state"] == "succeeded"
+    events = " ".join(e["message"] for e in store.events("accelerate-two"))
+    assert "ZeRO stage 3, offload optimizer=cpu params=cpu" in events
+    assert {row["rank"] for row in store.memory("accelerate-two")} == {0, 1}

@@ -1,0 +1,138 @@
+"""The savings report: tables and plotly charts from a bench result, as one self-contained HTML file
+(plotly.js inline, so it opens with no network) or CSV. Every number is measured or marked estimated."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+from typing import Any
+
+MIB = 1024**2
+
+
+def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per technique with % memory saved and % slower against the baseline row."""
+    rows = result["rows"]
+    base = next((r for r in rows if r["technique"] == "baseline" and r["status"] == "measured"), None)
+    out = []
+    for r in rows:
+        m, e = r.get("measured") or {}, r.get("estimate") or {}
+        row = {
+            "technique": r["technique"],
+            "status": r["status"],
+            "peak host MiB (measured)": _mib(m.get("peak_host_rss_bytes")),
+            "host MiB (estimated)": _mib(e.get("host_total_bytes")),
+            "estimate error": _pct(r.get("host_estimate_error")),
+            "peak GPU MiB (measured)": _mib(m.get("peak_gpu_bytes")),
+            "GPU MiB (estimated)": _mib(e.get("per_gpu_total_bytes"))
+            if e.get("per_gpu_total_bytes")
+            else None,
+            "step time s (measured)": round(m["step_time_s"], 3) if m.get("step_time_s") else None,
+            "samples/s (measured)": round(m["samples_per_s"], 2) if m.get("samples_per_s") else None,
+            "host memory saved vs baseline": None,
+            "slower vs baseline": None,
+            "reason": r.get("reason"),
+        }
+        if base and r["status"] == "measured":
+            bm = base["measured"]
+            if bm.get("peak_host_rss_bytes") and m.get("peak_host_rss_bytes"):
+                row["host memory saved vs baseline"] = _pct(
+                    1 - m["peak_host_rss_bytes"] / bm["peak_host_rss_bytes"]
+                )
+            if bm.get("step_time_s") and m.get("step_time_s"):
+                row["slower vs baseline"] = _pct(m["step_time_s"] / bm["step_time_s"] - 1)
+        out.append(row)
+    return out
+
+
+def figures(result: dict[str, Any]) -> dict[str, Any]:
+    import plotly.graph_objects as go
+
+    measured = [r for r in result["rows"] if r["status"] == "measured"]
+    names = [r["technique"] for r in measured]
+    memory = go.Figure()
+    memory.add_bar(
+        name="host peak, measured",
+        x=names,
+        y=[(r["measured"]["peak_host_rss_bytes"] or 0) / MIB for r in measured],
+    )
+    memory.add_bar(
+        name="host, estimated", x=names, y=[(r["estimate"]["host_total_bytes"] or 0) / MIB for r in measured]
+    )
+    if any(r["measured"].get("peak_gpu_bytes") for r in measured):
+        memory.add_bar(
+            name="GPU peak, measured",
+            x=names,
+            y=[(r["measured"]["peak_gpu_bytes"] or 0) / MIB for r in measured],
+        )
+        memory.add_bar(
+            name="GPU, estimated",
+            x=names,
+            y=[(r["estimate"]["per_gpu_total_bytes"] or 0) / MIB for r in measured],
+        )
+    memory.update_layout(
+        barmode="group", title="Peak memory per technique: measured vs estimated (MiB)", yaxis_title="MiB"
+    )
+    base = next((r for r in measured if r["technique"] == "baseline"), None)
+    speed = go.Figure()
+    if base and base["measured"].get("step_time_s"):
+        bt = base["measured"]["step_time_s"]
+        speed.add_bar(
+            x=names,
+            y=[(r["measured"]["step_time_s"] or bt) / bt for r in measured],
+            name="step time / baseline",
+        )
+        speed.add_hline(y=1.0, line_dash="dash", annotation_text="baseline")
+    speed.update_layout(
+        title="Step time relative to baseline (measured; lower is faster)", yaxis_title="× baseline"
+    )
+    return {"memory": memory, "slowdown": speed}
+
+
+def to_csv(result: dict[str, Any]) -> str:
+    rows = table_rows(result)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["technique"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def to_html(result: dict[str, Any]) -> str:
+    """A stakeholder-readable report; plotly.js is inlined once, so the file needs no network."""
+    import plotly.io as pio
+
+    figs = figures(result)
+    charts = [
+        pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figs.values())
+    ]
+    rows = table_rows(result)
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in (rows[0] if rows else {}))
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape('' if v is None else str(v))}</td>" for v in r.values()) + "</tr>"
+        for r in rows
+    )
+    env, cfg = result["environment"], result["config"]
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+    gpus = ", ".join(env["gpus"]) or "none (CPU only)"
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>NEXA savings report</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}</style>
+</head><body><h1>NEXA savings report</h1>
+<p>Model <b>{html.escape(str(cfg["model"]))}</b>, task {html.escape(str(cfg["task"]))}, batch {cfg["batch_size"]} × sequence
+{cfg["seq_len"]} (padded), {cfg["steps"]} steps per technique, the first 2 not timed. Each technique ran as its own process.</p>
+<p>Hardware: {html.escape(env["machine"])}, {env["cpu_cores"]} CPU cores, {env["host_ram_bytes"] / 1024**3:.1f} GiB RAM, GPUs: {html.escape(gpus)}.
+Versions: {html.escape(versions)}. Date: {env["date"]}.</p>
+<p>Columns marked <i>measured</i> come from the runs (peak RSS of the process tree, median step time); columns marked
+<i>estimated</i> come from the NEXA planner's formulas (docs/MEMORY.md). Nothing here is a quoted or marketing figure.</p>
+<table><tr>{head}</tr>{body}</table>
+{"".join(charts)}
+</body></html>"""
+
+
+def _mib(value: Any) -> float | None:
+    return round(value / MIB, 1) if value else None
+
+
+def _pct(value: Any) -> str | None:
+    return f"{value:+.1%}" if isinstance(value, (int, float)) else None

@@ -1,0 +1,61 @@
+"""`nexa bench` on the packaged MiniLM: real short runs per technique, one process each."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from nexa_core.bench import BenchConfig
+from nexa_core.bench_report import table_rows
+from nexa_core.errors import ConfigError
+
+pytestmark = pytest.mark.slow
+
+
+def test_bench_measures_each_technique_and_writes_a_self_contained_report(nexa_home, tmp_path):
+    report, table = tmp_path / "report.html", tmp_path / "table.csv"
+    out = subprocess.run(
+        [sys.executable, "-m", "nexa_core", "bench", "sentence-transformers/all-MiniLM-L6-v2", "--task", "ner",
+         "--techniques", "baseline,zero2,zero3,zero3-offload,lora,fp16", "--steps", "4", "--batch-size", "4",
+         "--seq-len", "32", "--json", "--report", str(report), "--csv", str(table)],
+        capture_output=True, text=True, timeout=1200, env=dict(os.environ, NEXA_HOME=str(nexa_home)),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    rows = {r["technique"]: r for r in result["rows"]}
+    assert list(rows) == ["baseline", "zero2", "zero3", "zero3-offload", "lora", "fp16"]
+    for name in ("baseline", "zero2", "zero3", "zero3-offload", "lora"):
+        row = rows[name]
+        assert row["status"] == "measured", row
+        m = row["measured"]
+        assert m["peak_host_rss_bytes"] > 100 * 2**20 and m["step_time_s"] > 0 and m["samples_per_s"] > 0
+        assert row["estimate"]["host_total_bytes"] > 0 and row["estimate"]["per_gpu_total_bytes"] == 0
+        assert abs(row["host_estimate_error"]) < 1.0
+    assert rows["fp16"]["status"] == "skipped" and "GPU" in rows["fp16"]["reason"]
+    html = report.read_text()
+    assert "<script" in html and not re.search(r'<script[^>]+src="https?://', html)  # plotly inline
+    for name in rows:
+        assert f"<td>{name}</td>" in html
+    assert table.read_text().count("\n") == len(rows) + 1
+
+
+def test_bench_config_validation():
+    with pytest.raises(ConfigError) as err:
+        BenchConfig(model="x", techniques=("zero9", "magic"), steps=1)
+    assert len(err.value.problems) == 3 and "zero2-offload" in str(err.value)
+
+
+def test_table_marks_savings_against_baseline():
+    result = {
+        "rows": [
+            {"technique": "baseline", "status": "measured", "measured": {"peak_host_rss_bytes": 1000, "step_time_s": 1.0},
+             "estimate": {"host_total_bytes": 900}, "host_estimate_error": -0.1},
+            {"technique": "zero3", "status": "measured", "measured": {"peak_host_rss_bytes": 750, "step_time_s": 1.5},
+             "estimate": {"host_total_bytes": 800}, "host_estimate_error": 0.0667},
+        ]
+    }  # fmt: skip
+    rows = table_rows(result)
+    assert rows[1]["host memory saved vs baseline"] == "+25.0%" and rows[1]["slower vs baseline"] == "+50.0%"
