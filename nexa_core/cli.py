@@ -303,6 +303,76 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_probe_args(p: argparse.ArgumentParser) -> None:
+    _add_train_args(p)
+    p.add_argument(
+        "--find-batch-size", action="store_true", help="search the largest micro-batch under --budget-gb"
+    )
+    p.add_argument("--budget-gb", type=float, help="memory budget (GiB): host RSS on CPU, per GPU with GPUs")
+    p.add_argument("--max-batch", type=int, default=256)
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from nexa_core.hardware import list_gpus
+    from nexa_core.probe import find_batch_size, probe
+    from nexa_core.train_config import TrainConfig
+
+    overrides = {k: getattr(args, k) for k in _TRAIN_FIELDS if getattr(args, k) is not None}
+    base = TrainConfig.load(args.config).to_dict() if args.config else {}
+    config = TrainConfig.from_dict({**base, **overrides})
+    on_gpu = bool(list_gpus())
+    budget = int(args.budget_gb * 2**30) if args.budget_gb else None
+    if args.find_batch_size:
+        if budget is None:
+            raise ConfigError(["budget_gb (--budget-gb): --find-batch-size needs a memory budget"])
+
+        def report(p) -> None:
+            if not args.json:
+                peak = (p.peak_gpu_bytes if on_gpu else p.peak_host_rss_bytes) or 0
+                print(
+                    f"batch {p.batch_size}: {'fits' if p.fits else 'does not fit'} (peak {peak / 2**30:.2f} GiB, {p.state})",
+                    file=sys.stderr,
+                )
+
+        result = find_batch_size(config, budget, max_batch=args.max_batch, on_gpu=on_gpu, progress=report)
+    else:
+        result = probe(config, budget, on_gpu).__dict__
+    print(json.dumps(result, default=str) if args.json else json.dumps(result, default=str, indent=2))
+    return 0
+
+
+def _add_cost_args(p: argparse.ArgumentParser) -> None:
+    _add_plan_args(p)
+    p.add_argument(
+        "--tokens", type=int, required=True, help="training tokens (samples × sequence length × epochs)"
+    )
+    p.add_argument(
+        "--samples-per-s", type=float, help="measured throughput per instance-equivalent (else FLOP-based)"
+    )
+    p.add_argument("--instances", help="instance catalogue YAML (default deployment/instances.yaml)")
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    from nexa_core.costs import DEFAULT_INSTANCES, cost_view
+    from nexa_core.planner import PlanConfig
+
+    config = PlanConfig(
+        model=args.model if args.params is None else None, params=args.params, task=args.task,
+        num_labels=args.num_labels, precision=args.precision, batch_size=args.batch_size, seq_len=args.seq_len,
+        gradient_checkpointing=args.gradient_checkpointing, lora=args.lora, lora_rank=args.lora_rank, nodes=args.nodes,
+    )  # fmt: skip
+    rows = cost_view(config, args.tokens, args.samples_per_s, args.instances or DEFAULT_INSTANCES)
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            cost = f"${r['cost']:.2f}" if r["cost"] is not None else "n/a"
+            print(
+                f"{r['instance']:16s} {cost:>10s}  recommended: {r['recommended'] or 'nothing fits'}  ({r['throughput_source']})"
+            )
+    return 0
+
+
 COMMANDS: dict[
     str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]
 ] = {
@@ -312,6 +382,12 @@ COMMANDS: dict[
     "launch": (_add_launch_args, cmd_launch, "start a run in the background and print its id"),
     "runs": (_add_runs_args, cmd_runs, "list, show, follow, stop, resume or export runs"),
     "bench": (_add_bench_args, cmd_bench, "measure techniques side by side and report the savings"),
+    "probe": (
+        _add_probe_args,
+        cmd_probe,
+        "measure a planned configuration's real peak; find the batch size that fits",
+    ),
+    "cost": (_add_cost_args, cmd_cost, "which instances can run a plan, and what the run costs"),
 }
 
 

@@ -1,0 +1,69 @@
+import pytest
+
+from nexa_core.costs import cost_view, load_instances
+from nexa_core.errors import ConfigError
+from nexa_core.planner import PlanConfig
+from nexa_core.probe import find_batch_size
+from nexa_core.train_config import TrainConfig
+
+
+@pytest.mark.slow
+def test_find_batch_size_under_a_budget_that_binds(nexa_home):
+    budget = int(1.5 * 2**30)
+    config = TrainConfig(seq_len=256, deepspeed="off")
+    result = find_batch_size(config, budget, max_batch=6)
+    probes = {p["batch_size"]: p for p in result["probes"]}
+    best = result["batch_size"]
+    assert best is not None and probes[best]["fits"] and probes[best]["peak_host_rss_bytes"] <= budget
+    too_big = [b for b, p in probes.items() if not p["fits"]]
+    assert too_big, "the budget must bind for this test to mean anything"
+    assert all(b > best for b in too_big)
+    assert best + 1 in too_big  # the search proved the next size does not fit
+    assert all(p["state"] == "succeeded" for p in probes.values())  # over budget is an answer, not a crash
+
+
+def test_cost_view_ranks_instances_from_the_yaml(tmp_path):
+    catalogue = tmp_path / "instances.yaml"
+    catalogue.write_text(
+        "assumed_mfu: 0.5\ninstances:\n"
+        "  - {name: small, gpus: 1, gpu_model: x, gpu_memory_gb: 8, host_memory_gb: 32, peak_tflops: 100, price_per_hour: 1}\n"
+        "  - {name: big, gpus: 1, gpu_model: y, gpu_memory_gb: 80, host_memory_gb: 256, peak_tflops: 300, price_per_hour: 2}\n"
+        "  - {name: fast, gpus: 1, gpu_model: z, gpu_memory_gb: 80, host_memory_gb: 256, peak_tflops: 900, price_per_hour: 4}\n"
+    )
+    rows = cost_view(
+        PlanConfig(model="gpt2-xl", task="causal-lm", batch_size=4, seq_len=512), 10**8, path=catalogue
+    )
+    assert [r["instance"] for r in rows] == [
+        "fast",
+        "big",
+        "small",
+    ]  # 1.33 h × $4 < 4 h × $2; small fits nothing
+    assert rows[-1]["cost"] is None and rows[-1]["recommended"] is None
+    params = rows[0]["hours"] * 3600 * 900e12 * 0.5 / (6 * 10**8)
+    assert params == pytest.approx(1_557_611_200, rel=1e-6)  # the FLOP formula used the exact count
+
+
+def test_measured_throughput_wins(tmp_path):
+    rows = cost_view(
+        PlanConfig(model="gpt2", task="causal-lm", seq_len=100), 3_600_000, measured_samples_per_s=10.0
+    )
+    assert all(r["throughput_source"] == "measured" for r in rows)
+    assert rows[0]["hours"] == pytest.approx(1.0)
+
+
+def test_bad_catalogue_lists_every_problem(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "assumed_mfu: 3\ninstances:\n  - {name: a}\n  - {name: b, gpus: -1, gpu_memory_gb: 1, host_memory_gb: 1, peak_tflops: 1, price_per_hour: 1}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_instances(bad)
+    assert len(err.value.problems) == 3
+
+
+def test_shipped_catalogue_is_valid_and_says_prices_are_examples():
+    from nexa_core.costs import DEFAULT_INSTANCES
+
+    instances, mfu = load_instances()
+    assert len(instances) >= 4 and 0 < mfu <= 1
+    assert "EXAMPLE PRICES" in DEFAULT_INSTANCES.read_text()
