@@ -9,7 +9,7 @@ from typing import Any
 
 from nexa_core import hardware
 from nexa_core.enums import Precision, Task
-from nexa_core.errors import raise_if
+from nexa_core.errors import int_problems, raise_if
 from nexa_core.memory import (
     DEFAULT_CALIBRATION,
     GIB,
@@ -73,9 +73,9 @@ class PlanConfig:
             ("lora_rank", 1, 4096),
             ("nodes", 1, MAX_NODES),
         ):
-            problems += _int_in_range(name, getattr(self, name), low, high)
+            problems += int_problems(name, getattr(self, name), low, high)
         if self.gpus is not None:
-            problems += _int_in_range("gpus", self.gpus, 0, MAX_GPUS_PER_NODE)
+            problems += int_problems("gpus", self.gpus, 0, MAX_GPUS_PER_NODE)
         for name in ("gpu_memory_gb", "host_memory_gb"):
             value = getattr(self, name)
             if value is not None and (
@@ -85,13 +85,6 @@ class PlanConfig:
                     f"{name} (--{name.replace('_', '-')}): must be a positive number of GiB, got {value!r}"
                 )
         raise_if(problems)
-
-
-def _int_in_range(name: str, value: Any, low: int, high: int) -> list[str]:
-    flag = "--" + name.replace("_", "-")
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        return [f"{name} ({flag}): must be a whole number from {low} to {high}, got {value!r}"]
-    return []
 
 
 @dataclass(frozen=True)

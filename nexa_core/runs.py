@@ -4,11 +4,17 @@ and one flat dict per run."""
 from __future__ import annotations
 
 import math
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
+from nexa_core import paths
 from nexa_core.errors import ConfigError
 from nexa_core.launch import RunSpec
-from nexa_core.runstore import RunStore
+from nexa_core.memory import GIB
+from nexa_core.runstore import RunState, RunStore
 
 
 def estimate_for(spec: RunSpec) -> dict[str, Any] | None:
@@ -82,7 +88,7 @@ def summary(store: RunStore, run: dict[str, Any]) -> dict[str, Any]:
         import time
 
         duration = (run.get("ended_at") or time.time()) - run["started_at"]
-    total_steps = spec.get("max_steps")
+    total_steps = run.get("total_steps") or spec.get("max_steps")
     return {
         "run_id": run["id"],
         "name": run.get("name"),
@@ -114,3 +120,56 @@ def summary(store: RunStore, run: dict[str, Any]) -> dict[str, Any]:
 
 def _clean(value: Any) -> float | None:
     return value if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def history_rows(summaries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One flat row per run summary for the Runs table (memory in GiB, measured next to estimated)."""
+    rows = []
+    for s in summaries:
+        est, meas = s.get("estimate") or {}, s.get("measured") or {}
+        stage = s.get("zero_stage")
+        gpu_peaks = list((meas.get("peak_gpu_bytes") or {}).values())
+        rows.append(
+            {
+                "run": s.get("name") or s["run_id"],
+                "id": s["run_id"],
+                "model": s.get("model"),
+                "task": s.get("task"),
+                "stage": f"ZeRO-{stage}" if stage is not None else est.get("label", "default"),
+                "offload": f"opt {s.get('offload_optimizer') or 'default'} / param {s.get('offload_param') or 'default'}",
+                "state": s.get("state"),
+                "step": s.get("step"),
+                "duration s": round(s["duration_s"], 1) if s.get("duration_s") is not None else None,
+                "host peak GiB": _gib(meas.get("peak_host_rss_bytes")),
+                "host est. GiB": _gib(est.get("host_total_bytes")),
+                "GPU peak GiB": _gib(max(gpu_peaks)) if gpu_peaks else None,
+                "GPU est. GiB": _gib(est.get("per_gpu_total_bytes")) or None,
+                "final loss": s.get("final_loss"),
+                "F1": s.get("f1"),
+            }
+        )
+    return rows
+
+
+def remove_run(store: RunStore, run_id: str) -> Path | None:
+    """Delete a finished run from the store, and its folder only when that folder is exactly
+    ``runs_root()/<run_id>`` once symlinks are resolved: a tampered or stale ``run_dir`` can never
+    point the delete at another folder. Returns the folder removed, or None when none was."""
+    run = store.get_run(run_id)
+    if run is None:
+        raise ConfigError([f"run_id: no run {run_id!r}"])
+    if run["state"] in (RunState.QUEUED.value, RunState.RUNNING.value):
+        raise ConfigError([f"run_id: {run_id} is still {run['state']}; stop it before deleting"])
+    store.delete_run(run_id)
+    if not run.get("run_dir"):
+        return None
+    folder = Path(os.path.realpath(run["run_dir"]))
+    own = folder.parent == paths.runs_root().resolve() and folder.name == run_id  # never the root itself
+    if not own or not folder.is_dir():
+        return None
+    shutil.rmtree(folder)
+    return folder
+
+
+def _gib(value: Any) -> float | None:
+    return round(value / GIB, 2) if isinstance(value, (int, float)) else None

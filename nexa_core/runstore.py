@@ -19,13 +19,13 @@ from typing import Any
 
 from nexa_core import paths
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, name TEXT, kind TEXT DEFAULT 'train', state TEXT NOT NULL,
     spec_json TEXT, command_json TEXT, run_dir TEXT, pid INTEGER, pid_create_time REAL,
     created_at REAL, started_at REAL, ended_at REAL, exit_code INTEGER, reason TEXT,
-    stopped_by TEXT, estimate_json TEXT, gpus_json TEXT, last_step INTEGER
+    stopped_by TEXT, estimate_json TEXT, gpus_json TEXT, last_step INTEGER, total_steps INTEGER
 );
 CREATE TABLE IF NOT EXISTS metrics (
     run_id TEXT, step INTEGER, name TEXT, value REAL, wall_time REAL,
@@ -36,12 +36,14 @@ CREATE TABLE IF NOT EXISTS memory (
     gpu_index INTEGER, gpu_allocated_bytes INTEGER, gpu_reserved_bytes INTEGER, nvml_used_bytes INTEGER
 );
 CREATE INDEX IF NOT EXISTS memory_run_t ON memory (run_id, t);
+-- one metric's curve without scanning the run's other metrics (the Monitor page reads by name)
+CREATE INDEX IF NOT EXISTS metrics_run_name ON metrics (run_id, name, step, value);
 CREATE TABLE IF NOT EXISTS events (run_id TEXT, t REAL, level TEXT, message TEXT);
 CREATE INDEX IF NOT EXISTS events_run ON events (run_id, t);
 """
 _RUN_COLUMNS = {
     "name", "kind", "state", "spec", "command", "run_dir", "pid", "pid_create_time", "created_at", "started_at",
-    "ended_at", "exit_code", "reason", "stopped_by", "estimate", "gpus", "last_step",
+    "ended_at", "exit_code", "reason", "stopped_by", "estimate", "gpus", "last_step", "total_steps",
 }  # fmt: skip
 _JSON_COLUMNS = {"spec", "command", "estimate", "gpus"}
 _MEMORY_COLUMNS = "run_id t rank host step rss_bytes gpu_index gpu_allocated_bytes gpu_reserved_bytes nvml_used_bytes".split()
@@ -78,9 +80,12 @@ class RunStore:
             conn.execute("PRAGMA synchronous=NORMAL")
             if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
                 with _transaction(conn):  # re-checked under the write lock: racing creators both succeed
-                    if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                    version = conn.execute("PRAGMA user_version").fetchone()[0]
+                    if version < SCHEMA_VERSION:
                         for statement in filter(str.strip, SCHEMA.split(";")):
                             conn.execute(statement)
+                        if version == 1:  # v2 added runs.total_steps (and an index, created above)
+                            conn.execute("ALTER TABLE runs ADD COLUMN total_steps INTEGER")
                         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             yield conn
         finally:

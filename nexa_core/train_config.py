@@ -10,7 +10,7 @@ from typing import Any
 
 from nexa_core.device_manager import DeepSpeedSettings
 from nexa_core.enums import DeepSpeedMode, Offload, Precision, Task
-from nexa_core.errors import ConfigError, raise_if
+from nexa_core.errors import ConfigError, int_problems, raise_if
 from nexa_core.models import DEFAULT_MODEL, validate_model_name
 
 TRACKERS = ("tensorboard", "mlflow", "wandb", "aim", "comet_ml", "clearml", "dvclive")
@@ -67,10 +67,10 @@ class TrainConfig:
             ("seed", 0, 2**31 - 1),
             ("warmup_steps", 0, 10**9),
         ):
-            problems += _check_int(name, getattr(self, name), low, high)
+            problems += int_problems(name, getattr(self, name), low, high)
         for name, low, high in (("num_labels", 1, 10_000), ("max_steps", 1, 10**9), ("save_every", 1, 10**9)):
             if getattr(self, name) is not None:
-                problems += _check_int(name, getattr(self, name), low, high)
+                problems += int_problems(name, getattr(self, name), low, high)
         if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not 0 < self.lr < 1:
             problems.append(f"lr (--lr): must be a number between 0 and 1, got {self.lr!r}")
         if not isinstance(self.weight_decay, (int, float)) or not 0 <= self.weight_decay < 1:
@@ -142,11 +142,3 @@ def _tracker_installed(name: str) -> bool:
     if name == "tensorboard":  # Accelerate accepts either writer
         return any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX"))
     return importlib.util.find_spec(name) is not None
-
-
-def _check_int(name: str, value: Any, low: int, high: int) -> list[str]:
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        return [
-            f"{name} (--{name.replace('_', '-')}): must be a whole number from {low} to {high}, got {value!r}"
-        ]
-    return []

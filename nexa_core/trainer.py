@@ -255,6 +255,10 @@ class DeepSpeedTrainer:
                 self.run_id or "nexa", config={"model": self.model_name, "task": str(self.task)}
             )
         self._log_memory_state("after prepare")
+        if self.store is not None and self.run_id and acc.is_main_process:
+            self.store.update_run(
+                self.run_id, total_steps=total_steps
+            )  # progress and ETA for epoch-based runs
 
         start = StepInfo(0, 0, 0)
         if resume:

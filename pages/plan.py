@@ -9,13 +9,14 @@ from nexa_core.memory import GIB
 from nexa_core.models import DEFAULT_MODEL, catalogue
 from nexa_core.planner import plan_command
 from nexa_core.report import plan_rows
-from pages._shared import cached_plan, detected_hardware, refresh_hardware, show_problems
+from pages._shared import cached_plan, detected_hardware, hardware_sidebar, refresh_hardware, show_problems
 
 st.title("Plan memory before a run")
 hw = detected_hardware()
 ids = list(catalogue())
 
 with st.sidebar:
+    hardware_sidebar()
     st.caption(
         f"Detected: {hw.gpu_count} GPU(s)"
         + "".join(

@@ -100,7 +100,9 @@ GPT2_LIKE = Architecture("gpt2", 1600, 48, 25, 25, 6400, 50257, 1024, gated_mlp=
 
 def test_activations_equal_korthikanti_per_layer():
     b, s, h, a, L = 4, 512, 1600, 25, 48
-    got = activation_bytes(GPT2_LIKE, b, s, Precision.FP16, False, Task.CLASSIFICATION, 0, fused_attention=False)
+    got = activation_bytes(
+        GPT2_LIKE, b, s, Precision.FP16, False, Task.CLASSIFICATION, 0, fused_attention=False
+    )
     per_layer = s * b * h * (34 + 5 * a * s / h)
     extras = 2 * s * b * h  # embedding output (a classifier with 0 labels adds nothing)
     # stored activations of L layers + one layer's activation gradients during its backward

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from nexa_core.runstore import TERMINAL, RunState, RunStore
+from nexa_core.runstore import SCHEMA_VERSION, TERMINAL, RunState, RunStore
 
 
 @pytest.fixture
@@ -150,7 +150,7 @@ def test_wal_mode_and_schema_version(store):
     RunStore(store.path).get_run("r")  # a second store on the same file: schema creation is idempotent
     with sqlite3.connect(store.path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
 def _writer(path: str, worker: int) -> None:
@@ -181,3 +181,21 @@ def test_concurrent_writers_never_see_database_locked(store):
     memory = store.memory("shared")
     assert len(memory) == 800 and all(sum(r["rank"] == w for r in memory) == 200 for w in range(4))
     assert store.get_run("shared")["last_step"] == 199
+
+
+def test_a_version_1_store_is_migrated(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as conn:  # the v1 layout: no total_steps column
+        conn.execute(
+            "CREATE TABLE runs (id TEXT PRIMARY KEY, name TEXT, kind TEXT DEFAULT 'train', state TEXT NOT NULL,"
+            " spec_json TEXT, command_json TEXT, run_dir TEXT, pid INTEGER, pid_create_time REAL, created_at REAL,"
+            " started_at REAL, ended_at REAL, exit_code INTEGER, reason TEXT, stopped_by TEXT, estimate_json TEXT,"
+            " gpus_json TEXT, last_step INTEGER)"
+        )
+        conn.execute("INSERT INTO runs (id, name, state) VALUES ('old', 'old', 'succeeded')")
+        conn.execute("PRAGMA user_version=1")
+    store = RunStore(path)
+    store.update_run("old", total_steps=40)
+    assert store.get_run("old")["total_steps"] == 40 and store.get_run("old")["state"] == "succeeded"

@@ -190,6 +190,18 @@ def unique(make: Callable[[], dict], count: int, name: str, exclude: Iterable[di
     raise RuntimeError(f"{name}: could not make {count} distinct records; add templates")
 
 
+def write_splits(make_split: Callable[..., list[dict]], seed: int, stem: str, out_dir: Path) -> list[Path]:
+    """Train then validation from one seeded generator (validation excludes train records), as
+    ``<stem>_train.jsonl`` and ``<stem>_validation.jsonl``."""
+    rng = random.Random(seed)
+    train = make_split(TRAIN, rng)
+    validation = make_split(VALIDATION, rng, exclude=train)
+    return [
+        write_jsonl(Path(out_dir) / f"{stem}_train.jsonl", train),
+        write_jsonl(Path(out_dir) / f"{stem}_validation.jsonl", validation),
+    ]
+
+
 def write_jsonl(path: Path, records: Iterable[dict]) -> Path:
     """Write records as UTF-8 JSON Lines with "\\n" endings (identical bytes on every platform)."""
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from nexa_core.data._templates import DATA_DIR, TRAIN, VALIDATION, render, sample_values, unique, write_jsonl
+from nexa_core.data._templates import DATA_DIR, TRAIN, VALIDATION, render, sample_values, unique, write_splits
 
 SEED = 7730
 SIZES = {TRAIN: 200, VALIDATION: 50}
@@ -70,13 +70,7 @@ def make_split(split: str, rng: random.Random, exclude: list[dict] = ()) -> list
 
 
 def generate(out_dir: Path = DATA_DIR) -> list[Path]:
-    rng = random.Random(SEED)
-    train = make_split(TRAIN, rng)
-    validation = make_split(VALIDATION, rng, exclude=train)
-    return [
-        write_jsonl(Path(out_dir) / "causal_lm_train.jsonl", train),
-        write_jsonl(Path(out_dir) / "causal_lm_validation.jsonl", validation),
-    ]
+    return write_splits(make_split, SEED, "causal_lm", out_dir)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from nexa_core.data._templates import DATA_DIR, TRAIN, VALIDATION, detokenize, fill, unique, write_jsonl
+from nexa_core.data._templates import DATA_DIR, TRAIN, VALIDATION, detokenize, fill, unique, write_splits
 
 SEED = 2024
 SIZES = {TRAIN: 200, VALIDATION: 50}
@@ -78,13 +78,7 @@ def make_split(split: str, rng: random.Random, exclude: list[dict] = ()) -> list
 
 
 def generate(out_dir: Path = DATA_DIR) -> list[Path]:
-    rng = random.Random(SEED)
-    train = make_split(TRAIN, rng)
-    validation = make_split(VALIDATION, rng, exclude=train)
-    return [
-        write_jsonl(Path(out_dir) / "classification_train.jsonl", train),
-        write_jsonl(Path(out_dir) / "classification_validation.jsonl", validation),
-    ]
+    return write_splits(make_split, SEED, "classification", out_dir)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from nexa_core.data._templates import DATA_DIR, TRAIN, VALIDATION, fill, unique, write_jsonl
+from nexa_core.data._templates import DATA_DIR, TRAIN, VALIDATION, fill, unique, write_splits
 
 SEED = 1104
 SIZES = {TRAIN: 400, VALIDATION: 100}
@@ -69,13 +69,7 @@ def make_split(split: str, rng: random.Random, exclude: list[dict] = ()) -> list
 
 
 def generate(out_dir: Path = DATA_DIR) -> list[Path]:
-    rng = random.Random(SEED)
-    train = make_split(TRAIN, rng)
-    validation = make_split(VALIDATION, rng, exclude=train)
-    return [
-        write_jsonl(Path(out_dir) / "ner_utility_train.jsonl", train),
-        write_jsonl(Path(out_dir) / "ner_utility_validation.jsonl", validation),
-    ]
+    return write_splits(make_split, SEED, "ner_utility", out_dir)
 
 
 if __name__ == "__main__":

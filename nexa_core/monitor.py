@@ -1,0 +1,378 @@
+"""What the Monitor and Runs pages draw: a run's series read from the store, bounded in size, and
+the plotly figures built from them (measured memory next to the planner's estimate)."""
+
+from __future__ import annotations
+
+import math
+import operator
+import threading
+import time
+from array import array
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+
+from nexa_core.memory import GIB
+from nexa_core.runstore import RunState, RunStore
+
+Point = tuple[float, float]
+SERIES_METRICS = ("loss", "lr", "samples_per_s", "tokens_per_s")
+NO_GPU_TEXT = "no GPU on this machine (or none used by this run)"
+_ACTIVE = (RunState.QUEUED.value, RunState.RUNNING.value)
+SMOOTH_ALPHA = 0.1  # the EMA weight of the newest loss value
+_MEM_FIELDS = ("t", "rank", "host", "rss_bytes", "gpu_index", "gpu_allocated_bytes", "nvml_used_bytes")
+_MEM_ROW = operator.itemgetter(*_MEM_FIELDS)  # a store row as a tuple, at C speed
+
+
+def _keep(values: np.ndarray, max_points: int) -> np.ndarray:
+    """Indices to keep: every non-NaN value when they fit, else the first, the last and each
+    bucket's min and max, so a loss spike or a memory peak survives (a plain stride drops it)."""
+    valid = np.flatnonzero(~np.isnan(values))
+    n, buckets = len(valid), max(1, (max_points - 2) // 2)
+    if n <= max(max_points, 4):
+        return valid
+    body = values[valid[1:-1]]
+    width = -(-len(body) // buckets)
+    rows = -(-len(body) // width)
+    pad = rows * width - len(body)  # the last bucket is padded with values argmin/argmax never pick
+    lows = np.concatenate([body, np.full(pad, np.inf)]).reshape(rows, width).argmin(axis=1)
+    highs = np.concatenate([body, np.full(pad, -np.inf)]).reshape(rows, width).argmax(axis=1)
+    starts = np.arange(rows) * width + 1
+    return valid[np.unique(np.concatenate(([0], starts + lows, starts + highs, [n - 1])))]
+
+
+def downsample(points: Sequence[Point], max_points: int = 2000) -> list[Point]:
+    """At most ``max_points`` (at least 4) of ``points``, in order: the first, the last and per
+    bucket the min and the max. O(n) (the work is numpy's); points whose value is None are dropped."""
+    values = np.array([math.nan if v is None else v for _, v in points], dtype=float)
+    return [points[i] for i in _keep(values, max_points)]
+
+
+def smooth(
+    values: Iterable[float | None], alpha: float = SMOOTH_ALPHA, start: float | None = None
+) -> list[float | None]:
+    """Exponential moving average (from ``start``, else from the first value); None stays None and
+    does not move the average."""
+    out: list[float | None] = []
+    average = start
+    for v in values:
+        if v is not None:
+            average = v if average is None else alpha * v + (1 - alpha) * average
+        out.append(None if v is None else average)
+    return out
+
+
+class _Column:
+    """One series at full resolution in two compact arrays (16 bytes a point, not a tuple's ~100)."""
+
+    def __init__(self, x_type: str = "d") -> None:
+        self.x, self.y = array(x_type), array("d")
+
+    def add(self, x: float, y: float | None) -> None:
+        self.x.append(x)
+        self.y.append(math.nan if y is None else y)
+
+    def extend(self, xs: Sequence[float], ys: Sequence[float | None]) -> None:
+        self.x.extend(xs)
+        self.y.extend([math.nan if y is None else y for y in ys])
+
+    def copy(self) -> _Column:
+        out = _Column(self.x.typecode)
+        out.x, out.y = array(self.x.typecode, self.x), array("d", self.y)
+        return out
+
+    def points(self, max_points: int) -> list[Point]:
+        keep = _keep(np.array(self.y), max_points)
+        return list(zip(np.array(self.x)[keep].tolist(), np.array(self.y)[keep].tolist()))
+
+
+def _column(columns: dict[tuple, _Column], key: tuple) -> _Column:
+    column = columns.get(key)
+    if column is None:
+        column = columns[key] = _Column()
+    return column
+
+
+class _MemoryCurves:
+    """Memory rows (tuples in ``_MEM_FIELDS`` order, by t), each ingested once, as columns of
+    (seconds since the first sample, bytes)."""
+
+    def __init__(self) -> None:
+        self.t0: float | None = None
+        self.rss: dict[tuple, _Column] = {}  # (host, rank)
+        self.total = _Column()  # host RSS summed over ranks: what the per-node estimate covers
+        self.used: dict[tuple, _Column] = {}  # (host, gpu): NVML used, device-wide
+        self.allocated: dict[tuple, _Column] = {}  # (host, gpu): torch allocated, summed over ranks
+        self.latest_rss: dict[tuple, int] = {}
+        self.latest_alloc: dict[tuple, dict[tuple, int]] = {}
+        self.seen: dict[tuple, float] = {}
+        self.nvml_rank: dict[tuple, int] = {}
+
+    def add(self, rows: Iterable[tuple]) -> None:
+        seen, latest_rss, total = self.seen, self.latest_rss, self.total  # locals: this loop sees every row
+        for t_abs, rank, host, rss, gpu, alloc, used in rows:
+            if self.t0 is None:
+                self.t0 = t_abs
+            t, rank = t_abs - self.t0, rank or 0
+            who = (host, rank)
+            # A rank writes one row per visible GPU, all with the same RSS: count it once.
+            if rss is not None and seen.get(who) != t_abs:
+                seen[who], latest_rss[who] = t_abs, rss
+                _column(self.rss, who).add(t, rss)
+                total.add(t, sum(latest_rss.values()))
+            if gpu is None:
+                continue
+            device = (host, gpu)
+            # NVML figures are per device: read them from one rank only (no zig-zag between ranks).
+            if used is not None and self.nvml_rank.setdefault(device, rank) == rank:
+                _column(self.used, device).add(t, used)
+            if alloc is not None:
+                per_rank = self.latest_alloc.setdefault(device, {})
+                per_rank[who] = alloc
+                _column(self.allocated, device).add(t, sum(per_rank.values()))
+
+    def copy(self) -> _MemoryCurves:
+        out = _MemoryCurves()
+        out.t0, out.total = self.t0, self.total.copy()
+        for name in ("rss", "used", "allocated"):
+            setattr(out, name, {k: c.copy() for k, c in getattr(self, name).items()})
+        out.latest_rss, out.seen, out.nvml_rank = dict(self.latest_rss), dict(self.seen), dict(self.nvml_rank)
+        out.latest_alloc = {k: dict(v) for k, v in self.latest_alloc.items()}
+        return out
+
+    def series(self, max_points: int) -> dict[str, Any]:
+        multi_host = len({host for host, _ in self.rss}) > 1
+
+        def named(columns: dict[tuple, _Column], what: str) -> dict[str, list[Point]]:
+            return {
+                (f"{host} {what} {i}" if multi_host else f"{what} {i}"): columns[host, i].points(max_points)
+                for host, i in sorted(columns, key=lambda k: (str(k[0]), k[1]))
+            }
+
+        return {
+            "t0": self.t0,
+            "host_rss": named(self.rss, "rank"),
+            "host_total": self.total.points(max_points),
+            "gpu_used": named(self.used, "GPU"),
+            "gpu_allocated": named(self.allocated, "GPU"),
+        }
+
+
+def memory_series(rows: Sequence[dict[str, Any]], max_points: int = 2000) -> dict[str, Any]:
+    """Memory samples (store rows, by t) as series of (seconds since the first sample, bytes):
+    ``host_rss`` per rank, ``host_total`` summed over ranks, ``gpu_used`` (NVML) and
+    ``gpu_allocated`` (torch, summed over the ranks on a device) per device."""
+    curves = _MemoryCurves()
+    curves.add(map(_MEM_ROW, rows))
+    return curves.series(max_points)
+
+
+class SeriesReader:
+    """One run's chart series, read incrementally: each call reads only the metric steps after the
+    last one seen and the memory samples since the settled point, ``SETTLE_S`` before the newest
+    (ranks flush about every second, so a rank's samples can land behind another's newer ones).
+    Every row is ingested once into full-resolution columns; a call then only downsamples them.
+    A run that has ended is read once in full and then served as is until it is active again (a
+    resume rewrites steps). The app keeps one reader per run; thread-safe for concurrent sessions."""
+
+    SETTLE_S = 10.0
+
+    def __init__(self, store: RunStore, run_id: str) -> None:
+        self.store, self.run_id = store, run_id
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._metrics = {name: _Column("q") for name in (*SERIES_METRICS, "loss_smoothed")}
+        self._average: float | None = None
+        self._last_step: int | None = None
+        self._settled, self._settled_t = _MemoryCurves(), None
+        self._tail: list[tuple] = []
+        self._final_for: Any = None  # (created_at, ended_at) of the ended run read in full
+        self._version, self._built = 0, None
+
+    def _update(self) -> None:
+        run = self.store.get_run(self.run_id) or {}
+        ended = run.get("state") not in _ACTIVE
+        signature = (run.get("created_at"), run.get("ended_at"))
+        if ended and self._final_for == signature:
+            return  # nothing changes until the run is resumed
+        if ended or self._final_for is not None:
+            self._reset()  # one full read of an ended run; a fresh read after a resume
+        raw = self.store.metrics(self.run_id, list(SERIES_METRICS), since_step=self._last_step)
+        for name, rows in raw.items():
+            if not rows:
+                continue
+            steps, values, _ = zip(*rows)
+            self._metrics[name].extend(steps, values)
+            self._last_step = max(self._last_step or 0, steps[-1])
+            if name == "loss":  # the EMA continues from the last increment's average
+                kept = [(step, v) for step, v in zip(steps, values) if v is not None]
+                smoothed = smooth([v for _, v in kept], start=self._average)
+                self._metrics["loss_smoothed"].extend([step for step, _ in kept], smoothed)
+                self._average = smoothed[-1] if smoothed else self._average
+        fresh = list(map(_MEM_ROW, self.store.memory(self.run_id, self._settled_t)))
+        if ended:
+            self._settled.add(fresh)
+            self._tail = []
+        elif fresh:
+            settle = fresh[-1][0] - self.SETTLE_S
+            self._settled.add(r for r in fresh if r[0] <= settle)
+            self._tail = [r for r in fresh if r[0] > settle]
+            self._settled_t = max(settle, self._settled_t or settle)
+        self._version += bool(any(raw.values()) or fresh or ended)
+        self._final_for = signature if ended else None
+
+    def series(self, max_points: int = 2000) -> dict[str, Any]:
+        """``run_series`` for this run: what was read before plus what is new."""
+        with self._lock:
+            self._update()
+            if self._built is not None and self._built[0] == (self._version, max_points):
+                return self._built[1]
+            out: dict[str, Any] = {name: col.points(max_points) for name, col in self._metrics.items()}
+            memory = self._settled
+            if self._tail:
+                memory = memory.copy()
+                memory.add(self._tail)
+            out["memory"] = memory.series(max_points)
+            self._built = ((self._version, max_points), out)
+            return out
+
+
+def run_series(store: RunStore, run_id: str, max_points: int = 2000) -> dict[str, Any]:
+    """Everything the Monitor page charts for one run, each series at most ``max_points`` long:
+    loss, loss_smoothed (``smooth``), lr, samples_per_s, tokens_per_s as (step, value), and
+    ``memory`` (see ``memory_series``). A one-off read; a live view keeps a ``SeriesReader``."""
+    return SeriesReader(store, run_id).series(max_points)
+
+
+def live_status(run: dict[str, Any]) -> dict[str, Any]:
+    """The part of ``runs.summary`` a page refreshing every second needs (state, step, total_steps,
+    duration_s, exit_reason), from the run row alone: no metric or memory reads."""
+    spec, started = run.get("spec") or {}, run.get("started_at")
+    return {
+        "state": run.get("state"),
+        "step": run.get("last_step") or 0,
+        "total_steps": spec.get("max_steps"),
+        "duration_s": (run.get("ended_at") or time.time()) - started if started else None,
+        "exit_reason": run.get("reason"),
+    }
+
+
+def format_seconds(seconds: float | None) -> str:
+    """1h 02m 03s, 2m 05s or 12s; an em dash when unknown."""
+    if seconds is None:
+        return "—"
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m {s % 60:02d}s"
+    return f"{s // 60}m {s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def progress(summary: dict[str, Any]) -> tuple[float, float | None]:
+    """(fraction done, seconds left or None). The ETA extrapolates the run's average pace so far,
+    start-up included, so it errs long early on; an epoch-based run has no known total (0.0, None)."""
+    if summary.get("state") == RunState.SUCCEEDED.value:
+        return 1.0, None
+    step, total = summary.get("step") or 0, summary.get("total_steps")
+    if not total:
+        return 0.0, None
+    fraction = min(step / total, 1.0)
+    duration = summary.get("duration_s")
+    active = summary.get("state") in _ACTIVE
+    if not active or not step or not duration:
+        return fraction, None
+    return fraction, max(duration * (total - step) / step, 0.0)
+
+
+def _line(fig: go.Figure, pts: list[Point], name: str, scale: float = 1.0, **style: Any) -> None:
+    fig.add_trace(
+        go.Scatter(x=[x for x, _ in pts], y=[y / scale for _, y in pts], mode="lines", name=name, **style)
+    )
+
+
+def _layout(fig: go.Figure, title: str, x: str, y: str, **extra: Any) -> go.Figure:
+    # uirevision keeps the user's zoom and hidden traces across the page's one-second refreshes.
+    fig.update_layout(
+        title=title, xaxis_title=x, yaxis_title=y, height=320, margin=dict(l=10, r=10, t=40, b=10),
+        uirevision="nexa", legend=dict(orientation="h", y=-0.25), **extra,
+    )  # fmt: skip
+    return fig
+
+
+def _estimate_line(fig: go.Figure, value_bytes: Any, what: str) -> None:
+    if isinstance(value_bytes, (int, float)) and value_bytes > 0:
+        fig.add_hline(
+            y=value_bytes / GIB,
+            line_dash="dash",
+            line_color="firebrick",
+            annotation_text=f"estimate {what} {value_bytes / GIB:.2f} GiB",
+            annotation_position="top left",
+            name="estimate",
+        )
+
+
+def figures(
+    series: dict[str, Any], estimate: dict[str, Any] | None, log_y: bool = False
+) -> dict[str, go.Figure]:
+    """loss, lr, throughput, host_memory and gpu_memory figures; memory in GiB against seconds, with
+    the planner's estimate as a dashed line so the user sees how close the measurement came."""
+    estimate = estimate or {}
+    loss = go.Figure()
+    _line(loss, series.get("loss", []), "loss", line=dict(width=1), opacity=0.4)
+    _line(loss, series.get("loss_smoothed", []), "loss (smoothed)", line=dict(width=2.5))
+    _layout(loss, "Loss", "step", "loss", yaxis_type="log" if log_y else "linear")
+
+    lr = go.Figure()
+    _line(lr, series.get("lr", []), "learning rate")
+    _layout(lr, "Learning rate", "step", "lr")
+
+    throughput = go.Figure()
+    _line(throughput, series.get("samples_per_s", []), "samples/s")
+    _line(throughput, series.get("tokens_per_s", []), "tokens/s", yaxis="y2")
+    _layout(throughput, "Throughput", "step", "samples/s",
+            yaxis2=dict(title="tokens/s", overlaying="y", side="right"))  # fmt: skip
+
+    memory = series.get("memory") or {}
+    host = go.Figure()
+    for name, pts in (memory.get("host_rss") or {}).items():
+        _line(host, pts, f"{name} RSS", scale=GIB)
+    if len(memory.get("host_rss") or {}) > 1:
+        _line(host, memory.get("host_total", []), "all ranks", scale=GIB, line=dict(width=3))
+    _estimate_line(host, estimate.get("host_total_bytes"), "host")
+    _layout(host, "Host memory (RSS per rank)", "seconds", "GiB")
+
+    gpu = go.Figure()
+    for name, pts in (memory.get("gpu_used") or {}).items():
+        _line(gpu, pts, f"{name} used (NVML)", scale=GIB)
+    for name, pts in (memory.get("gpu_allocated") or {}).items():
+        _line(gpu, pts, f"{name} allocated (torch)", scale=GIB, line=dict(dash="dot"))
+    _estimate_line(gpu, estimate.get("per_gpu_total_bytes"), "per GPU")
+    if not (memory.get("gpu_used") or memory.get("gpu_allocated")):
+        gpu.add_annotation(text=NO_GPU_TEXT, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
+    _layout(gpu, "GPU memory (per device)", "seconds", "GiB")
+    return {"loss": loss, "lr": lr, "throughput": throughput, "host_memory": host, "gpu_memory": gpu}
+
+
+def overlay(
+    store: RunStore, run_ids: Sequence[str], metric: str = "loss", max_points: int = 2000
+) -> go.Figure:
+    """One figure comparing runs: a metric by step, or ``host_rss`` (all ranks) by seconds."""
+    fig = go.Figure()
+    for run_id in run_ids:
+        run = store.get_run(run_id) or {}
+        label = f"{run.get('name') or run_id} ({run_id})" if run.get("name") != run_id else run_id
+        if metric == "host_rss":
+            _line(fig, memory_series(store.memory(run_id), max_points)["host_total"], label, scale=GIB)
+        else:
+            rows = store.metrics(run_id, [metric]).get(metric, [])
+            _line(fig, downsample([(s, v) for s, v, _ in rows], max_points), label)
+    if metric == "host_rss":
+        return _layout(fig, "Host memory, all ranks", "seconds", "GiB")
+    return _layout(fig, metric, "step", metric)
+
+
+def _gib(value: Any) -> float | None:
+    return round(value / GIB, 2) if isinstance(value, (int, float)) else None

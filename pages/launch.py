@@ -1,0 +1,169 @@
+"""Launch: a training run from the Plan page's choices, with the exact command, the DeepSpeed config
+and the memory estimate shown before anything starts."""
+
+import streamlit as st
+
+from nexa_core import datasets, paths, runner
+from nexa_core.enums import DeepSpeedMode, Offload, Precision, Task
+from nexa_core.errors import ConfigError
+from nexa_core.launch import LaunchMode, RunSpec, build_launch, command_text
+from nexa_core.memory import GIB
+from nexa_core.models import DEFAULT_MODEL, catalogue
+from nexa_core.train_config import TrainConfig
+from pages._shared import (
+    cached_estimate,
+    check_dataset,
+    detected_hardware,
+    hardware_sidebar,
+    save_upload,
+    show_problems,
+)
+
+PREVIEW_ID = "preview"  # the command shown names this run id; the real one is assigned at launch
+
+st.title("Launch a training run")
+hardware_sidebar()
+hw = detected_hardware()
+plan = st.session_state.get("plan_choices") or {}
+if plan:
+    st.caption("Starting from the Plan page's choices and its recommended ZeRO layout.")
+ids = list(catalogue())
+planned_model = plan.get("model") or DEFAULT_MODEL
+
+
+def _index(options: list, value: object, default: int = 0) -> int:
+    return options.index(value) if value in options else default
+
+
+left, middle, right = st.columns(3)
+with left:
+    st.subheader("Model and data")
+    picked = st.selectbox("Model (catalogue)", ids, index=_index(ids, planned_model, _index(ids, DEFAULT_MODEL)),
+                          key="launch_model")  # fmt: skip
+    typed = st.text_input("…or a hub id / local folder", value="" if planned_model in ids else planned_model,
+                          key="launch_model_text", placeholder="org/name or /path/to/model")  # fmt: skip
+    task = st.selectbox(
+        "Task", Task.values(), index=_index(Task.values(), plan.get("task")), key="launch_task"
+    )
+    source = st.radio("Dataset", ["bundled sample", "upload a file"], key="launch_source", horizontal=True)
+    dataset, data_problems = None, []
+    if source == "bundled sample":
+        st.caption(f"{datasets.bundled_paths(task)[0].name} (and its validation split), shipped with NEXA")
+    else:
+        upload = st.file_uploader("CSV or JSONL (one record a line)", type=["csv", "jsonl", "json"],
+                                  max_upload_size=datasets.LIMIT_BYTES // 2**20, key="launch_upload")  # fmt: skip
+        if upload is None:
+            data_problems.append("dataset: upload a CSV or JSONL file, or pick the bundled sample")
+        elif upload.size > datasets.LIMIT_BYTES:
+            data_problems.append(
+                f"dataset: {upload.name} is larger than the {datasets.LIMIT_BYTES} byte limit"
+            )
+        else:
+            saved = save_upload(upload.name, upload.getvalue())
+            count, data_problems = check_dataset(str(saved), task)
+            if not data_problems:
+                dataset = str(saved)
+                st.caption(f"{count:,} valid records, saved as {saved}")
+    length = st.radio("Train for", ["epochs", "max steps"], key="launch_length", horizontal=True)
+    if length == "epochs":
+        epochs, max_steps = st.number_input("Epochs", 0, 10_000, 1, key="launch_epochs"), None
+    else:
+        epochs, max_steps = 1, st.number_input("Max steps", 0, 10**9, 100, key="launch_max_steps")
+with middle:
+    st.subheader("Optimisation")
+    lr = st.number_input("Learning rate", 0.0, 1.0, 5e-5, step=1e-5, format="%.2e", key="launch_lr")
+    batch = st.number_input(
+        "Micro-batch per GPU", 0, 65_536, int(plan.get("batch_size") or 8), key="launch_batch"
+    )
+    seq = st.number_input("Sequence length", 0, 1_048_576, int(plan.get("seq_len") or 128), key="launch_seq")
+    precisions = ["auto", *Precision.values()]
+    precision = st.selectbox("Precision", precisions, index=_index(precisions, plan.get("precision")),
+                             key="launch_precision")  # fmt: skip
+    lora = st.checkbox("LoRA", value=bool(plan.get("lora")), key="launch_lora")
+    rank = st.number_input(
+        "LoRA rank", 1, 4096, int(plan.get("lora_rank") or 8), key="launch_rank", disabled=not lora
+    )
+    ckpt = st.checkbox(
+        "Gradient checkpointing", value=bool(plan.get("gradient_checkpointing")), key="launch_ckpt"
+    )
+    name = st.text_input(
+        "Run name (optional)", key="launch_name", placeholder="letters, digits, . _ - and spaces"
+    )
+with right:
+    st.subheader("DeepSpeed and devices")
+    deepspeed = st.selectbox("DeepSpeed", DeepSpeedMode.values(), key="launch_deepspeed",
+                             help="auto: on with a GPU, off on a CPU-only machine")  # fmt: skip
+    stages = [None, 0, 1, 2, 3]
+    stage = st.selectbox("ZeRO stage", stages, index=_index(stages, plan.get("zero_stage")), key="launch_stage",
+                         format_func=lambda s: "as the DeepSpeed config file says" if s is None else f"ZeRO-{s}")  # fmt: skip
+    offloads = [None, *Offload.values()]
+    off_text = {None: "as the config file says (where the stage allows)"}
+    offload_optimizer = st.selectbox("Offload optimizer states", offloads, key="launch_off_opt",
+                                     index=_index(offloads, plan.get("offload_optimizer")),
+                                     format_func=lambda o: off_text.get(o, o))  # fmt: skip
+    offload_param = st.selectbox("Offload parameters", offloads, key="launch_off_param",
+                                 index=_index(offloads, plan.get("offload_param")),
+                                 format_func=lambda o: off_text.get(o, o))  # fmt: skip
+    mode = st.selectbox("Launch with", LaunchMode.values(), key="launch_mode")
+    if hw.gpus:
+        physical = [g.index for g in hw.gpus]
+        about = {g.index: f"GPU {g.index} · {g.name} · {g.free_bytes / GIB:.1f} GiB free" for g in hw.gpus}
+        gpus = st.multiselect("GPUs (physical ids, as nvidia-smi shows them)", physical, key="launch_gpus",
+                              default=physical[: int(plan.get("gpus") or 1)], format_func=about.get)  # fmt: skip
+    else:
+        gpus = []
+        st.caption("No GPU detected: this is a CPU-only machine, so the run trains on the CPU.")
+    nproc = st.number_input("Processes (ranks)", 1, 64, 1, key="launch_nproc",
+                            help="python mode runs one; torchrun, deepspeed and accelerate start several")  # fmt: skip
+
+problems = list(data_problems)
+train = None
+try:
+    train = TrainConfig(
+        model=typed.strip() or picked, task=task, dataset=dataset, deepspeed=deepspeed, zero_stage=stage,
+        offload_optimizer=offload_optimizer, offload_param=offload_param,
+        precision=None if precision == "auto" else precision, batch_size=int(batch), seq_len=int(seq),
+        lr=float(lr), epochs=int(epochs), max_steps=None if max_steps is None else int(max_steps), lora=lora,
+        lora_rank=int(rank), gradient_checkpointing=ckpt, name=name.strip() or None,
+    )  # fmt: skip
+except ConfigError as exc:
+    problems += exc.problems
+try:  # checked even when the training config is wrong, so every problem shows at once
+    spec = RunSpec(train or TrainConfig(), mode, int(nproc), list(gpus))
+except ConfigError as exc:
+    problems += exc.problems
+if problems:
+    show_problems(problems)
+    st.stop()
+
+st.subheader("What will run")
+argv, env = build_launch(spec, PREVIEW_ID, paths.run_dir(PREVIEW_ID))
+st.code(command_text(argv), language="bash")
+st.caption(
+    f"Environment: {', '.join(f'{k}={v}' for k, v in env.items())}. The run id ({PREVIEW_ID!r} here) and a "
+    "free master port are assigned at launch; the run's files are written to its own folder."
+)
+settings = spec.train.deepspeed_settings()
+with st.expander("DeepSpeed config (deepspeed_config.json)", expanded=False):
+    if not settings.deepspeed_enabled(has_gpu=bool(hw.gpus)):
+        st.caption("DeepSpeed is off for this run: this file is written to the run folder but not used.")
+    st.json(settings.deepspeed_config(settings.resolved_precision(has_gpu=bool(hw.gpus))))
+
+estimate = cached_estimate(spec)
+if estimate is None:
+    st.warning("No memory estimate for this configuration (the model could not be sized offline).")
+else:
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Layout", estimate["label"])
+    per_gpu = estimate["per_gpu_total_bytes"]
+    c2.metric("Estimated per GPU", f"{per_gpu / GIB:.2f} GiB" if per_gpu else "— (trains on the CPU)")
+    c3.metric("Estimated host RAM", f"{estimate['host_total_bytes'] / GIB:.2f} GiB")
+
+if st.button("Launch", type="primary", key="launch_go"):
+    try:
+        run_id = runner.launch(spec, estimate=estimate)
+    except ConfigError as exc:
+        show_problems(exc.problems)
+    else:
+        st.session_state["monitor_run"] = run_id
+        st.switch_page("pages/monitor.py")

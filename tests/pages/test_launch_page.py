@@ -1,0 +1,128 @@
+"""The Launch page, driven with AppTest: preview, validation, uploads and the launch hand-off."""
+
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from nexa_core import runner
+from nexa_core.hardware import list_gpus
+from nexa_core.runstore import RunState, RunStore
+
+# Absolute: AppTest resolves a relative path against this test file, not the working directory.
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("NEXA_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(ROOT)
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def page(home):
+    return AppTest.from_file(ROOT / "pages" / "launch.py", default_timeout=120).run()
+
+
+def _errors(at: AppTest) -> str:
+    assert not at.exception
+    assert len(at.error) == 1  # every problem in one block
+    assert not at.code and not at.json  # nothing previewed from a bad config
+    assert not [b for b in at.button if b.key == "launch_go"]
+    return at.error[0].value
+
+
+def test_renders_the_command_deepspeed_config_and_estimate(page, home):
+    assert not page.exception and not page.error
+    command = page.code[0].value
+    assert (
+        "-m nexa_core train --config" in command
+        and str(home / "runs" / "preview" / "run_config.json") in command
+    )
+    config = page.json[0].value
+    config = json.loads(config) if isinstance(config, str) else config
+    assert "zero_optimization" in config
+    assert [m.label for m in page.metric] == ["Layout", "Estimated per GPU", "Estimated host RAM"]
+    assert page.metric[2].value.endswith("GiB")
+    assert [b.key for b in page.button] == ["launch_go"]
+    if not list_gpus():
+        assert "No GPU detected (CPU-only machine)" in [c.value for c in page.sidebar.caption]
+        assert any("CPU-only machine" in c.value for c in page.caption)
+
+
+def test_bad_input_lists_every_problem_and_launches_nothing(page, home):
+    page.number_input(key="launch_lr").set_value(0.0)
+    page.text_input(key="launch_name").input("../etc/passwd").run()
+    message = _errors(page)
+    assert "lr (--lr)" in message and "name (--name)" in message
+    page.selectbox(key="launch_mode").set_value("python")
+    page.number_input(key="launch_nproc").set_value(2).run()
+    assert "nproc (--nproc)" in _errors(page)  # the launch spec's problems join the config's
+    assert RunStore().list_runs() == []
+
+
+def test_plan_choices_fill_the_form(home):
+    at = AppTest.from_file(ROOT / "pages" / "launch.py", default_timeout=120)
+    at.session_state["plan_choices"] = {
+        "model": "sentence-transformers/all-MiniLM-L6-v2", "task": "classification", "batch_size": 4,
+        "seq_len": 64, "precision": None, "lora": True, "lora_rank": 4, "gradient_checkpointing": False,
+        "gpus": 0, "zero_stage": 2, "offload_optimizer": "cpu", "offload_param": "none",
+    }  # fmt: skip
+    at.run()
+    assert not at.exception and not at.error
+    assert at.selectbox(key="launch_task").value == "classification"
+    assert at.number_input(key="launch_batch").value == 4 and at.number_input(key="launch_rank").value == 4
+    assert at.selectbox(key="launch_stage").value == 2
+    config = at.json[0].value
+    config = json.loads(config) if isinstance(config, str) else config
+    assert config["zero_optimization"]["stage"] == 2
+    assert config["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert "offload_param" not in config["zero_optimization"]
+
+
+def test_an_upload_is_saved_under_a_safe_name_and_validated(page, home):
+    page.radio(key="launch_source").set_value("upload a file").run()
+    assert "dataset: upload" in _errors(page)
+    bad = b'{"text": "no label here"}\n{"label": "pos"}\nnot json\n'
+    page.file_uploader(key="launch_upload").set_value(("../../bad data.jsonl", bad, "application/json"))
+    page.selectbox(key="launch_task").set_value("classification").run()
+    message = _errors(page)
+    assert "line 1" in message and "line 2" in message and "line 3" in message  # all at once
+    good = b'{"text": "fine", "label": "pos"}\n{"text": "bad", "label": "neg"}\n'
+    page.file_uploader(key="launch_upload").set_value(
+        ("../../good data.jsonl", good, "application/json")
+    ).run()
+    assert not page.exception and not page.error
+    saved = list((home / "uploads").iterdir())
+    assert {p.name.split("-", 1)[1] for p in saved} == {"bad_data.jsonl", "good_data.jsonl"}
+    assert all(p.parent == home / "uploads" for p in saved)
+    assert any("2 valid records" in c.value for c in page.caption)
+
+
+def test_launch_hands_the_run_to_the_monitor_page(home, monkeypatch):
+    """Through the router, as in the app; runner.launch is replaced, so nothing trains here."""
+    launched = []
+
+    def fake_launch(spec, run_id=None, estimate=None, store=None):
+        launched.append((spec, estimate))
+        store = RunStore()
+        store.create_run(
+            "fake-run", name="fake", spec=spec.train.to_dict(), run_dir="", state=RunState.SUCCEEDED
+        )
+        return "fake-run"
+
+    monkeypatch.setattr(runner, "launch", fake_launch)
+    at = AppTest.from_file(ROOT / "app.py", default_timeout=120)
+    at.switch_page("pages/launch.py").run()
+    assert not at.exception
+    at.text_input(key="launch_name").input("my run")
+    at.button(key="launch_go").click().run()
+    assert not at.exception
+    ((spec, estimate),) = launched
+    assert spec.train.name == "my run" and estimate and estimate["host_total_bytes"] > 0
+    assert at.session_state["monitor_run"] == "fake-run"
+    assert at.title[0].value == "Monitor a run"
+    assert at.selectbox(key="monitor_pick").value == "fake-run"

@@ -1,0 +1,105 @@
+"""The Runs page, driven with AppTest over a store filled by hand (no training)."""
+
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from nexa_core import paths
+from nexa_core.memory import GIB
+from nexa_core.runstore import RunState, RunStore
+
+# Absolute: AppTest resolves a relative path against this test file, not the working directory.
+ROOT = Path(__file__).resolve().parents[2]
+PAGE = ROOT / "pages" / "runs.py"
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """Two finished runs with curves and folders, one failed run, and a folder that is no run's."""
+    monkeypatch.setenv("NEXA_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(ROOT)
+    store = RunStore()
+    for run_id, name, steps, state in (
+        ("run-a", "alpha", 4, RunState.SUCCEEDED),
+        ("run-b", "beta", 6, RunState.SUCCEEDED),
+        ("run-c", "gamma", 2, RunState.FAILED),
+    ):
+        folder = paths.run_dir(run_id)
+        (folder / "checkpoints").mkdir(parents=True)
+        (folder / "run.log").write_text("log\n")
+        store.create_run(
+            run_id, name=name, run_dir=str(folder), state=RunState.RUNNING,
+            spec={"model": "m", "task": "ner", "zero_stage": 2, "max_steps": steps},
+            estimate={"label": "ZeRO-2", "host_total_bytes": 3 * GIB, "per_gpu_total_bytes": 0},
+        )  # fmt: skip
+        for step in range(1, steps + 1):
+            store.log_metrics(run_id, step, {"loss": 1.0 / step})
+        store.log_memory(
+            run_id, [{"t": 10.0 + i, "rank": 0, "host": "h", "rss_bytes": (i + 1) * GIB} for i in range(3)]
+        )
+        store.set_state(
+            run_id, state, reason="exit code 1: ValueError: boom" if state is RunState.FAILED else None
+        )
+    (paths.runs_root() / "not-a-run").mkdir()
+    return store
+
+
+def _page() -> AppTest:
+    return AppTest.from_file(PAGE, default_timeout=60).run()
+
+
+def test_lists_every_run_with_measured_and_estimated_memory(home):
+    at = _page()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table["run"]) == ["gamma", "beta", "alpha"]  # newest first
+    assert list(table["state"]) == ["failed", "succeeded", "succeeded"]
+    assert list(table["host peak GiB"]) == [3.0, 3.0, 3.0] and list(table["host est. GiB"]) == [3.0, 3.0, 3.0]
+    assert list(table["final loss"]) == [0.5, pytest.approx(1 / 6), 0.25]
+    assert not at.get("plotly_chart")  # nothing selected yet
+
+
+def test_overlay_of_two_runs(home):
+    at = _page()
+    at.multiselect(key="runs_pick").set_value(["run-a", "run-b"]).run()
+    assert not at.exception
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    assert len(charts) == 2
+    loss, memory = charts
+    assert [len(t["x"]) for t in loss["data"]] == [4, 6]
+    assert [t["y"] for t in memory["data"]] == [[1.0, 2.0, 3.0]] * 2
+    assert [b.key for b in at.button if b.key.startswith("runs_resume")] == []  # succeeded: nothing to resume
+
+
+def test_a_failed_run_can_be_resumed(home):
+    at = _page()
+    at.multiselect(key="runs_pick").set_value(["run-c"]).run()
+    assert [b.key for b in at.button if b.key.startswith("runs_resume")] == [
+        "runs_resume_run-c"
+    ]  # not pressed
+    assert any("ValueError: boom" in c.value for c in at.caption)
+
+
+def test_delete_needs_the_confirmation_and_removes_only_that_runs_folder(home):
+    at = _page()
+    at.multiselect(key="runs_pick").set_value(["run-a"]).run()
+    delete = at.button(key="runs_delete_run-a")
+    assert delete.disabled
+    at.checkbox(key="runs_confirm_run-a").check().run()
+    assert not at.button(key="runs_delete_run-a").disabled
+    at.button(key="runs_delete_run-a").click().run()
+    assert not at.exception
+    assert any("Deleted run run-a; its folder was removed" in s.value for s in at.success)
+    assert home.get_run("run-a") is None and home.metrics("run-a") == {}
+    root = paths.runs_root()
+    assert sorted(p.name for p in root.iterdir()) == ["not-a-run", "run-b", "run-c"]
+    assert list(at.dataframe[0].value["run"]) == ["gamma", "beta"]
+    assert at.multiselect(key="runs_pick").value == []
+
+
+def test_no_runs_yet(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEXA_HOME", str(tmp_path / "home"))
+    at = _page()
+    assert not at.exception and "No runs yet" in at.info[0].value
