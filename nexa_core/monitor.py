@@ -213,7 +213,7 @@ class SeriesReader:
                 smoothed = smooth([v for _, v in kept], start=self._average)
                 self._metrics["loss_smoothed"].extend([step for step, _ in kept], smoothed)
                 self._average = smoothed[-1] if smoothed else self._average
-        fresh = list(map(_MEM_ROW, self.store.memory(self.run_id, self._settled_t)))
+        fresh = self.store.memory_rows(self.run_id, _MEM_FIELDS, self._settled_t)
         if ended:
             self._settled.add(fresh)
             self._tail = []

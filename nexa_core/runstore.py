@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS memory (
 );
 CREATE INDEX IF NOT EXISTS memory_run_t ON memory (run_id, t);
 -- one metric's curve without scanning the run's other metrics (the Monitor page reads by name)
-CREATE INDEX IF NOT EXISTS metrics_run_name ON metrics (run_id, name, step, value);
+CREATE INDEX IF NOT EXISTS metrics_run_name ON metrics (run_id, name, step, value, wall_time);
 CREATE TABLE IF NOT EXISTS events (run_id TEXT, t REAL, level TEXT, message TEXT);
 CREATE INDEX IF NOT EXISTS events_run ON events (run_id, t);
 """
@@ -215,17 +215,24 @@ class RunStore:
         self, run_id: str, names: list[str] | None = None, since_step: int | None = None
     ) -> dict[str, list[tuple[int, float | None, float]]]:
         """name -> [(step, value, wall_time)] by step; ``since_step`` keeps steps after it (for polling)."""
-        query, args = "SELECT step, name, value, wall_time FROM metrics WHERE run_id = ?", [run_id]
-        if names:
-            query += f" AND name IN ({', '.join('?' * len(names))})"
-            args += names
-        if since_step is not None:
-            query += " AND step > ?"
-            args.append(since_step)
-        out: dict[str, list[tuple[int, float | None, float]]] = {n: [] for n in names or []}
         with self._connect() as conn:
-            for row in conn.execute(query + " ORDER BY step", args):
-                out.setdefault(row["name"], []).append((row["step"], row["value"], row["wall_time"]))
+            if not names:
+                names = [
+                    r[0]
+                    for r in conn.execute("SELECT DISTINCT name FROM metrics WHERE run_id = ?", (run_id,))
+                ]
+            out: dict[str, list[tuple[int, float | None, float]]] = {}
+            for name in names:
+                # One curve at a time through the covering index (run_id, name, step, value, wall_time),
+                # as plain tuples: a 100,000-step run reads without touching the table.
+                cursor = conn.cursor()
+                cursor.row_factory = None
+                query = "SELECT step, value, wall_time FROM metrics WHERE run_id = ? AND name = ?"
+                args: list[Any] = [run_id, name]
+                if since_step is not None:
+                    query += " AND step > ?"
+                    args.append(since_step)
+                out[name] = cursor.execute(query + " ORDER BY step", args).fetchall()
         return out
 
     # -------------------------------------------------------------- memory
@@ -236,6 +243,19 @@ class RunStore:
         rows = [tuple(run_id if c == "run_id" else s.get(c) for c in _MEMORY_COLUMNS) for s in samples]
         with self._write() as conn:
             conn.executemany(f"INSERT INTO memory VALUES ({', '.join('?' * len(_MEMORY_COLUMNS))})", rows)
+
+    def memory_rows(self, run_id: str, fields: tuple[str, ...], since_t: float | None = None) -> list[tuple]:
+        """Memory samples as plain tuples of ``fields`` by time (the bulk path for charts)."""
+        unknown = set(fields) - set(_MEMORY_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown memory field(s): {sorted(unknown)}")
+        query, args = f"SELECT {', '.join(fields)} FROM memory WHERE run_id = ?", [run_id]
+        if since_t is not None:
+            query, args = query + " AND t > ?", [run_id, since_t]
+        with self._connect() as conn:
+            cursor = conn.cursor()
+            cursor.row_factory = None
+            return cursor.execute(query + " ORDER BY t", args).fetchall()
 
     def memory(self, run_id: str, since_t: float | None = None) -> list[dict[str, Any]]:
         """Memory samples by time; ``since_t`` keeps those after it."""
