@@ -167,3 +167,101 @@ def environment() -> dict[str, Any]:
         "gpus": [g.name for g in list_gpus()],
         "versions": versions,
     }
+
+
+# ------------------------------------------------------------------ stored comparisons
+# A comparison runs for minutes, so the Compare page starts it in the background (its own process
+# session, like a training run) and polls files under NEXA_HOME/comparisons/: <id>.progress.json
+# while it runs, <id>.json once done. Past comparisons stay there and can be reopened.
+
+
+def comparisons_dir():
+    from nexa_core import paths
+
+    folder = paths.nexa_home() / "comparisons"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _comparison_file(comparison_id: str, suffix: str = ".json"):
+    from nexa_core import paths
+
+    paths.run_dir(comparison_id)  # the same id rules as runs: no path tricks
+    return comparisons_dir() / f"{comparison_id}{suffix}"
+
+
+def bench_argv(config: BenchConfig, comparison_id: str) -> list[str]:
+    import sys
+
+    return [
+        sys.executable, "-m", "nexa_core", "bench", config.model, "--task", config.task,
+        "--techniques", ",".join(config.techniques), "--steps", str(config.steps),
+        "--batch-size", str(config.batch_size), "--seq-len", str(config.seq_len), "--save-as", comparison_id,
+    ]  # fmt: skip
+
+
+def start_comparison(config: BenchConfig) -> str:
+    """Start ``nexa bench`` in the background; returns the comparison id at once."""
+    import os
+    import subprocess
+
+    from nexa_core import paths
+
+    comparison_id = paths.new_run_id(f"compare {config.model.split('/')[-1]}")
+    save_progress(comparison_id, 0, len(config.techniques), "starting")
+    log = _comparison_file(comparison_id, ".log").open("ab")
+    subprocess.Popen(
+        bench_argv(config, comparison_id),
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "NEXA_HOME": str(paths.nexa_home())},
+    )  # fmt: skip
+    return comparison_id
+
+
+def save_progress(comparison_id: str, done: int, total: int, current: str) -> None:
+    import json
+
+    _comparison_file(comparison_id, ".progress.json").write_text(
+        json.dumps({"done": done, "total": total, "current": current, "t": time.time()})
+    )
+
+
+def save_comparison(comparison_id: str, result: dict[str, Any]) -> None:
+    import json
+
+    path = _comparison_file(comparison_id)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, default=str))
+    tmp.replace(path)  # readers never see half a file
+
+
+def load_comparison(comparison_id: str) -> dict[str, Any] | None:
+    import json
+
+    path = _comparison_file(comparison_id)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def comparison_progress(comparison_id: str) -> dict[str, Any] | None:
+    import json
+
+    path = _comparison_file(comparison_id, ".progress.json")
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def list_comparisons() -> list[dict[str, Any]]:
+    """Newest first: id, state (running or done), model and techniques when done."""
+    out = []
+    for progress in sorted(comparisons_dir().glob("*.progress.json"), reverse=True):
+        comparison_id = progress.name.removesuffix(".progress.json")
+        result = load_comparison(comparison_id)
+        failed = (comparison_progress(comparison_id) or {}).get("current", "").startswith("failed")
+        out.append(
+            {
+                "id": comparison_id,
+                "state": "done" if result else "failed" if failed else "running",
+                "model": (result or {}).get("config", {}).get("model"),
+                "techniques": (result or {}).get("config", {}).get("techniques"),
+            }
+        )
+    return out

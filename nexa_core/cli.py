@@ -269,12 +269,13 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object with `rows`")
     p.add_argument("--report", help="also write a self-contained HTML report here")
     p.add_argument("--csv", help="also write the table as CSV here")
+    p.add_argument("--save-as", help="store the result as this comparison id (the Compare page reopens it)")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from nexa_core.bench import BenchConfig, run_bench
+    from nexa_core.bench import BenchConfig, run_bench, save_comparison, save_progress
     from nexa_core.bench_report import table_rows, to_csv, to_html
 
     config = BenchConfig(
@@ -287,10 +288,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
 
     def progress(i: int, total: int, technique: str) -> None:
+        if args.save_as:
+            save_progress(args.save_as, i, total, technique)
         if not args.json:
             print(f"[{i}/{total}] {technique}", file=sys.stderr, flush=True)
 
-    result = run_bench(config, progress)
+    try:
+        result = run_bench(config, progress)
+    except Exception as exc:
+        if args.save_as:  # the Compare page shows why instead of waiting forever
+            save_progress(args.save_as, 0, len(config.techniques), f"failed: {type(exc).__name__}: {exc}")
+        raise
+    if args.save_as:
+        save_comparison(args.save_as, result)
     if args.report:
         Path(args.report).write_text(to_html(result), encoding="utf-8")
     if args.csv:

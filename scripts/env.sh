@@ -14,7 +14,7 @@ fi
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   echo "nexa: installing requirements into .venv"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -r requirements-dev.txt
+  "$VENV/bin/python" -m pip install --quiet --quiet -r requirements-dev.txt
   "$VENV/bin/python" -m pip install --quiet --no-deps -e .
   echo "$want" > "$STAMP"
 fi
