@@ -53,6 +53,8 @@ class BenchConfig:
             for t in self.techniques
             if t not in TECHNIQUES
         ]
+        if not self.techniques:
+            problems.append(f"techniques (--techniques): choose at least one of {', '.join(TECHNIQUES)}")
         if not isinstance(self.steps, int) or not SKIP_STEPS + 1 <= self.steps <= 10_000:
             problems.append(
                 f"steps (--steps): must be a whole number from {SKIP_STEPS + 1} to 10000 (the first {SKIP_STEPS} are not timed)"
