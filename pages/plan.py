@@ -6,9 +6,11 @@ import streamlit as st
 from nexa_core.enums import Precision, Task
 from nexa_core.errors import ConfigError
 from nexa_core.memory import GIB
-from nexa_core.models import DEFAULT_MODEL, catalogue
+from nexa_core.models import DEFAULT_MODEL, catalogue, resolve_model
 from nexa_core.planner import plan_command
+from nexa_core.probe import PROBE_STEPS, find_batch_size, probe
 from nexa_core.report import plan_rows
+from nexa_core.train_config import TrainConfig
 from pages._shared import cached_plan, detected_hardware, hardware_sidebar, refresh_hardware, show_problems
 
 st.title("Plan memory before a run")
@@ -125,3 +127,92 @@ for note in plan.notes:
 # What the Launch page carries over: the user's choices and the recommended layout.
 recommended = {k: v for k, v in rec.to_dict().items() if k != "reason"}
 st.session_state["plan_choices"] = {**fields, **recommended}
+
+
+# ------------------------------------------------------------------ probe: measure instead of estimate
+def _probe_table(probes: list[dict]) -> None:
+    """One row per probe: the measured peaks beside the planner's estimates."""
+    as_bytes = {"format": "bytes"}
+    st.dataframe(
+        probes,
+        hide_index=True,
+        width="stretch",
+        column_order=[
+            "batch_size", "fits", "peak_host_rss_bytes", "estimate_host_bytes", "peak_gpu_bytes",
+            "estimate_gpu_bytes", "state", "reason", "run_id",
+        ],
+        column_config={
+            "batch_size": "batch",
+            "fits": "fits the budget",
+            "peak_host_rss_bytes": st.column_config.NumberColumn("peak host RSS (measured)", **as_bytes),
+            "estimate_host_bytes": st.column_config.NumberColumn("host (estimated)", **as_bytes),
+            "peak_gpu_bytes": st.column_config.NumberColumn("peak GPU (measured)", **as_bytes),
+            "estimate_gpu_bytes": st.column_config.NumberColumn("GPU per device (estimated)", **as_bytes),
+            "run_id": "run (Runs page)",
+        },
+    )  # fmt: skip
+
+
+with st.expander("Probe this plan"):
+    # Probes run here, on this machine: GPU memory is the budget only when the plan uses GPUs and
+    # this machine has one; otherwise the probe trains on the CPU and host RAM is the budget.
+    probe_on_gpu = on_gpu and bool(hw.gpus)
+    st.caption(
+        f"Runs {PROBE_STEPS} real training steps of this plan on this machine "
+        f"({'GPU' if probe_on_gpu else 'CPU only'}), every batch padded to the sequence length, so the "
+        "measured peak is the worst case. Each probe is its own process: running out of memory is an "
+        "answer, not a crash. The recommended ZeRO layout is used (no DeepSpeed when ZeRO-0 is "
+        "recommended); a model without weights on this machine is probed with random weights (same memory)."
+    )
+    budget_col, max_col = st.columns(2)
+    budget_gb = budget_col.number_input(
+        f"Budget ({'GPU memory per GPU' if probe_on_gpu else 'host RAM'}, GiB)", 0.0, 65_536.0,
+        round((plan.gpu_budget_bytes if probe_on_gpu else plan.host_budget_bytes) / GIB, 1),
+        key="plan_probe_budget",
+    )  # fmt: skip
+    max_batch = max_col.number_input("Largest batch to try", 1, 65_536, 64, key="plan_probe_max_batch")
+    one_col, find_col = st.columns(2)
+    probe_one = one_col.button("Probe at the longest sequence", key="plan_probe_one")
+    probe_find = find_col.button(
+        "Find batch size", key="plan_probe_find", help="Doubles the batch from 1 until a probe does not fit, then bisects"
+    )  # fmt: skip
+    if probe_one or probe_find:
+        zero = rec.layout is not None and rec.layout.zero_stage > 0
+        layout = (
+            {k: recommended[k] for k in ("zero_stage", "offload_optimizer", "offload_param")} if zero else {}
+        )
+        try:
+            probe_config = TrainConfig(
+                model=fields["model"], task=task,
+                num_labels=int(num_labels) if task in (Task.NER, Task.CLASSIFICATION) else None,
+                precision=fields["precision"], batch_size=int(batch), seq_len=int(seq), lora=lora,
+                lora_rank=int(rank), gradient_checkpointing=ckpt, deepspeed="on" if zero else "off", **layout,
+                random_init=resolve_model(fields["model"]).weights_dir is None,
+            )  # fmt: skip
+        except ConfigError as exc:
+            show_problems(exc.problems)
+            st.stop()
+        budget_bytes = int(budget_gb * GIB)
+        if probe_one:
+            with st.spinner(f"Probing batch {batch} at sequence length {seq}: {PROBE_STEPS} real steps…"):
+                result = probe(probe_config, budget_bytes, on_gpu=probe_on_gpu)
+            (st.success if result.fits else st.error)(
+                f"Batch {result.batch_size} at sequence length {seq} "
+                f"{'fits' if result.fits else 'does not fit'} the {budget_gb:.1f} GiB budget (run {result.state})"
+            )
+            _probe_table([result.__dict__])
+        else:
+            tried = st.empty()
+            with st.spinner(f"Finding the largest batch up to {max_batch} that fits {budget_gb:.1f} GiB…"):
+                found = find_batch_size(
+                    probe_config, budget_bytes, int(max_batch), probe_on_gpu,
+                    progress=lambda p: tried.caption(f"Tried batch {p.batch_size}: {'fits' if p.fits else 'does not fit'}"),
+                )  # fmt: skip
+            tried.empty()
+            if found["batch_size"] is None:
+                st.error(f"Not even batch 1 fits {budget_gb:.1f} GiB at sequence length {seq}.")
+            else:
+                st.success(
+                    f"Largest batch that fits {budget_gb:.1f} GiB at sequence length {seq}: **{found['batch_size']}**"
+                )
+            _probe_table(found["probes"])

@@ -116,3 +116,13 @@ def test_app_router_runs(monkeypatch):
     at = AppTest.from_file(ROOT / "app.py", default_timeout=60).run()
     assert not at.exception
     assert at.title and at.title[0].value == "Plan memory before a run"  # Plan is the default page
+
+
+def test_probe_expander_renders_its_inputs_and_buttons(page):
+    """The buttons start real training runs, so they are only checked here, not pressed."""
+    assert not page.exception
+    assert [e.label for e in page.expander][-1] == "Probe this plan"
+    assert page.number_input(key="plan_probe_budget").value > 0  # the plan's memory budget, in GiB
+    assert page.number_input(key="plan_probe_max_batch").value == 64
+    assert page.button(key="plan_probe_one").label == "Probe at the longest sequence"
+    assert page.button(key="plan_probe_find").label == "Find batch size"

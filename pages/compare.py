@@ -1,0 +1,215 @@
+"""Compare: measured memory and speed of memory-saving techniques (baseline, ZeRO stages, offload,
+LoRA, ...) side by side with the planner's estimates, as a downloadable report; and what a run
+would cost on the instances of deployment/instances.yaml."""
+
+from functools import partial
+
+import streamlit as st
+
+from nexa_core.bench import (
+    SKIP_STEPS,
+    TECHNIQUES,
+    BenchConfig,
+    comparison_progress,
+    comparisons_dir,
+    list_comparisons,
+    load_comparison,
+    start_comparison,
+)
+from nexa_core.bench_report import figures, table_rows, to_csv, to_html
+from nexa_core.costs import cost_view
+from nexa_core.enums import Task
+from nexa_core.errors import ConfigError
+from nexa_core.memory import GIB
+from nexa_core.models import DEFAULT_MODEL, catalogue
+from nexa_core.planner import PlanConfig
+from pages._shared import hardware_sidebar, show_problems
+
+DEFAULT_TECHNIQUES = ["baseline", "zero2", "zero3", "zero3-offload", "lora"]
+
+st.title("Compare memory-saving techniques")
+hardware_sidebar()
+st.caption(
+    "Each technique trains the same model on the same data for a few steps, one at a time and each in its "
+    "own process (so peaks never mix), with every batch padded to the sequence length. The planner's "
+    "estimate is shown beside each measurement."
+)
+ids = list(catalogue())
+
+# ------------------------------------------------------------------ start a comparison
+with st.form("compare_form"):
+    left, middle, right = st.columns(3)
+    model = left.selectbox("Model (catalogue)", ids, index=ids.index(DEFAULT_MODEL), key="compare_model")
+    task = left.selectbox("Task", Task.values(), key="compare_task")
+    techniques = middle.multiselect(
+        "Techniques", list(TECHNIQUES), default=DEFAULT_TECHNIQUES, key="compare_techniques"
+    )
+    steps = right.number_input(
+        "Steps per technique", SKIP_STEPS + 1, 10_000, 6, key="compare_steps",
+        help=f"The first {SKIP_STEPS} steps are not timed (optimizer state allocation, warm-up)",
+    )  # fmt: skip
+    batch = right.number_input("Micro-batch", 1, 65_536, 8, key="compare_batch")
+    seq = right.number_input("Sequence length (every batch padded to it)", 8, 131_072, 128, key="compare_seq")
+    submitted = st.form_submit_button("Run comparison", key="compare_run", type="primary")
+if submitted:
+    try:
+        config = BenchConfig(
+            model=model, task=task, techniques=tuple(techniques), steps=int(steps),
+            batch_size=int(batch), seq_len=int(seq),
+        )  # fmt: skip
+    except ConfigError as exc:
+        show_problems(exc.problems)
+    else:
+        st.session_state["compare_id"] = start_comparison(config)
+        st.success(
+            f"Started comparison {st.session_state['compare_id']}: it runs in the background, so this "
+            "tab can be closed and the comparison reopened below."
+        )
+
+
+# ------------------------------------------------------------------ reopen one
+def _remember() -> None:
+    st.session_state["compare_id"] = st.session_state["compare_pick"]
+
+
+def _states() -> dict[str, str]:
+    return {c["id"]: c["state"] for c in list_comparisons()}
+
+
+@st.fragment(run_every=2.0)
+def _live(comparison_id: str, shown_state: str) -> None:
+    """Re-read the progress file every 2 s while the comparison runs; when it ends (done or failed),
+    one full rerun shows the outcome, and the fragment is no longer called with a refresh."""
+    if _states().get(comparison_id) != shown_state:
+        st.rerun()
+    progress = comparison_progress(comparison_id) or {"done": 0, "total": 0, "current": "starting"}
+    fraction = progress["done"] / progress["total"] if progress["total"] else 0.0
+    st.progress(
+        fraction,
+        text=f"{progress['done']} of {progress['total']} techniques measured · now: {progress['current']}",
+    )
+
+
+def _failed(comparison_id: str) -> None:
+    progress = comparison_progress(comparison_id) or {}
+    st.error(f"**Comparison failed**: {progress.get('current', 'no progress was recorded')}")
+    st.caption(f"Its output is in {comparisons_dir() / f'{comparison_id}.log'}")
+
+
+def _result(comparison_id: str, result: dict) -> None:
+    cfg, env = result["config"], result["environment"]
+    st.markdown(
+        f"**{cfg['model']}**, task {cfg['task']}, batch {cfg['batch_size']} × sequence {cfg['seq_len']} "
+        f"(padded), {cfg['steps']} steps per technique (the first {SKIP_STEPS} not timed)"
+    )
+    versions = ", ".join(f"{name} {version}" for name, version in env["versions"].items())
+    st.caption(
+        f"Hardware: {env['machine']}, {env['cpu_cores']} CPU cores, {env['host_ram_bytes'] / GIB:.1f} GiB RAM, "
+        f"GPUs: {', '.join(env['gpus']) or 'none (CPU only)'} · Versions: {versions} · Date: {env['date']}"
+    )
+    figs = figures(result)
+    chart_left, chart_right = st.columns(2)
+    chart_left.plotly_chart(figs["memory"], key="compare_chart_memory")
+    chart_right.plotly_chart(figs["slowdown"], key="compare_chart_slowdown")
+    st.caption("To save a chart as PNG, use the camera button in its toolbar (top right of the chart).")
+    st.dataframe(table_rows(result), hide_index=True, width="stretch")
+    st.caption(
+        "Columns marked *measured* come from the runs (peak RSS of the process tree, peak GPU memory, "
+        "median step time); columns marked *estimated* come from the planner's formulas."
+    )
+    for row in result["rows"]:
+        if row["status"] == "skipped":
+            st.warning(f"**{row['technique']}** was not measured: {row['reason']}")
+    html_col, csv_col = st.columns(2)
+    html_col.download_button(
+        "Download the report (HTML, opens offline)", partial(to_html, result),
+        file_name=f"{comparison_id}.html", mime="text/html", on_click="ignore", key="compare_download_html",
+    )  # fmt: skip
+    csv_col.download_button(
+        "Download the table (CSV)", partial(to_csv, result),
+        file_name=f"{comparison_id}.csv", mime="text/csv", on_click="ignore", key="compare_download_csv",
+    )  # fmt: skip
+
+
+st.subheader("Comparisons")
+listed = list_comparisons()
+result = None
+if not listed:
+    st.info("No comparisons yet: pick the techniques above and press **Run comparison**.")
+else:
+    about = {
+        c["id"]: f"{c['id']} · {c['state']}"
+        + (f" · {c['model']}: {', '.join(c['techniques'] or [])}" if c["model"] else "")
+        for c in listed
+    }
+    # The comparison to show survives reruns and page switches in "compare_id"; the widget's own key
+    # is set from it before the widget exists, which Streamlit allows.
+    wanted = st.session_state.get("compare_id")
+    st.session_state["compare_pick"] = wanted if wanted in about else listed[0]["id"]
+    open_id = st.selectbox(
+        "Comparison (newest first)",
+        list(about),
+        key="compare_pick",
+        format_func=about.get,
+        on_change=_remember,
+    )
+    st.session_state["compare_id"] = open_id
+    state = next(c["state"] for c in listed if c["id"] == open_id)
+    if state == "running":
+        _live(open_id, state)
+    elif state == "failed":
+        _failed(open_id)
+    else:
+        result = load_comparison(open_id)
+        _result(open_id, result)
+
+# ------------------------------------------------------------------ cost view
+st.subheader("Cost view")
+basis = result["config"] if result else {"model": model, "task": task, "batch_size": batch, "seq_len": seq}
+st.caption(
+    f"For {basis['model']}, task {basis['task']}, batch {basis['batch_size']} × sequence {basis['seq_len']} "
+    f"({'the open comparison' if result else 'the form above'})."
+)
+baseline_samples_per_s = next(
+    (r["measured"]["samples_per_s"] for r in (result or {}).get("rows", [])
+     if r["technique"] == "baseline" and r["status"] == "measured"),
+    None,
+)  # fmt: skip
+cost_left, cost_right = st.columns(2)
+tokens = cost_left.number_input(
+    "Tokens to train", 1, 10**15, 100_000_000, step=10_000_000, key="compare_cost_tokens"
+)
+samples_per_s = cost_right.number_input(
+    "Measured samples/s (optional)", min_value=0.0, value=baseline_samples_per_s,
+    key=f"compare_cost_samples_{open_id if result else 'none'}",  # a new default for each opened comparison
+    placeholder="empty: estimate from FLOPs", help="Defaults to the open comparison's baseline throughput",
+)  # fmt: skip
+try:
+    costs = cost_view(
+        PlanConfig(
+            model=basis["model"], task=basis["task"], batch_size=int(basis["batch_size"]),
+            seq_len=int(basis["seq_len"]),
+        ),
+        int(tokens),
+        samples_per_s or None,
+    )  # fmt: skip
+except ConfigError as exc:
+    show_problems(exc.problems)
+else:
+    st.dataframe(
+        costs,
+        hide_index=True,
+        width="stretch",
+        column_order=["instance", "gpus", "fits", "recommended", "hours", "cost", "throughput_source"],
+        column_config={
+            "fits": st.column_config.ListColumn("techniques that fit"),
+            "recommended": "recommended technique",
+            "hours": st.column_config.NumberColumn("hours", format="%.3g"),
+            "cost": st.column_config.NumberColumn("cost", format="%.2f"),
+            "throughput_source": "throughput",
+        },
+    )
+    st.caption(
+        "Prices come from deployment/instances.yaml and are example prices: edit that file for your "
+        "provider and region (NEXA never fetches prices). An instance that fits no technique has no cost."
+    )
