@@ -4,6 +4,8 @@ from pathlib import Path
 
 import streamlit as st
 
+from pages._auth import access_pages
+
 st.set_page_config(page_title="NEXA", page_icon="🧮", layout="wide")
 
 _HERE = Path(__file__).parent
@@ -20,4 +22,6 @@ pages = [
     for n, (f, t, i) in enumerate(PAGES)
     if (_HERE / f).exists()
 ]
-st.navigation(pages).run()
+# The gate first: beyond loopback without sign-in, or before this session signed in, the only page
+# is the refusal or the sign-in form (docs/SECURITY.md).
+st.navigation(access_pages(pages)).run()

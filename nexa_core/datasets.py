@@ -23,6 +23,7 @@ LIMIT_BYTES = 50 * 1024 * 1024
 MAX_LINE_BYTES = 1024 * 1024
 MAX_PROBLEMS = 20
 MAX_DEPTH = 20
+MAX_ROWS = 250_000  # records kept in memory per file: a few hundred MB of Python objects at most
 SUFFIXES = (".jsonl", ".json", ".csv")
 DATA_DIR = Path(__file__).resolve().parent / "data"
 _BUNDLED = {t: t.value.replace("-", "_") for t in Task} | {Task.NER: "ner_utility"}  # file name stems
@@ -183,7 +184,12 @@ def _csv_records(path: Path, task: Task, problems: _Problems) -> Iterator[tuple[
 
 
 def load_records(
-    path: str | Path, task: Task | str, *, max_bytes: int = LIMIT_BYTES, label_names: list[str] | None = None
+    path: str | Path,
+    task: Task | str,
+    *,
+    max_bytes: int = LIMIT_BYTES,
+    label_names: list[str] | None = None,
+    max_rows: int = MAX_ROWS,
 ) -> list[dict]:
     """Read and validate .jsonl/.json (an object per line) or .csv; one ConfigError lists all problems."""
     path, task = Path(path), Task.parse(task, "task")
@@ -202,6 +208,9 @@ def load_records(
     )
     records = []
     for number, value in raw:
+        if len(records) >= max_rows:  # stop reading: the rest would only grow memory
+            problems.add(f"more than {max_rows} records; split the file or sample it down", number)
+            break
         record, errs = _check_record(task, value, label_names)
         for err in errs:
             problems.add(err, number)

@@ -19,7 +19,7 @@ from nexa_core.train_config import TrainConfig
 
 def _locate(run_or_checkpoint: str) -> tuple[Path, Path]:
     """(run folder, checkpoint folder) from a run id, a run folder or a checkpoint folder."""
-    from nexa_core.trainer import COMPLETE_MARKER, latest_checkpoint
+    from nexa_core.checkpoints import COMPLETE_MARKER, latest_checkpoint
 
     candidate = Path(run_or_checkpoint).expanduser()
     if candidate.is_dir() and (candidate / COMPLETE_MARKER).exists():
@@ -41,7 +41,10 @@ def _state_dict(ckpt: Path) -> dict:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         tag = deepspeed_dirs[0].name
-        return get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=tag)
+        from nexa_core.safe_load import weights_only_torch_load
+
+        with weights_only_torch_load():  # zero_to_fp32 would unpickle anything a *.pt file holds
+            return get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=tag)
     from safetensors.torch import load_file
 
     files = sorted(ckpt.glob("model*.safetensors"))

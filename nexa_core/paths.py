@@ -43,6 +43,35 @@ def run_dir(run_id: str) -> Path:
     return path
 
 
+def inside_home(path: str | Path, field: str) -> Path:
+    """``path`` resolved (realpath: symlinks and '..' followed) when it lies inside NEXA_HOME, for
+    paths a web user supplies (an export folder); ConfigError naming ``field`` otherwise. Relative
+    paths count from NEXA_HOME, so a bare name lands inside it."""
+    text = str(path) if isinstance(path, Path) else path
+    problems = text_problems(field, text, 4096)
+    if problems:
+        raise ConfigError(problems)
+    home = Path(os.path.realpath(nexa_home()))
+    resolved = Path(os.path.realpath(home / Path(text).expanduser()))
+    if resolved != home and home not in resolved.parents:
+        raise ConfigError([f"{field}: {str(path)!r} resolves outside {home}; choose a folder inside it"])
+    return resolved
+
+
+def text_problems(field: str, value: object, max_chars: int) -> list[str]:
+    """Problems with free text headed for a path or a command line: not text, too long, control
+    characters (NUL, newline, escape...), or a leading '-' that a program would read as an option."""
+    if not isinstance(value, str):
+        return [f"{field}: must be text, got {type(value).__name__}"]
+    if not value or len(value) > max_chars:
+        return [f"{field}: must be 1 to {max_chars} characters, got {len(value)}"]
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return [f"{field}: {value!r} contains control characters (newline, tab, NUL...)"]
+    if value.startswith("-"):
+        return [f"{field}: {value!r} starts with '-' (it would read as an option)"]
+    return []
+
+
 def new_run_id(name: str | None = None) -> str:
     """``<UTC yyyymmdd-HHMMSS>-<slug of name or 'run'>-<6 hex>``, always a valid run id."""
     slug = re.sub(r"[^a-z0-9-]+", "-", (name or "run").lower()).strip("-")[:40].strip("-") or "run"

@@ -12,6 +12,7 @@ from nexa_core.device_manager import DeepSpeedSettings
 from nexa_core.enums import DeepSpeedMode, Offload, Precision, Task
 from nexa_core.errors import ConfigError, int_problems, raise_if
 from nexa_core.models import DEFAULT_MODEL, validate_model_name
+from nexa_core.paths import text_problems
 
 TRACKERS = ("tensorboard", "mlflow", "wandb", "aim", "comet_ml", "clearml", "dvclive")
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._- ")
@@ -52,7 +53,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         problems: list[str] = []
-        problems += validate_model_name(self.model)
+        # Text checks first: validate_model_name expects a str, and an existing folder named like an
+        # option ('-x') must still be refused.
+        problems += text_problems("model (--model)", self.model, 1024) or validate_model_name(self.model)
         for name, enum in (("task", Task), ("deepspeed", DeepSpeedMode)):
             try:
                 setattr(self, name, enum.parse(getattr(self, name), f"{name} (--{name})"))
@@ -76,7 +79,10 @@ class TrainConfig:
         if not isinstance(self.weight_decay, (int, float)) or not 0 <= self.weight_decay < 1:
             problems.append(f"weight_decay (--weight-decay): must be in [0, 1), got {self.weight_decay!r}")
         if self.name is not None and (
-            len(self.name) > 80 or not set(self.name) <= _NAME_CHARS or self.name.startswith("-")
+            not isinstance(self.name, str)
+            or len(self.name) > 80
+            or not set(self.name) <= _NAME_CHARS
+            or self.name.startswith("-")
         ):
             problems.append(
                 "name (--name): up to 80 letters, digits, spaces, '.', '_' or '-', not starting with '-'"
@@ -90,9 +96,11 @@ class TrainConfig:
                 f"tracker (--tracker): {self.tracker} is not installed here; pip install {self.tracker}"
             )
         for name in ("dataset", "eval_dataset"):
-            value = getattr(self, name)
-            if value is not None and not Path(value).is_file():
-                problems.append(f"{name} (--{name.replace('_', '-')}): file {value!r} does not exist")
+            value, flag = getattr(self, name), f"{name} (--{name.replace('_', '-')})"
+            bad_text = text_problems(flag, value, 4096) if value is not None else []
+            problems += bad_text
+            if value is not None and not bad_text and not Path(value).is_file():
+                problems.append(f"{flag}: file {value!r} does not exist")
         try:
             self.deepspeed_settings()
         except ConfigError as exc:
@@ -100,8 +108,10 @@ class TrainConfig:
         raise_if(problems)
 
     def deepspeed_settings(self) -> DeepSpeedSettings:
+        # auto defers to the seed's USE_DEEPSPEED when it is set (a deployment's default), else to
+        # the hardware: on with a GPU, off on CPU.
         return DeepSpeedSettings.from_env(
-            mode=self.deepspeed,
+            mode=None if DeepSpeedMode(self.deepspeed) is DeepSpeedMode.AUTO else self.deepspeed,
             zero_stage=self.zero_stage,
             offload_optimizer=self.offload_optimizer,
             offload_param=self.offload_param,

@@ -175,11 +175,12 @@ def export_form(run: dict[str, Any], key: str) -> None:
     with st.form(f"{key}_export_{run['id']}"):
         out = st.text_input("Export to folder", value=str(paths.nexa_home() / "exports" / run["id"]))
         lora = bool((run.get("spec") or {}).get("lora"))
-        merge = st.checkbox("Merge the LoRA adapter into the weights", value=True, disabled=not lora)
+        merge = st.checkbox("Merge the LoRA adapter into the weights", value=lora, disabled=not lora)
         if st.form_submit_button("Export"):
             try:
                 with st.spinner("Consolidating the checkpoint and writing the model folder…"):
-                    folder = export_checkpoint(run["id"], out, merge_lora=merge)
+                    # A folder typed in the browser stays inside NEXA_HOME (docs/SECURITY.md).
+                    folder = export_checkpoint(run["id"], paths.inside_home(out, "out"), merge_lora=merge)
             except ConfigError as exc:
                 show_problems(exc.problems)
             else:

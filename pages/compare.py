@@ -10,7 +10,7 @@ from nexa_core.bench import (
     SKIP_STEPS,
     TECHNIQUES,
     BenchConfig,
-    comparison_progress,
+    comparison_state,
     comparisons_dir,
     list_comparisons,
     load_comparison,
@@ -23,7 +23,10 @@ from nexa_core.errors import ConfigError
 from nexa_core.memory import GIB
 from nexa_core.models import DEFAULT_MODEL, catalogue
 from nexa_core.planner import PlanConfig
+from pages._auth import require_access
 from pages._shared import hardware_sidebar, show_problems
+
+require_access()  # also when Streamlit runs this file without app.py (pages/_auth.py)
 
 DEFAULT_TECHNIQUES = ["baseline", "zero2", "zero3", "zero3-offload", "lora"]
 
@@ -72,17 +75,14 @@ def _remember() -> None:
     st.session_state["compare_id"] = st.session_state["compare_pick"]
 
 
-def _states() -> dict[str, str]:
-    return {c["id"]: c["state"] for c in list_comparisons()}
-
-
 @st.fragment(run_every=2.0)
 def _live(comparison_id: str, shown_state: str) -> None:
     """Re-read the progress file every 2 s while the comparison runs; when it ends (done or failed),
     one full rerun shows the outcome, and the fragment is no longer called with a refresh."""
-    if _states().get(comparison_id) != shown_state:
+    state = comparison_state(comparison_id)
+    if state["state"] != shown_state:
         st.rerun()
-    progress = comparison_progress(comparison_id) or {"done": 0, "total": 0, "current": "starting"}
+    progress = state["progress"] or {"done": 0, "total": 0, "current": "starting"}
     fraction = progress["done"] / progress["total"] if progress["total"] else 0.0
     st.progress(
         fraction,
@@ -91,8 +91,8 @@ def _live(comparison_id: str, shown_state: str) -> None:
 
 
 def _failed(comparison_id: str) -> None:
-    progress = comparison_progress(comparison_id) or {}
-    st.error(f"**Comparison failed**: {progress.get('current', 'no progress was recorded')}")
+    reason = comparison_state(comparison_id).get("reason") or "no progress was recorded"
+    st.error(f"**Comparison failed**: {reason}")
     st.caption(f"Its output is in {comparisons_dir() / f'{comparison_id}.log'}")
 
 

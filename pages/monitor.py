@@ -5,7 +5,10 @@ import streamlit as st
 
 from nexa_core import monitor, runner
 from nexa_core.runstore import RunStore
+from pages._auth import require_access
 from pages._shared import export_form, hardware_sidebar, run_summary, series_reader
+
+require_access()  # also when Streamlit runs this file without app.py (pages/_auth.py)
 
 ACTIVE = ("queued", "running")
 

@@ -6,12 +6,15 @@ import streamlit as st
 from nexa_core.enums import Precision, Task
 from nexa_core.errors import ConfigError
 from nexa_core.memory import GIB
-from nexa_core.models import DEFAULT_MODEL, catalogue, resolve_model
+from nexa_core.models import DEFAULT_MODEL, catalogue
 from nexa_core.planner import plan_command
 from nexa_core.probe import PROBE_STEPS, find_batch_size, probe
 from nexa_core.report import plan_rows
 from nexa_core.train_config import TrainConfig
+from pages._auth import require_access
 from pages._shared import cached_plan, detected_hardware, hardware_sidebar, refresh_hardware, show_problems
+
+require_access()  # also when Streamlit runs this file without app.py (pages/_auth.py)
 
 st.title("Plan memory before a run")
 hw = detected_hardware()
@@ -187,7 +190,6 @@ with st.expander("Probe this plan"):
                 num_labels=int(num_labels) if task in (Task.NER, Task.CLASSIFICATION) else None,
                 precision=fields["precision"], batch_size=int(batch), seq_len=int(seq), lora=lora,
                 lora_rank=int(rank), gradient_checkpointing=ckpt, deepspeed="on" if zero else "off", **layout,
-                random_init=resolve_model(fields["model"]).weights_dir is None,
             )  # fmt: skip
         except ConfigError as exc:
             show_problems(exc.problems)
@@ -209,7 +211,11 @@ with st.expander("Probe this plan"):
                     progress=lambda p: tried.caption(f"Tried batch {p.batch_size}: {'fits' if p.fits else 'does not fit'}"),
                 )  # fmt: skip
             tried.empty()
-            if found["batch_size"] is None:
+            if found["error"]:
+                st.error(
+                    f"The search stopped: a probe failed for another reason than memory ({found['error']})."
+                )
+            elif found["batch_size"] is None:
                 st.error(f"Not even batch 1 fits {budget_gb:.1f} GiB at sequence length {seq}.")
             else:
                 st.success(

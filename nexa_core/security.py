@@ -1,0 +1,179 @@
+"""Who may reach the panel: a pure check of how it is served (address, Streamlit's XSRF/CORS
+settings, sign-in) that ``nexa serve`` runs before starting Streamlit and app.py runs at every
+session start. A page that can start processes is remote code execution for whoever reaches it,
+so listening beyond this machine needs a sign-in and Streamlit's request protections.
+
+Nothing here imports streamlit: the app passes ``st.get_option`` values in; ``nexa serve`` reads
+the same settings from Streamlit's config files and environment (``serve_settings``)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomllib
+
+from nexa_core.errors import ConfigError
+
+ADDRESS_ENV = "NEXA_ADDRESS"
+PORT_ENV = "NEXA_PORT"
+TOKEN_ENV = "NEXA_ACCESS_TOKEN"
+DEFAULT_ADDRESS = "127.0.0.1"
+DEFAULT_PORT = 8501
+MIN_TOKEN_CHARS = 16  # ~96 bits from token_urlsafe(12); shorter secrets are guessable online
+UNIX_SOCKET_PREFIX = "unix://"  # Streamlit binds a unix socket for such an address
+# An IP literal or a host name: what may follow --server.address on the command line.
+_HOST = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:%-]{0,252}$")
+_SOCKET_PATH = re.compile(r"^/[A-Za-z0-9._/-]{1,200}$")
+HOW_TO_EXPOSE = (
+    f"set {TOKEN_ENV} to a long random secret "
+    "(python -c 'import secrets; print(secrets.token_urlsafe(32))'), or configure OIDC "
+    "([auth] in .streamlit/secrets.toml, used by st.login), or bind 127.0.0.1 "
+    f"({ADDRESS_ENV}=127.0.0.1) and reach it through an SSH tunnel or a TLS reverse proxy; "
+    "see docs/SECURITY.md"
+)
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How the panel is (to be) served. ``address`` None or "" is Streamlit's default: every interface."""
+
+    address: str | None = DEFAULT_ADDRESS
+    port: int = DEFAULT_PORT
+    xsrf_protection: bool = True  # server.enableXsrfProtection
+    cors_protection: bool = True  # server.enableCORS (True = cross-origin requests refused)
+    token: str | None = field(default=None, repr=False)  # NEXA_ACCESS_TOKEN; never printed
+    oidc: bool = False  # an [auth] section in secrets.toml: st.login signs users in
+
+    @property
+    def auth_required(self) -> bool:
+        """Whether users must sign in: OIDC configured or a token set (also on loopback)."""
+        return self.oidc or bool(self.token)
+
+
+def is_loopback(address: str | None) -> bool:
+    """True when only this machine can connect: a loopback IP, ``localhost`` or a unix socket."""
+    if not address:
+        return False  # Streamlit's default binds every interface
+    if address.startswith(UNIX_SOCKET_PREFIX) or address.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name may resolve to any interface
+
+
+def address_problems(address: str | None, port: object) -> list[str]:
+    """Problems with the address and port before they reach Streamlit's command line."""
+    problems = []
+    if address and address.startswith(UNIX_SOCKET_PREFIX):
+        if not _SOCKET_PATH.match(address[len(UNIX_SOCKET_PREFIX) :]):
+            problems.append(
+                f"address ({ADDRESS_ENV} / --address): unix socket {address!r} needs an absolute path "
+                "of letters, digits, '.', '_', '-' and '/'"
+            )
+    elif address is not None and not _HOST.match(address):
+        problems.append(
+            f"address ({ADDRESS_ENV} / --address): {address!r} is not an IP address or host name "
+            "(letters, digits, '.', ':', '-', '_'; e.g. 127.0.0.1, 0.0.0.0, ::1)"
+        )
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        problems.append(f"port ({PORT_ENV} / --port): must be a whole number from 1 to 65535, got {port!r}")
+    return problems
+
+
+def exposure_problems(settings: ServeSettings) -> list[str]:
+    """Why the panel must not start as configured; [] when it may. On loopback anything goes (only
+    local users can connect); beyond it, a sign-in and XSRF/CORS protection are required."""
+    if is_loopback(settings.address):
+        return []
+    where = settings.address or "every interface (Streamlit's default)"
+    problems = []
+    if not settings.auth_required:
+        problems.append(
+            f"address ({ADDRESS_ENV}): the panel would listen on {where}, beyond this machine, "
+            f"with no sign-in; {HOW_TO_EXPOSE}"
+        )
+    elif not settings.oidc and len(settings.token or "") < MIN_TOKEN_CHARS:
+        problems.append(
+            f"access token ({TOKEN_ENV}): {len(settings.token or '')} characters is too short to expose "
+            f"the panel; use at least {MIN_TOKEN_CHARS} random characters "
+            "(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    for option, on, env, what in (
+        ("server.enableXsrfProtection", settings.xsrf_protection, "STREAMLIT_SERVER_ENABLE_XSRF_PROTECTION",
+         "cross-site request forgery protection"),
+        ("server.enableCORS", settings.cors_protection, "STREAMLIT_SERVER_ENABLE_CORS",
+         "the cross-origin (CORS) restriction"),
+    ):  # fmt: skip
+        if not on:
+            problems.append(
+                f"{option}: {what} is off while listening on {where}; set {option.split('.')[1]} = true "
+                f"under [server] in .streamlit/config.toml (and unset {env}), or bind 127.0.0.1"
+            )
+    return problems
+
+
+def token_fingerprint(token: str) -> str:
+    """What a signed-in session keeps instead of the token: rotating the token signs everyone out."""
+    return hashlib.sha256(b"nexa-session:" + token.encode()).hexdigest()
+
+
+def token_matches(given: str, expected: str) -> bool:
+    """Constant-time comparison, so response timing does not leak how much of a guess was right."""
+    return bool(expected) and hmac.compare_digest(given.encode(), expected.encode())
+
+
+# ------------------------------------------------------------------ settings for `nexa serve`
+def _read_toml(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: not valid TOML ({exc}); fix or remove it"]) from None
+
+
+def _env_bool(value: str) -> bool:
+    return value.strip().lower() not in ("false", "0", "no", "off")
+
+
+def serve_settings(
+    project_root: Path, env: Mapping[str, str] | None = None, user_home: Path | None = None
+) -> ServeSettings:
+    """The settings ``nexa serve`` would start Streamlit with, read as Streamlit reads them:
+    ~/.streamlit then the project's .streamlit (config.toml, secrets.toml), then STREAMLIT_* variables.
+    Raises ConfigError for a bad NEXA_ADDRESS/NEXA_PORT."""
+    env = os.environ if env is None else env
+    user_home = Path("~").expanduser() if user_home is None else user_home
+    folders = [user_home / ".streamlit", project_root / ".streamlit"]
+    server: dict = {}
+    oidc = False
+    for folder in folders:  # the project's files override the user's, as in Streamlit
+        server.update(_read_toml(folder / "config.toml").get("server", {}))
+        oidc = oidc or bool(_read_toml(folder / "secrets.toml").get("auth"))
+    xsrf = _env_bool(str(server.get("enableXsrfProtection", True)))
+    cors = _env_bool(str(server.get("enableCORS", True)))
+    if "STREAMLIT_SERVER_ENABLE_XSRF_PROTECTION" in env:
+        xsrf = _env_bool(env["STREAMLIT_SERVER_ENABLE_XSRF_PROTECTION"])
+    if "STREAMLIT_SERVER_ENABLE_CORS" in env:
+        cors = _env_bool(env["STREAMLIT_SERVER_ENABLE_CORS"])
+    address = env.get(ADDRESS_ENV) or DEFAULT_ADDRESS
+    port_text = env.get(PORT_ENV) or str(DEFAULT_PORT)
+    port = int(port_text) if port_text.strip().isdecimal() else None
+    problems = address_problems(address, port if port is not None else port_text)
+    if problems or port is None:
+        raise ConfigError(problems)
+    return ServeSettings(address, port, xsrf, cors, env.get(TOKEN_ENV) or None, oidc)
+
+
+def serve_argv(settings: ServeSettings, app_path: Path, python: str) -> list[str]:
+    """``streamlit run app.py --server.address A --server.port P`` as an argv list (no shell)."""
+    return [python, "-m", "streamlit", "run", str(app_path),
+            "--server.address", str(settings.address), "--server.port", str(settings.port)]  # fmt: skip

@@ -1,0 +1,68 @@
+"""The access gate, driven with AppTest through app.py (as a browser session would) and through a
+page file run on its own (Streamlit's pages-folder mode, which skips app.py)."""
+
+from pathlib import Path
+
+import pytest
+from streamlit import config
+from streamlit.testing.v1 import AppTest
+
+from nexa_core.security import token_fingerprint
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "correct-horse-battery-staple-42"
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("NEXA_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("NEXA_ACCESS_TOKEN", TOKEN)
+    monkeypatch.chdir(ROOT)
+    return tmp_path / "home"
+
+
+def _shows_only_the_sign_in_form(at: AppTest) -> None:
+    assert not at.exception
+    assert [t.value for t in at.title] == ["Sign in to NEXA"]
+    assert [w.label for w in at.text_input] == ["Access token"]
+    assert not at.selectbox and not at.number_input and not at.code and not at.metric  # no page content
+
+
+def test_no_page_content_without_the_token_an_error_on_a_wrong_one_the_plan_after_the_right_one(home):
+    at = AppTest.from_file(ROOT / "app.py", default_timeout=120).run()
+    _shows_only_the_sign_in_form(at)
+    assert not at.error
+    at.text_input(key="nexa_token").input("wrong-token-wrong-token")
+    at.button(key="nexa_sign_in_submit").click().run()
+    _shows_only_the_sign_in_form(at)
+    assert "access token: wrong token" in at.error[0].value
+    at.text_input(key="nexa_token").input(TOKEN)
+    at.button(key="nexa_sign_in_submit").click().run()
+    assert not at.exception and not at.error
+    assert at.title[0].value == "Plan memory before a run"
+    assert at.session_state["nexa_signed_in"] == token_fingerprint(TOKEN)  # not the token itself
+    at.button(key="nexa_sign_out").click().run()
+    _shows_only_the_sign_in_form(at)
+
+
+def test_a_page_run_without_app_py_is_gated_too(home):
+    at = AppTest.from_file(ROOT / "pages" / "launch.py", default_timeout=120).run()
+    _shows_only_the_sign_in_form(at)
+    assert not [b for b in at.button if b.key == "launch_go"]
+
+
+def test_listening_beyond_loopback_without_auth_shows_only_the_fix(home, monkeypatch):
+    """As after a plain `streamlit run app.py --server.address 0.0.0.0` with no token set."""
+    monkeypatch.delenv("NEXA_ACCESS_TOKEN")
+    before = config.get_option("server.address")
+    config.set_option("server.address", "0.0.0.0")
+    try:
+        at = AppTest.from_file(ROOT / "app.py", default_timeout=120).run()
+    finally:
+        config.set_option("server.address", before)
+    assert not at.exception
+    assert [t.value for t in at.title] == ["NEXA will not serve pages like this"]
+    message = at.error[0].value
+    assert "NEXA_ACCESS_TOKEN" in message and "127.0.0.1" in message and "st.login" in message
+    assert not at.text_input and not at.selectbox and not at.code
