@@ -154,21 +154,29 @@ class RunStore:
         reason: str | None = None,
         exit_code: int | None = None,
         stopped_by: str | None = None,
-    ) -> None:
+        only_from: tuple[RunState, ...] | None = None,
+    ) -> bool:
         """Move a run to ``state``. A terminal state sets ``ended_at`` (the first time) and keeps outcome
         fields already recorded unless given anew; the first ``running`` sets ``started_at``; a
-        non-terminal state (a resume) clears ``ended_at`` and the previous outcome."""
+        non-terminal state (a resume) clears ``ended_at`` and the previous outcome. With
+        ``only_from`` the change happens only if the run is in one of those states, checked in the
+        same statement (so a run that ended meanwhile is never overwritten); returns whether it did."""
         state, now = RunState(state), time.time()
         keep = "COALESCE(?, {0})" if state in TERMINAL else "?"
+        where, args = "id = ?", [run_id]
+        if only_from is not None:
+            where += f" AND state IN ({', '.join('?' * len(only_from))})"
+            args += [RunState(s).value for s in only_from]
         with self._write() as conn:
-            conn.execute(
+            cursor = conn.execute(
                 f"UPDATE runs SET state = ?, reason = {keep.format('reason')},"
                 f" exit_code = {keep.format('exit_code')}, stopped_by = {keep.format('stopped_by')},"
                 " started_at = CASE WHEN ? AND started_at IS NULL THEN ? ELSE started_at END,"
-                " ended_at = CASE WHEN ? THEN COALESCE(ended_at, ?) END WHERE id = ?",
+                f" ended_at = CASE WHEN ? THEN COALESCE(ended_at, ?) END WHERE {where}",
                 (state.value, reason, exit_code, stopped_by, state is RunState.RUNNING, now,
-                 state in TERMINAL, now, run_id),
+                 state in TERMINAL, now, *args),
             )  # fmt: skip
+            return cursor.rowcount > 0
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         """The run's row with JSON columns decoded into ``spec``, ``command``, ``estimate``, ``gpus``."""

@@ -2,7 +2,7 @@
 
 It runs the launcher as its child in the same process group (so a stop reaches both), waits,
 and records how the run ended when the trainer itself could not (a crash, a kill, an OOM kill).
-It ignores SIGTERM so it can still record the outcome of a stop; SIGKILL ends it like the rest.
+It outlives SIGTERM so it can still record the outcome of a stop; SIGKILL ends it like the rest.
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ def main(argv: list[str]) -> int:
     if sep != "--" or not command:
         print("usage: python -m nexa_core.supervise RUN_ID -- ARGV...", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # A no-op handler, not SIG_IGN: an ignored signal stays ignored across exec, so the trainer
+    # would shrug off a stop until it installs its own handler (seconds of imports and set-up);
+    # a handler is reset to the default in the child. waitpid is retried after it (PEP 475).
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     child = subprocess.Popen(command, stdin=subprocess.DEVNULL)  # inherits stdout/stderr: the run log
     returncode = child.wait()
     store = RunStore()

@@ -13,49 +13,33 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from nexa_core.checkpoints import (
+    COMPLETE_MARKER,
+    STATE_FILE,
+    StepInfo,
+    checkpoints,
+    fault_pause,
+    fsync_path,
+    latest_checkpoint,
+    partial_checkpoints,
+    write_durably,
+)
 from nexa_core.device_manager import DeepSpeedSettings, get_accelerator
 from nexa_core.enums import Offload, Precision, Task
 from nexa_core.errors import ConfigError
 from nexa_core.models import auto_class, lora_config, resolve_model, task_config
+from nexa_core.safe_load import weights_only_torch_load
 
 log = logging.getLogger("nexa.trainer")
-COMPLETE_MARKER = "COMPLETE"
-STATE_FILE = "nexa_state.json"
 
 
 class RunStopped(Exception):
     """Training ended early on request (SIGTERM/SIGINT); a checkpoint was written when possible."""
-
-
-@dataclass
-class StepInfo:
-    step: int
-    epoch: int
-    batches_into_epoch: int
-
-
-def checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first. A folder without the marker (a crash mid-save) is ignored."""
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    done = [
-        p
-        for p in root.iterdir()
-        if p.is_dir() and p.name.startswith("step-") and (p / COMPLETE_MARKER).exists()
-    ]
-    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = checkpoints(run_dir)
-    return found[-1] if found else None
 
 
 class DeepSpeedTrainer:
@@ -260,14 +244,7 @@ class DeepSpeedTrainer:
                 self.run_id, total_steps=total_steps
             )  # progress and ETA for epoch-based runs
 
-        start = StepInfo(0, 0, 0)
-        if resume:
-            ckpt = latest_checkpoint(output_dir)
-            if ckpt is None:
-                raise ConfigError([f"resume: no complete checkpoint under {output_dir / 'checkpoints'}"])
-            acc.load_state(str(ckpt))
-            start = StepInfo(**json.loads((ckpt / STATE_FILE).read_text()))
-            self._event(f"resumed from {ckpt.name} (step {start.step})")
+        start = self._resume_state(output_dir) if resume else StepInfo(0, 0, 0)
 
         sampler = _Sampler(self) if self.store is not None and self.run_id else None
         if sampler:
@@ -283,7 +260,9 @@ class DeepSpeedTrainer:
             model.train()
             loss_value = float("nan")
             window_start, window_samples, window_tokens = time.perf_counter(), 0, 0
-            for epoch in range(start.epoch, num_epochs):
+            epoch, batches = start.epoch, start.batches_into_epoch
+            # Resuming a run that already reached its last step trains nothing more.
+            for epoch in range(start.epoch, num_epochs if step < total_steps else start.epoch):
                 train_loader.set_epoch(epoch)
                 loader = train_loader
                 skip = start.batches_into_epoch if epoch == start.epoch else 0
@@ -336,7 +315,7 @@ class DeepSpeedTrainer:
                         break
                 if step >= total_steps:
                     break
-            if self.save:
+            if self.save and step > start.step:
                 self.save_checkpoint(output_dir, StepInfo(step, epoch, batches))
             metrics = {"steps": step, "final_loss": loss_value, "epochs": epoch + 1}
             if eval_loader is not None:
@@ -386,15 +365,16 @@ class DeepSpeedTrainer:
         if self.tracker:
             self.accelerator.log(row, step=step)
 
-    def _event(self, message: str) -> None:
-        log.info(message)
+    def _event(self, message: str, level: str = "info") -> None:
+        log.log(logging.WARNING if level == "warning" else logging.INFO, message)
         if self.store is not None and self.run_id and self.accelerator.is_main_process:
-            self.store.add_event(self.run_id, message)
+            self.store.add_event(self.run_id, message, level=level)
 
     # ---------------------------------------------------------- checkpoints
     def save_checkpoint(self, output_dir: Path, info: StepInfo) -> Path:
-        """Accelerate/DeepSpeed state into a temporary folder, then rename; the marker comes last,
-        so a crash mid-save leaves a folder that resume ignores."""
+        """Accelerate/DeepSpeed state into ``.tmp-step-N``, then one rename to ``step-N``, then the
+        COMPLETE marker, each flushed to disk. A crash at any point leaves either the previous
+        complete checkpoints untouched or a folder without the marker, which resume ignores."""
         acc = self.accelerator
         root = Path(output_dir) / "checkpoints"
         final = root / f"step-{info.step:07d}"
@@ -406,15 +386,82 @@ class DeepSpeedTrainer:
         acc.save_state(str(tmp))  # collective under DeepSpeed: every rank writes its partition
         acc.wait_for_everyone()
         if acc.is_main_process:
-            (tmp / STATE_FILE).write_text(json.dumps(info.__dict__))
+            # every rank's files on disk before the rename makes them count (after a power cut a
+            # renamed folder could otherwise hold empty files)
+            for path in sorted(tmp.rglob("*"), reverse=True):
+                fsync_path(path)
+            write_durably(tmp / STATE_FILE, json.dumps(info.__dict__))
+            fsync_path(tmp)
+            fault_pause("before-rename")
+            # Re-saving a step (a resumed run reaching it again) replaces it; older checkpoints
+            # stay complete meanwhile, so there is always one to resume from.
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
-            (final / COMPLETE_MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+            fsync_path(root)
+            fault_pause("before-marker")
+            write_durably(final / COMPLETE_MARKER, time.strftime("%Y-%m-%dT%H:%M:%S"))
+            fsync_path(final)
             for old in checkpoints(output_dir)[: -self.keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
             self._event(f"checkpoint {final.name} saved")
         acc.wait_for_everyone()
         return final
+
+    def _resume_state(self, output_dir: Path) -> StepInfo:
+        """Load the newest complete checkpoint that loads; never start over without saying so.
+
+        Partial folders (a crash mid-save) are removed and reported. A complete checkpoint that
+        fails to load (a damaged disk, a truncated file) is reported and the next older one tried;
+        if every complete one fails the resume is refused. With no complete checkpoint at all (the
+        run died before its first save) the run starts again from step 0, with a warning event."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            for partial in partial_checkpoints(output_dir):
+                shutil.rmtree(partial, ignore_errors=True)
+                self._event(
+                    f"resume: ignored and removed the partial checkpoint {partial.name} (a save cut short)",
+                    "warning",
+                )
+        acc.wait_for_everyone()
+        complete = checkpoints(output_dir)
+        if not complete:
+            self._reset_progress(0)
+            self._event(
+                f"resume: no complete checkpoint under {Path(output_dir) / 'checkpoints'}; starting again from step 0",
+                "warning",
+            )
+            return StepInfo(0, 0, 0)
+        failures = []
+        for ckpt in reversed(complete):
+            try:
+                info = StepInfo(**json.loads((ckpt / STATE_FILE).read_text()))
+                with weights_only_torch_load():  # DeepSpeed would unpickle anything (safe_load.py)
+                    acc.load_state(str(ckpt))
+            except Exception as exc:  # any unreadable checkpoint: say which and why, try the older one
+                reason = f"{type(exc).__name__}: {str(exc)[:300]}"
+                failures.append(f"{ckpt.name} ({reason})")
+                self._event(
+                    f"resume: checkpoint {ckpt.name} could not be loaded ({reason}); trying an older one",
+                    "warning",
+                )
+                continue
+            self._reset_progress(info.step)
+            self._event(f"resumed from {ckpt.name} (step {info.step})")
+            return info
+        raise ConfigError(
+            [
+                f"resume: none of the complete checkpoints under {Path(output_dir) / 'checkpoints'} could be loaded: "
+                + "; ".join(failures)
+                + ". Start a new run, or restore the checkpoint folder from a backup"
+            ]
+        )
+
+    def _reset_progress(self, step: int) -> None:
+        """The store's progress goes back to the step training continues from (metric rows after
+        it are rewritten as the run reaches those steps again)."""
+        if self.store is not None and self.run_id and self.accelerator.is_main_process:
+            self.store.update_run(self.run_id, last_step=step)
 
     # ----------------------------------------------------------- evaluation
     def evaluate(self, eval_loader) -> dict[str, float]:

@@ -103,6 +103,11 @@ def run_training(
             store.update_run(run_id, pid=os.getpid(), pid_create_time=psutil.Process().create_time())
         elif not resume:  # launched by the run manager, which recorded its supervisor's pid
             config.write(run_dir / RUN_CONFIG)
+        elif not os.environ.get("NEXA_RUN_ID"):
+            # resumed by hand (`nexa train --resume`): this process is the run now. Without this the
+            # row keeps the dead pid of the previous attempt and runner.refresh would call the
+            # resumed run vanished.
+            store.update_run(run_id, pid=os.getpid(), pid_create_time=psutil.Process().create_time())
         store.set_state(run_id, RunState.RUNNING)
     try:
         tokenizer = load_tokenizer(config.model)
