@@ -236,6 +236,10 @@ def get_accelerator(
     precision = settings.resolved_precision()
     mixed = {Precision.FP32: "no", Precision.FP16: "fp16", Precision.BF16: "bf16"}[precision]
     if not enabled:
+        if not gpu_available():
+            # Without CUDA, Accelerate joins the ranks a launcher started (gloo, MULTI_CPU) only when
+            # told cpu=True; otherwise every rank would train alone as a world of one.
+            accelerator_kwargs.setdefault("cpu", True)
         return Accelerator(
             mixed_precision=mixed,
             gradient_accumulation_steps=settings.gradient_accumulation_steps,

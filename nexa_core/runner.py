@@ -4,27 +4,30 @@ depends on a browser session."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psutil
-import yaml
 
-from nexa_core import paths
-from nexa_core.device_manager import DEFAULT_ACCELERATE_CONFIG
+from nexa_core import paths, scaling
 from nexa_core.errors import ConfigError
 from nexa_core.exits import LOG_FILE, log_tail
-from nexa_core.launch import ACCELERATE_FILE, DEEPSPEED_FILE, PROJECT_ROOT, RUN_CONFIG, RunSpec, build_launch
+from nexa_core.launch import DEEPSPEED_FILE, PROJECT_ROOT, RUN_CONFIG, RunSpec, build_launch
 from nexa_core.runstore import TERMINAL, RunState, RunStore
 
 ACTIVE = (RunState.QUEUED, RunState.RUNNING)
 DEFAULT_GRACE_S = 15.0
+LAUNCH_LOCK = "launch.lock"
+LAUNCH_GRACE_S = 30.0  # a row younger than this without a pid is a run being started right now
 
 
 def _same_process(pid: int | None, create_time: float | None) -> psutil.Process | None:
@@ -41,35 +44,72 @@ def _same_process(pid: int | None, create_time: float | None) -> psutil.Process 
         return None
 
 
+@contextmanager
+def _launch_lock(timeout_s: float = 60.0) -> Iterator[None]:
+    """One launch (busy check, run row, process start) at a time among every process sharing
+    NEXA_HOME: app sessions, CLIs, tests. The kernel drops a flock when its holder dies, so a
+    launcher killed mid-launch never leaves the lock behind; the file is opened close-on-exec and
+    Popen closes fds, so a started run never inherits it."""
+    path = paths.nexa_home() / LAUNCH_LOCK
+    with open(path, "a+") as handle:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ConfigError(
+                        [f"launch: another launch has held {path} for over {timeout_s:g} s; try again"]
+                    ) from None
+                time.sleep(0.02)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def refresh(store: RunStore | None = None) -> list[str]:
-    """Reattach: runs recorded as active whose process is gone are marked failed with their last
-    step. Returns the ids it changed. Safe to call from every app rerun and CLI start."""
+    """Reattach: runs recorded as active whose process is gone (kill -9, a reboot) are marked
+    failed with their last step. Returns the ids it changed. Safe to call from every app rerun
+    and CLI start; it waits for a launch in progress, so it never judges a half-started run."""
     store = store or RunStore()
+    with _launch_lock():
+        return _refresh(store)
+
+
+def _refresh(store: RunStore) -> list[str]:
     changed = []
     for run in store.list_runs(limit=1000):
         if RunState(run["state"]) not in ACTIVE or run.get("kind") == "bench":
             continue
         if _same_process(run.get("pid"), run.get("pid_create_time")):
             continue
-        if not run.get("pid") and time.time() - (run.get("created_at") or 0) < 30:
-            continue  # being launched right now: the pid is recorded a moment after the row
-        latest = store.get_run(run["id"]) or run  # it may have ended between the two reads
-        if RunState(latest["state"]) in TERMINAL:
-            continue
-        store.set_state(
+        if not run.get("pid") and time.time() - (run.get("created_at") or 0) < LAUNCH_GRACE_S:
+            continue  # `nexa train` by hand records its pid a moment after the row
+        if run.get("pid") and run_processes(run):
+            continue  # the supervisor died but ranks of the run still train (and report their end)
+        step = run.get("last_step") or 0
+        # one conditional update: a run that ended between the read and here keeps its outcome
+        if store.set_state(
             run["id"],
             RunState.FAILED,
-            reason=f"the run's process vanished (killed or machine restarted); last step {latest.get('last_step') or 0}",
-        )
-        changed.append(run["id"])
+            reason=f"the run's process vanished (killed or machine restarted); last step {step}",
+            only_from=ACTIVE,
+        ):
+            changed.append(run["id"])
     return changed
 
 
 def busy_devices(store: RunStore) -> dict[str, str]:
-    """device -> run id, for runs that are still alive."""
+    """device -> run id, for runs that are still alive or being started right now."""
     busy = {}
+    now = time.time()
     for run in store.list_runs(limit=1000):
-        if RunState(run["state"]) in ACTIVE and _same_process(run.get("pid"), run.get("pid_create_time")):
+        if RunState(run["state"]) not in ACTIVE:
+            continue
+        starting = not run.get("pid") and now - (run.get("created_at") or 0) < LAUNCH_GRACE_S
+        if starting or _same_process(run.get("pid"), run.get("pid_create_time")):
             for device in run.get("gpus") or ["cpu"]:
                 busy[str(device)] = run["id"]
     return busy
@@ -81,18 +121,8 @@ def _write_run_files(spec: RunSpec, run_dir: Path) -> None:
     (run_dir / DEEPSPEED_FILE).write_text(
         json.dumps(settings.deepspeed_config(settings.resolved_precision()), indent=2)
     )
-    accelerate = yaml.safe_load(DEFAULT_ACCELERATE_CONFIG.read_text())
-    accelerate["deepspeed_config"]["deepspeed_config_file"] = str(run_dir / DEEPSPEED_FILE)
-    accelerate["num_processes"] = spec.nproc
-    accelerate["use_cpu"] = not spec.gpus and not _has_gpu()
-    if spec.gpus:
-        accelerate["gpu_ids"] = ",".join(map(str, spec.gpus))
-    (run_dir / ACCELERATE_FILE).write_text(yaml.safe_dump(accelerate, sort_keys=False))
-    (run_dir / "spec.json").write_text(
-        json.dumps(
-            {"mode": str(spec.mode), "nproc": spec.nproc, "gpus": spec.gpus, "master_port": spec.master_port}
-        )
-    )
+    # accelerate_config.yaml (multi-machine when nodes > 1), the hostfile, spec.json: scaling.py
+    scaling.write_launch_files(spec, run_dir, has_gpu=bool(spec.gpus) or _has_gpu())
 
 
 def _has_gpu() -> bool:
@@ -107,15 +137,29 @@ def launch(
     estimate: dict[str, Any] | None = None,
     store: RunStore | None = None,
 ) -> str:
-    """Start ``spec`` and return its run id at once. Refuses a device another live run holds."""
+    """Start ``spec`` and return its run id at once. Refuses a device another live run holds.
+
+    The busy check, the run row and the process start happen under one lock (NEXA_HOME/launch.lock),
+    so of several launches racing for one device exactly one starts and the others are refused."""
     store = store or RunStore()
-    refresh(store)
+    with _launch_lock():
+        return _launch_locked(spec, run_id, estimate, store)
+
+
+def _launch_locked(
+    spec: RunSpec, run_id: str | None, estimate: dict[str, Any] | None, store: RunStore
+) -> str:
+    _refresh(store)
     resuming = spec.resume
     if resuming:
         if not run_id or store.get_run(run_id) is None:
             raise ConfigError([f"run_id: no run {run_id!r} to resume"])
         if RunState(store.get_run(run_id)["state"]) in ACTIVE:
             raise ConfigError([f"run_id: {run_id} is still running; stop it before resuming"])
+    elif run_id and store.get_run(run_id) is not None:
+        raise ConfigError(
+            [f"run_id (--run-id): a run {run_id!r} already exists; pick another id or resume it"]
+        )
     taken = {d: r for d, r in busy_devices(store).items() if d in spec.devices}
     if taken:
         owners = ", ".join(f"{d} by run {r}" for d, r in sorted(taken.items()))
@@ -162,8 +206,8 @@ def launch(
             start_new_session=True,  # its own process group: a stop reaches every process of the run
         )
     store.update_run(run_id, pid=proc.pid, pid_create_time=psutil.Process(proc.pid).create_time())
-    if RunState((store.get_run(run_id) or {}).get("state", "queued")) is RunState.QUEUED:
-        store.set_state(run_id, RunState.RUNNING)  # unless it already ended (a run that fails at once)
+    # unless it already ended (a run that fails at once): checked in the same statement
+    store.set_state(run_id, RunState.RUNNING, only_from=(RunState.QUEUED,))
     return run_id
 
 
@@ -177,29 +221,31 @@ def resume(run_id: str, store: RunStore | None = None) -> str:
 
     run_dir = Path(run["run_dir"])
     saved = json.loads((run_dir / "spec.json").read_text())
-    spec = RunSpec(
-        TrainConfig.load(run_dir / RUN_CONFIG),
-        saved["mode"],
-        saved["nproc"],
-        saved["gpus"],
-        saved["master_port"],
-        resume=True,
-    )
+    spec = RunSpec.from_dict(TrainConfig.load(run_dir / RUN_CONFIG), saved, resume=True)
     return launch(spec, run_id=run_id, store=store)
 
 
 def run_processes(run: dict[str, Any]) -> list[psutil.Process]:
-    """Every live process of a run: the supervisor's group and all its descendants."""
-    root = _same_process(run.get("pid"), run.get("pid_create_time"))
-    if root is None:
+    """Every live process of a run: the supervisor, all its descendants, and anything left in the
+    run's process group (a launcher's child whose parent died). Once the supervisor itself is gone,
+    a process of that group counts only if it carries the run's NEXA_RUN_ID, so a reused pid never
+    makes a stranger's process look like a rank."""
+    pgid = run.get("pid")
+    if not pgid:
         return []
-    procs = {root.pid: root}
-    for child in root.children(recursive=True):
-        procs[child.pid] = child
+    root = _same_process(pgid, run.get("pid_create_time"))
+    procs: dict[int, psutil.Process] = {}
+    if root is not None:
+        procs[root.pid] = root
+        for child in root.children(recursive=True):
+            procs[child.pid] = child
     for proc in psutil.process_iter(["pid"]):
-        try:  # anything still in the run's process group (a child whose parent already died)
-            if os.getpgid(proc.pid) == root.pid:
-                procs.setdefault(proc.pid, proc)
+        try:
+            if proc.pid in procs or os.getpgid(proc.pid) != pgid or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if root is None and proc.environ().get("NEXA_RUN_ID") != run.get("id"):
+                continue
+            procs[proc.pid] = proc
         except (OSError, psutil.Error):
             continue
     return list(procs.values())
@@ -221,6 +267,8 @@ def stop(
     for proc in procs:
         _signal(proc, signal.SIGTERM)
     _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    # a launcher may have started (or restarted) a rank after the first listing: sweep once more
+    alive = list({p.pid: p for p in [*alive, *run_processes(run)]}.values())
     for proc in alive:
         _signal(proc, signal.SIGKILL)
     psutil.wait_procs(alive, timeout=5)

@@ -40,6 +40,7 @@ def estimate_for(spec: RunSpec) -> dict[str, Any] | None:
                 lora=train.lora,
                 lora_rank=train.lora_rank,
                 gpus=min(gpus, spec.nproc) if gpus else 0,
+                nodes=spec.nodes,  # ZeRO shards over GPUs × nodes: per-GPU figures follow both
             )
         )
     except ConfigError:

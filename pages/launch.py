@@ -3,13 +3,14 @@ and the memory estimate shown before anything starts."""
 
 import streamlit as st
 
-from nexa_core import datasets, paths, runner
+from nexa_core import datasets, paths, runner, scaling
 from nexa_core.enums import DeepSpeedMode, Offload, Precision, Task
 from nexa_core.errors import ConfigError
 from nexa_core.launch import LaunchMode, RunSpec, build_launch, command_text
 from nexa_core.memory import GIB
 from nexa_core.models import DEFAULT_MODEL, catalogue
 from nexa_core.train_config import TrainConfig
+from pages._auth import require_access
 from pages._shared import (
     cached_estimate,
     check_dataset,
@@ -18,6 +19,8 @@ from pages._shared import (
     save_upload,
     show_problems,
 )
+
+require_access()  # also when Streamlit runs this file without app.py (pages/_auth.py)
 
 PREVIEW_ID = "preview"  # the command shown names this run id; the real one is assigned at launch
 
@@ -116,6 +119,25 @@ with right:
     nproc = st.number_input("Processes (ranks)", 1, 64, 1, key="launch_nproc",
                             help="python mode runs one; torchrun, deepspeed and accelerate start several")  # fmt: skip
 
+with st.expander("Nodes (several machines)", expanded=False):
+    st.caption("One machine: leave as is. Several: the panel starts this machine's node and shows the "
+               "command for every other node (docs/SCALING.md).")  # fmt: skip
+    n1, n2, n3, n4 = st.columns(4)
+    nodes = n1.number_input("Nodes", 1, 1024, 1, key="launch_nodes")
+    node_rank = n2.number_input("This machine is node", 0, 1023, 0, key="launch_node_rank")
+    master_addr = n3.text_input("Master address (node 0)", key="launch_master_addr",
+                                placeholder="empty: 127.0.0.1, or the first host")  # fmt: skip
+    master_port = n4.number_input("Master port (0: free port)", 0, 65535, 0, key="launch_master_port")
+    hosts_text = st.text_area("Hosts, one per line: name slots=N (the DeepSpeed hostfile)", key="launch_hosts",
+                              placeholder="worker-0 slots=8\nworker-1 slots=8")  # fmt: skip
+    f1, f2, f3 = st.columns(3)
+    include = f1.text_input("deepspeed --include", key="launch_include", placeholder="worker-0@worker-1:0,2")
+    exclude = f2.text_input("deepspeed --exclude", key="launch_exclude", placeholder="worker-1:0")
+    target_batch = f3.number_input(
+        "Global batch wanted (0: no target)", 0, 10**7, 0, key="launch_global_batch"
+    )
+    ssh = st.checkbox("Start every node from here with the DeepSpeed launcher's ssh/pdsh", key="launch_ssh")
+
 problems = list(data_problems)
 train = None
 try:
@@ -129,7 +151,10 @@ try:
 except ConfigError as exc:
     problems += exc.problems
 try:  # checked even when the training config is wrong, so every problem shows at once
-    spec = RunSpec(train or TrainConfig(), mode, int(nproc), list(gpus))
+    spec = RunSpec(train or TrainConfig(), mode, int(nproc), list(gpus), int(master_port) or None,
+                   nodes=int(nodes), node_rank=int(node_rank), master_addr=master_addr.strip() or None,
+                   hosts=[hosts_text] if hosts_text.strip() else [], include=include.strip(),
+                   exclude=exclude.strip(), ssh_launcher=ssh)  # fmt: skip
 except ConfigError as exc:
     problems += exc.problems
 if problems:
@@ -143,6 +168,22 @@ st.caption(
     f"Environment: {', '.join(f'{k}={v}' for k, v in env.items())}. The run id ({PREVIEW_ID!r} here) and a "
     "free master port are assigned at launch; the run's files are written to its own folder."
 )
+if spec.nodes > 1 or spec.hosts:
+    preview = scaling.launch_preview(spec, PREVIEW_ID, paths.run_dir(PREVIEW_ID), has_gpu=bool(hw.gpus))
+    for node in preview["nodes"]:
+        st.markdown(f"**Node {node.node_rank}** ({node.host}): " + (
+            "started by the panel" if node.by_panel else "run this on that machine"))  # fmt: skip
+        st.code(node.text(), language="bash")
+    for name, text in (
+        ("hostfile", preview["hostfile"]),
+        ("accelerate_config.yaml", preview["accelerate_config"]),
+    ):
+        if text:
+            with st.expander(f"{name} (written to the run folder)"):
+                st.code(text, language="yaml" if name.endswith("yaml") else "text")
+warning = scaling.global_batch_warning(spec, int(target_batch))
+if warning:
+    st.warning(warning)
 settings = spec.train.deepspeed_settings()
 with st.expander("DeepSpeed config (deepspeed_config.json)", expanded=False):
     if not settings.deepspeed_enabled(has_gpu=bool(hw.gpus)):
@@ -156,7 +197,11 @@ else:
     c1, c2, c3 = st.columns(3)
     c1.metric("Layout", estimate["label"])
     per_gpu = estimate["per_gpu_total_bytes"]
-    c2.metric("Estimated per GPU", f"{per_gpu / GIB:.2f} GiB" if per_gpu else "— (trains on the CPU)")
+    c2.metric(
+        "Estimated per GPU",
+        f"{per_gpu / GIB:.2f} GiB" if per_gpu else "CPU only",
+        help=None if per_gpu else "No GPU: the run trains on the CPU",
+    )
     c3.metric("Estimated host RAM", f"{estimate['host_total_bytes'] / GIB:.2f} GiB")
 
 if st.button("Launch", type="primary", key="launch_go"):

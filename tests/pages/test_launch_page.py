@@ -126,3 +126,26 @@ def test_launch_hands_the_run_to_the_monitor_page(home, monkeypatch):
     assert at.session_state["monitor_run"] == "fake-run"
     assert at.title[0].value == "Monitor a run"
     assert at.selectbox(key="monitor_pick").value == "fake-run"
+
+
+def test_nodes_section_shows_files_and_the_command_for_each_node(page, home):
+    page.selectbox(key="launch_mode").set_value("accelerate")
+    page.number_input(key="launch_nodes").set_value(2)
+    page.number_input(key="launch_master_port").set_value(29640)
+    page.text_area(key="launch_hosts").input("worker-0 slots=1\n10.0.0.7 slots=1")
+    page.number_input(key="launch_global_batch").set_value(64).run()
+    assert not page.exception and not page.error
+    codes = [c.value for c in page.code]
+    node_lines = [c for c in codes if "accelerate.commands.launch" in c and "--machine_rank" in c]
+    assert len(node_lines) == 3  # the run's command, then node 0's (the same) and node 1's
+    assert "--machine_rank 0" in node_lines[1] and "--machine_rank 1" in node_lines[2]
+    assert "worker-0 slots=1\n10.0.0.7 slots=1" in [c.strip() for c in codes]  # the hostfile
+    assert any(
+        "num_machines: 2" in c and "main_process_ip: worker-0" in c for c in codes
+    )  # accelerate config
+    assert any("run this on that machine" in m.value for m in page.markdown)
+    assert any("Global batch is 16" in w.value for w in page.warning)  # 8 x 1 x 2 ranks, not 64
+
+    page.text_area(key="launch_hosts").input("-oProxyCommand=x slots=1").run()
+    message = _errors(page)
+    assert "hosts (--host)" in message and "RFC 1123" in message
