@@ -1,5 +1,31 @@
 #!/usr/bin/env bash
 # Create the same environment as scripts/app.sh, then run the whole test suite.
+# `bash scripts/test.sh -m e2e` runs only the browser end-to-end test.
 source "$(dirname "$0")/env.sh"
+
+# The browser test drives Debian's Chromium through Playwright; no browser is ever downloaded
+# (never `playwright install`). The emoji font only makes the page icons render in screenshots.
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    as_root=()
+  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+    as_root=(sudo -n)
+  else
+    as_root=(none)
+  fi
+  if [ "${as_root[*]-}" = none ] || ! command -v apt-get >/dev/null; then
+    echo "nexa: chromium is missing and cannot be installed here (needs apt-get and root or sudo):" \
+      "the browser test will be skipped. Install it with: sudo apt-get install chromium" >&2
+  else
+    echo "nexa: installing chromium for the browser test (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    packages=(chromium fonts-noto-color-emoji)
+    # Try the current package lists first; refresh them only when that fails (a fresh image has none).
+    "${as_root[@]}" apt-get install -y -qq "${packages[@]}" >/dev/null 2>&1 \
+      || { "${as_root[@]}" apt-get update -qq && "${as_root[@]}" apt-get install -y -qq "${packages[@]}"; } \
+      || echo "nexa: installing chromium failed: the browser test will be skipped" >&2
+  fi
+fi
+
 export NEXA_HOME="$(mktemp -d)/nexa_home"  # tests never touch the user's runs
 exec python -m pytest -q -ra "$@"
