@@ -55,6 +55,11 @@ class BenchConfig:
         ]
         if not self.techniques:
             problems.append(f"techniques (--techniques): choose at least one of {', '.join(TECHNIQUES)}")
+        from nexa_core.models import validate_model_name
+        from nexa_core.paths import text_problems
+
+        # The model is a positional argument of `nexa bench`: one starting with '-' would be an option.
+        problems += text_problems("model", self.model, 1024) or validate_model_name(self.model)
         if not isinstance(self.steps, int) or not SKIP_STEPS + 1 <= self.steps <= 10_000:
             problems.append(
                 f"steps (--steps): must be a whole number from {SKIP_STEPS + 1} to 10000 (the first {SKIP_STEPS} are not timed)"
@@ -210,31 +215,50 @@ def start_comparison(config: BenchConfig) -> str:
     from nexa_core import paths
 
     comparison_id = paths.new_run_id(f"compare {config.model.split('/')[-1]}")
-    save_progress(comparison_id, 0, len(config.techniques), "starting")
     log = _comparison_file(comparison_id, ".log").open("ab")
-    subprocess.Popen(
+    child = subprocess.Popen(
         bench_argv(config, comparison_id),
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         env={**os.environ, "NEXA_HOME": str(paths.nexa_home())},
     )  # fmt: skip
+    save_progress(comparison_id, 0, len(config.techniques), "starting", pid=child.pid)
     return comparison_id
 
 
-def save_progress(comparison_id: str, done: int, total: int, current: str) -> None:
+def save_progress(comparison_id: str, done: int, total: int, current: str, pid: int | None = None) -> None:
+    """Records the bench process's pid and start time (this process unless ``pid`` is given), so
+    that readers tell a bench that died (OOM kill, reboot) from one still running."""
     import json
+    import os
 
-    _comparison_file(comparison_id, ".progress.json").write_text(
-        json.dumps({"done": done, "total": total, "current": current, "t": time.time()})
+    import psutil
+
+    me = psutil.Process(pid or os.getpid())
+    _write_atomic(
+        _comparison_file(comparison_id, ".progress.json"),
+        json.dumps(
+            {
+                "done": done,
+                "total": total,
+                "current": current,
+                "t": time.time(),
+                "pid": me.pid,
+                "pid_started": me.create_time(),
+            }
+        ),  # fmt: skip
     )
+
+
+def _write_atomic(path, text: str) -> None:
+    tmp = path.with_suffix(f".tmp{time.monotonic_ns()}")
+    tmp.write_text(text)
+    tmp.replace(path)  # readers (the Compare page polls) never see half a file
 
 
 def save_comparison(comparison_id: str, result: dict[str, Any]) -> None:
     import json
 
-    path = _comparison_file(comparison_id)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, default=str))
-    tmp.replace(path)  # readers never see half a file
+    _write_atomic(_comparison_file(comparison_id), json.dumps(result, default=str))
 
 
 def load_comparison(comparison_id: str) -> dict[str, Any] | None:
@@ -251,19 +275,39 @@ def comparison_progress(comparison_id: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _alive(progress: dict[str, Any]) -> bool:
+    import psutil
+
+    try:
+        proc = psutil.Process(progress["pid"])
+        return abs(proc.create_time() - progress["pid_started"]) < 1.0  # a reused pid is not our bench
+    except (KeyError, psutil.Error):
+        return False
+
+
+def comparison_state(comparison_id: str) -> dict[str, Any]:
+    """done | failed (with why) | running (with progress): one comparison, cheap enough to poll."""
+    result = load_comparison(comparison_id)
+    progress = comparison_progress(comparison_id) or {}
+    if result:
+        return {"id": comparison_id, "state": "done", "result": result, "progress": progress}
+    current = progress.get("current", "")
+    if current.startswith("failed"):
+        return {"id": comparison_id, "state": "failed", "reason": current, "progress": progress}
+    if not _alive(progress):
+        reason = "failed: the bench process ended without a result (killed, or out of memory); see its log"
+        return {"id": comparison_id, "state": "failed", "reason": reason, "progress": progress}
+    return {"id": comparison_id, "state": "running", "progress": progress}
+
+
 def list_comparisons() -> list[dict[str, Any]]:
-    """Newest first: id, state (running or done), model and techniques when done."""
+    """Newest first: id, state (running, done or failed), model and techniques when done."""
     out = []
     for progress in sorted(comparisons_dir().glob("*.progress.json"), reverse=True):
-        comparison_id = progress.name.removesuffix(".progress.json")
-        result = load_comparison(comparison_id)
-        failed = (comparison_progress(comparison_id) or {}).get("current", "").startswith("failed")
+        state = comparison_state(progress.name.removesuffix(".progress.json"))
+        config = (state.get("result") or {}).get("config", {})
         out.append(
-            {
-                "id": comparison_id,
-                "state": "done" if result else "failed" if failed else "running",
-                "model": (result or {}).get("config", {}).get("model"),
-                "techniques": (result or {}).get("config", {}).get("techniques"),
-            }
-        )
+            {"id": state["id"], "state": state["state"], "model": config.get("model"),
+             "techniques": config.get("techniques")}
+        )  # fmt: skip
     return out

@@ -6,13 +6,44 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TextIO
 
 from nexa_core.enums import Precision, Task
 from nexa_core.errors import ConfigError
 
 # Tests and CI must never reach the hub; users who want hub ids online can set HF_HUB_OFFLINE=0.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+_RESULT_OUT: TextIO | None = None  # where --json documents go; None: sys.stdout
+
+
+def _print_result(text: str) -> None:
+    print(text, file=_RESULT_OUT or sys.stdout, flush=True)
+
+
+@contextmanager
+def _stdout_reserved_for_result() -> Iterator[None]:
+    """With --json, stdout carries the JSON document only. DeepSpeed logs to stdout when imported
+    ("Setting accelerator to CPU") and child processes inherit fd 1, so during the command both fd 1
+    and sys.stdout point at stderr, and the result is written to the saved stdout."""
+    global _RESULT_OUT
+    if sys.stdout is not sys.__stdout__:  # an in-process caller (a test) already captures stdout
+        yield
+        return
+    sys.stdout.flush()
+    saved_fd = os.dup(1)
+    os.dup2(2, 1)
+    _RESULT_OUT, sys.stdout = os.fdopen(saved_fd, "w"), sys.stderr
+    try:
+        yield
+    finally:
+        _RESULT_OUT.flush()
+        os.dup2(saved_fd, 1)
+        _RESULT_OUT.close()
+        _RESULT_OUT, sys.stdout = None, sys.__stdout__
 
 
 def _add_plan_args(p: argparse.ArgumentParser) -> None:
@@ -60,7 +91,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         host_memory_gb=args.host_memory_gb,
     )
     plan = planner.make_plan(config)
-    print(json.dumps(plan.to_dict(), indent=2) if args.json else report.plan_text(plan))
+    _print_result(json.dumps(plan.to_dict(), indent=2) if args.json else report.plan_text(plan))
     return 0
 
 
@@ -135,17 +166,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     except RunStopped as exc:
         print(f"nexa train: {exc}; resume with: nexa train --resume <run id>", file=sys.stderr)
         if args.json:
-            print(json.dumps({"state": "stopped", "reason": str(exc)}))
+            _print_result(json.dumps({"state": "stopped", "reason": str(exc)}))
         return 143  # 128 + SIGTERM, as a shell reports a terminated command
     except Exception as exc:  # a failed run: say why in one line; the run store has the details
-        print(f"nexa train: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        # with several ranks, say which one: the run's summary names the rank that failed first
+        rank = f" (rank {os.environ.get('RANK', '?')})" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        print(f"nexa train: failed{rank}: {type(exc).__name__}: {exc}", file=sys.stderr)
         if args.json:
-            print(json.dumps({"state": "failed", "error": f"{type(exc).__name__}: {exc}"}))
+            _print_result(json.dumps({"state": "failed", "error": f"{type(exc).__name__}: {exc}"}))
         return 1
     if os.environ.get("RANK", "0") != "0":  # under a launcher every rank runs this; rank 0 reports
         return 0
     if args.json:
-        print(json.dumps(result, default=str))
+        _print_result(json.dumps(result, default=str))
     else:
         print(
             f"run {result['run_id']} succeeded: {result['steps']} steps, final loss {result['final_loss']:.4f}"
@@ -178,6 +211,14 @@ def _add_launch_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--gpus", default="", help="physical GPU ids as nvidia-smi shows them, e.g. 0,2")
     p.add_argument("--master-port", type=int, default=29500)
+    # several machines (docs/SCALING.md); the other nodes' commands are printed at launch
+    p.add_argument("--nodes", type=int, default=1, help="machines taking part")
+    p.add_argument("--node-rank", type=int, default=0, help="which node this machine is")
+    p.add_argument("--master-addr", help="address of node 0 that every node reaches")
+    p.add_argument("--host", action="append", default=[], help="'name slots=N' (repeat per machine)")
+    p.add_argument("--include", default="", help="deepspeed --include filter, e.g. worker-0@worker-1:0,2")
+    p.add_argument("--exclude", default="", help="deepspeed --exclude filter")
+    p.add_argument("--ssh-launcher", action="store_true", help="deepspeed starts every node over ssh/pdsh")
 
 
 def _parse_gpus(text: str) -> list[int]:
@@ -198,9 +239,19 @@ def cmd_launch(args: argparse.Namespace) -> int:
         overrides = {k: getattr(args, k) for k in _TRAIN_FIELDS if getattr(args, k) is not None}
         base = TrainConfig.load(args.config).to_dict() if args.config else {}
         config = TrainConfig.from_dict({**base, **overrides})
-        spec = RunSpec(config, args.mode, args.nproc, _parse_gpus(args.gpus), args.master_port)
+        spec = RunSpec(config, args.mode, args.nproc, _parse_gpus(args.gpus), args.master_port,
+                       nodes=args.nodes, node_rank=args.node_rank, master_addr=args.master_addr,
+                       hosts=args.host, include=args.include, exclude=args.exclude,
+                       ssh_launcher=args.ssh_launcher)  # fmt: skip
         run_id = runner.launch(spec, run_id=args.run_id, estimate=runs.estimate_for(spec))
-    print(json.dumps({"run_id": run_id}) if args.json else f"launched {run_id} (nexa runs show {run_id})")
+        from nexa_core import paths, scaling
+
+        for node in scaling.node_commands(spec, run_id, paths.run_dir(run_id)):
+            if not node.by_panel:  # stderr: --json keeps stdout to one JSON line
+                print(f"node {node.node_rank} ({node.host}), run there: {node.text()}", file=sys.stderr)
+    _print_result(
+        json.dumps({"run_id": run_id}) if args.json else f"launched {run_id} (nexa runs show {run_id})"
+    )
     return 0
 
 
@@ -222,7 +273,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if args.action == "list":
         rows = [runs.summary(store, r) for r in store.list_runs()]
         if args.json:
-            print(json.dumps(rows, default=str))
+            _print_result(json.dumps(rows, default=str))
         else:
             for r in rows:
                 print(
@@ -235,7 +286,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if run is None:
         raise ConfigError([f"run_id: no run {args.run_id!r} (see `nexa runs list`)"])
     if args.action == "show":
-        print(json.dumps(runs.summary(store, run), default=str, indent=None if args.json else 2))
+        _print_result(json.dumps(runs.summary(store, run), default=str, indent=None if args.json else 2))
     elif args.action == "logs":
         print(runner.logs(args.run_id, store=store), end="")
     elif args.action == "stop":
@@ -256,16 +307,21 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def _add_bench_args(p: argparse.ArgumentParser) -> None:
     from nexa_core.bench import TECHNIQUES
 
-    p.add_argument("model", nargs="?", default="sentence-transformers/all-MiniLM-L6-v2")
-    p.add_argument("--task", default="ner")
+    p.add_argument(
+        "model",
+        nargs="?",
+        default="sentence-transformers/all-MiniLM-L6-v2",
+        help="catalogue entry or local folder; without weights it is random-initialised (default: %(default)s)",
+    )
+    p.add_argument("--task", default=Task.NER.value, help=f"one of {', '.join(Task.values())}")
     p.add_argument(
         "--techniques",
         default="baseline,zero2,zero3,zero3-offload,lora",
-        help=f"from {', '.join(TECHNIQUES)}",
+        help=f"comma-separated, from {', '.join(TECHNIQUES)} (default: %(default)s)",
     )
-    p.add_argument("--steps", type=int, default=6)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--steps", type=int, default=6, help="steps per technique; steps 1-2 are not timed")
+    p.add_argument("--batch-size", type=int, default=8, help="micro-batch (default: %(default)s)")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per sample (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object with `rows`")
     p.add_argument("--report", help="also write a self-contained HTML report here")
     p.add_argument("--csv", help="also write the table as CSV here")
@@ -306,7 +362,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.csv:
         Path(args.csv).write_text(to_csv(result), encoding="utf-8")
     if args.json:
-        print(json.dumps(result, default=str))
+        _print_result(json.dumps(result, default=str))
     else:
         for row in table_rows(result):
             print(" | ".join(f"{k}: {v}" for k, v in row.items() if v is not None))
@@ -347,7 +403,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
         result = find_batch_size(config, budget, max_batch=args.max_batch, on_gpu=on_gpu, progress=report)
     else:
         result = probe(config, budget, on_gpu).__dict__
-    print(json.dumps(result, default=str) if args.json else json.dumps(result, default=str, indent=2))
+    _print_result(json.dumps(result, default=str) if args.json else json.dumps(result, default=str, indent=2))
+    if result.get("error"):
+        print(f"nexa probe: error: the search stopped: {result['error']}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -373,7 +432,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
     )  # fmt: skip
     rows = cost_view(config, args.tokens, args.samples_per_s, args.instances or DEFAULT_INSTANCES)
     if args.json:
-        print(json.dumps(rows))
+        _print_result(json.dumps(rows))
     else:
         for r in rows:
             cost = f"${r['cost']:.2f}" if r["cost"] is not None else "n/a"
@@ -381,6 +440,33 @@ def cmd_cost(args: argparse.Namespace) -> int:
                 f"{r['instance']:16s} {cost:>10s}  recommended: {r['recommended'] or 'nothing fits'}  ({r['throughput_source']})"
             )
     return 0
+
+
+def _add_serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", help="listen here (default: $NEXA_ADDRESS, else 127.0.0.1)")
+    p.add_argument("--port", help="port (default: $NEXA_PORT, else 8501)")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Check how the panel would be exposed, refuse (exit 2) when unsafe, else exec Streamlit."""
+    from pathlib import Path
+
+    from nexa_core import security
+
+    root = Path(__file__).resolve().parent.parent
+    flags = {security.ADDRESS_ENV: args.address, security.PORT_ENV: args.port}
+    env = {**os.environ, **{k: v for k, v in flags.items() if v is not None}}
+    settings = security.serve_settings(root, env)
+    problems = security.exposure_problems(settings)
+    if problems:
+        raise ConfigError(["refusing to start the panel", *problems])
+    argv = security.serve_argv(settings, root / "app.py", sys.executable)
+    if os.environ.get("NEXA_HOME"):  # the project folder becomes the working directory below
+        os.environ["NEXA_HOME"] = str(Path(os.environ["NEXA_HOME"]).expanduser().resolve())
+    os.chdir(root)  # Streamlit reads the project's .streamlit/config.toml from the working directory
+    sys.stdout.flush()
+    os.execv(argv[0], argv)  # same pid: supervisors and tests see the server itself
+    return 0  # not reached
 
 
 COMMANDS: dict[
@@ -398,6 +484,7 @@ COMMANDS: dict[
         "measure a planned configuration's real peak; find the batch size that fits",
     ),
     "cost": (_add_cost_args, cmd_cost, "which instances can run a plan, and what the run costs"),
+    "serve": (_add_serve_args, cmd_serve, "start the panel (refuses unsafe exposure; see docs/SECURITY.md)"),
 }
 
 
@@ -417,6 +504,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "json", False):
+            with _stdout_reserved_for_result():
+                return args.func(args)
         return args.func(args)
     except ConfigError as exc:
         # Expected mistakes: every problem on its own line, no traceback.

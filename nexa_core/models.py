@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -148,8 +149,26 @@ def resolve_model(name: str) -> ResolvedModel:
     return _resolve_hub(name)
 
 
+_IMPORT_LOCK = threading.Lock()
+
+
+def _transformers():
+    """transformers (and peft on top of it) resolve their classes lazily on first use, and that is
+    not thread-safe: two Streamlit sessions (or a rerun beside the run it interrupts) planning at
+    once on a fresh server got "ImportError: cannot import name 'AutoConfig'". The first import
+    and resolution happen once, under one lock."""
+    with _IMPORT_LOCK:
+        import peft
+        import transformers
+
+        transformers.AutoConfig, peft.get_peft_model  # noqa: B018 (force the lazy resolution)
+        for name in _AUTO_CLASS.values():
+            getattr(transformers, name)
+        return transformers
+
+
 def _resolve_hub(name: str) -> ResolvedModel:
-    from transformers import AutoConfig
+    AutoConfig = _transformers().AutoConfig
 
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     try:
@@ -171,7 +190,7 @@ def _resolve_hub(name: str) -> ResolvedModel:
 
 
 def build_config(resolved: ResolvedModel):
-    from transformers import AutoConfig
+    AutoConfig = _transformers().AutoConfig
 
     cfg = dict(resolved.config)
     model_type = cfg.pop("model_type")
@@ -229,9 +248,7 @@ _PEFT_TASK = {
 
 
 def auto_class(task: Task):
-    import transformers
-
-    return getattr(transformers, _AUTO_CLASS[task])
+    return getattr(_transformers(), _AUTO_CLASS[task])
 
 
 def task_config(resolved: ResolvedModel, task: Task, num_labels: int):
@@ -244,6 +261,7 @@ def task_config(resolved: ResolvedModel, task: Task, num_labels: int):
 
 
 def lora_config(task: Task, rank: int):
+    _transformers()
     from peft import LoraConfig, TaskType
 
     # target_modules=None lets peft pick the attention projections it knows for the architecture

@@ -27,15 +27,21 @@ class ProbeResult:
     state: str
     reason: str | None
     run_id: str | None
+    out_of_memory: bool = False  # failed because memory ran out: a "does not fit" answer, not an error
 
 
 def probe(
     config: TrainConfig, budget_bytes: int | None = None, on_gpu: bool = False, store: RunStore | None = None
 ) -> ProbeResult:
     """Run ``PROBE_STEPS`` steps of ``config`` with every batch padded to ``seq_len``; measure."""
+    from nexa_core.models import resolve_model
+
     store = store or RunStore()
     cfg = replace(
         config,
+        # Memory and speed do not depend on the weights' values: a catalogue model with no local
+        # weights is probed random-initialised instead of failing to load.
+        random_init=config.random_init or resolve_model(config.model).weights_dir is None,
         max_steps=PROBE_STEPS,
         pad_to_seq_len=True,
         save=False,
@@ -51,9 +57,10 @@ def probe(
     gpu = max(peaks["peak_gpu_bytes"].values(), default=None)
     peak = gpu if on_gpu else host
     ok = run["state"] == "succeeded" and (budget_bytes is None or (peak is not None and peak <= budget_bytes))
+    oom = run["state"] == "failed" and "memory" in (run.get("reason") or "").lower()
     return ProbeResult(
         config.batch_size, ok, host, gpu, estimate.get("host_total_bytes"), estimate.get("per_gpu_total_bytes"),
-        run["state"], run.get("reason"), run_id,
+        run["state"], run.get("reason"), run_id, oom,
     )  # fmt: skip
 
 
@@ -65,22 +72,41 @@ def find_batch_size(
     progress: Callable[[ProbeResult], None] | None = None,
 ) -> dict[str, Any]:
     """The largest micro-batch in [1, max_batch] whose probe fits ``budget_bytes`` (None if even 1
-    does not). Doubles from 1 until a probe does not fit, then bisects: O(log max_batch) probes."""
+    does not). Doubles from 1 until a probe does not fit, then bisects: O(log max_batch) probes.
+    A probe that fails for another reason than memory ends the search with ``error`` set: treating
+    a broken configuration as "does not fit" would report a wrong batch size."""
     tried: dict[int, ProbeResult] = {}
+
+    class _Broken(Exception):
+        pass
 
     def fits(batch: int) -> bool:
         if batch not in tried:
             tried[batch] = probe(replace(config, batch_size=batch), budget_bytes, on_gpu)
             if progress:
                 progress(tried[batch])
+            result = tried[batch]
+            if result.state != "succeeded" and not result.out_of_memory:
+                raise _Broken(f"batch {batch}: run {result.state}: {result.reason or 'no reason recorded'}")
         return tried[batch].fits
 
-    if not fits(1):
+    def answer(batch_size: int | None, error: str | None = None) -> dict[str, Any]:
         return {
-            "batch_size": None,
-            "probes": [p.__dict__ for p in tried.values()],
+            "batch_size": batch_size,
+            "probes": [p.__dict__ for p in sorted(tried.values(), key=lambda p: p.batch_size)],
             "budget_bytes": budget_bytes,
+            "error": error,
         }
+
+    try:
+        return answer(_search(fits, max_batch))
+    except _Broken as exc:
+        return answer(None, str(exc))
+
+
+def _search(fits: Callable[[int], bool], max_batch: int) -> int | None:
+    if not fits(1):
+        return None
     good, bad = 1, None
     while bad is None and good < max_batch:
         nxt = min(good * 2, max_batch)
@@ -94,8 +120,4 @@ def find_batch_size(
             good = mid
         else:
             bad = mid
-    return {
-        "batch_size": good,
-        "probes": [p.__dict__ for p in sorted(tried.values(), key=lambda p: p.batch_size)],
-        "budget_bytes": budget_bytes,
-    }
+    return good

@@ -24,7 +24,7 @@ def test_bench_measures_each_technique_and_writes_a_self_contained_report(nexa_h
         capture_output=True, text=True, timeout=1200, env=dict(os.environ, NEXA_HOME=str(nexa_home)),
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout)  # stdout holds the JSON document only (library chatter goes to stderr)
     rows = {r["technique"]: r for r in result["rows"]}
     assert list(rows) == ["baseline", "zero2", "zero3", "zero3-offload", "lora", "fp16"]
     for name in ("baseline", "zero2", "zero3", "zero3-offload", "lora"):

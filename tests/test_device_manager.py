@@ -113,3 +113,16 @@ def test_a_tracker_that_is_not_installed_is_a_clear_error():
         pytest.skip("mlflow is installed here")
     with pytest.raises(ConfigError, match="mlflow is not installed"):
         TrainConfig(tracker="mlflow")
+
+
+def test_a_runs_auto_mode_defers_to_use_deepspeed_and_explicit_choices_win(monkeypatch):
+    """The panel and the CLI send deepspeed=auto unless the user picks: a deployment's USE_DEEPSPEED
+    (render.yaml, Dockerfile) must then decide, and an explicit on/off must still override it."""
+    monkeypatch.setenv("USE_DEEPSPEED", "true")
+    assert TrainConfig().deepspeed_settings().deepspeed_enabled(has_gpu=False)
+    assert not TrainConfig(deepspeed="off").deepspeed_settings().deepspeed_enabled(has_gpu=True)
+    monkeypatch.setenv("USE_DEEPSPEED", "false")
+    assert not TrainConfig().deepspeed_settings().deepspeed_enabled(has_gpu=True)
+    monkeypatch.delenv("USE_DEEPSPEED")
+    assert TrainConfig().deepspeed_settings().deepspeed_enabled(has_gpu=True)
+    assert not TrainConfig().deepspeed_settings().deepspeed_enabled(has_gpu=False)

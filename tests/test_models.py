@@ -122,3 +122,30 @@ def test_model_names_that_could_inject_are_rejected(bad):
 def test_packaged_minilm_has_weights():
     resolved = models.resolve_model(models.DEFAULT_MODEL)
     assert resolved.weights_dir is not None and (resolved.weights_dir / "model.safetensors").exists()
+
+
+RACE = """
+import threading
+from nexa_core.planner import PlanConfig, make_plan
+errors = []
+def plan():
+    try:
+        make_plan(PlanConfig(model="sentence-transformers/all-MiniLM-L6-v2", gpus=0))
+    except Exception as exc:
+        errors.append(repr(exc))
+threads = [threading.Thread(target=plan) for _ in range(4)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(errors)
+"""
+
+
+def test_first_plans_in_concurrent_sessions_do_not_race_on_transformers_lazy_imports():
+    """A fresh server with two sessions (or a rerun beside the run it interrupts) planning at once
+    used to fail with "cannot import name 'AutoConfig'" (seen 4 times in 4 in a browser)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", RACE], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"

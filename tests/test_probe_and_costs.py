@@ -22,6 +22,38 @@ def test_find_batch_size_under_a_budget_that_binds(nexa_home):
     assert all(p["state"] == "succeeded" for p in probes.values())  # over budget is an answer, not a crash
 
 
+def _fake_probe(fits_up_to: int, broken_at: int | None = None):
+    """Stands in for real probe processes so the search logic itself can be checked quickly."""
+    from nexa_core.probe import ProbeResult
+
+    def fake(config, budget_bytes, on_gpu=False, store=None):
+        b = config.batch_size
+        if b == broken_at:
+            return ProbeResult(
+                b, False, None, None, None, None, "failed", "ValueError: bad label", "r", False
+            )
+        if b > fits_up_to:  # killed by the kernel: the classifier's "probably out of memory"
+            return ProbeResult(
+                b, False, None, None, None, None, "failed", "killed, probably out of memory", "r", True
+            )
+        return ProbeResult(b, True, b, None, None, None, "succeeded", None, "r", False)
+
+    return fake
+
+
+def test_search_treats_out_of_memory_as_an_answer_and_other_failures_as_errors(monkeypatch):
+    import nexa_core.probe as probe_module
+
+    monkeypatch.setattr(probe_module, "probe", _fake_probe(fits_up_to=37))
+    found = find_batch_size(TrainConfig(deepspeed="off"), 2**30, max_batch=256)
+    assert found["batch_size"] == 37 and found["error"] is None
+    assert len(found["probes"]) <= 2 * 8 + 1  # doubling then bisection: O(log max_batch)
+
+    monkeypatch.setattr(probe_module, "probe", _fake_probe(fits_up_to=37, broken_at=32))
+    found = find_batch_size(TrainConfig(deepspeed="off"), 2**30, max_batch=256)
+    assert found["batch_size"] is None and "ValueError: bad label" in found["error"]
+
+
 def test_cost_view_ranks_instances_from_the_yaml(tmp_path):
     catalogue = tmp_path / "instances.yaml"
     catalogue.write_text(

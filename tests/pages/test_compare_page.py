@@ -136,3 +136,18 @@ def test_no_techniques_is_an_error_and_starts_nothing(home):
     assert len(at.error) == 1 and "techniques" in at.error[0].value
     assert list_comparisons() == before == []
     assert "compare_id" not in at.session_state
+
+
+def test_comparison_whose_bench_process_died_is_failed_not_running_forever(home):
+    import subprocess
+
+    bench = subprocess.Popen(["sleep", "30"])
+    save_progress(RUNNING_ID, 1, 5, "zero2", pid=bench.pid)
+    assert list_comparisons()[0]["state"] == "running"
+    bench.kill()  # an OOM kill or a reboot: the bench never writes its result
+    bench.wait()
+    assert list_comparisons()[0]["state"] == "failed"
+    at = _page()
+    assert not at.exception
+    assert any("ended without a result" in e.value for e in at.error)
+    assert not [p for p in at.get("progress") if "techniques measured" in p.proto.text]
