@@ -205,20 +205,23 @@ def _add_launch_args(p: argparse.ArgumentParser) -> None:
     from nexa_core.launch import LaunchMode
 
     _add_train_args(p)
-    p.add_argument("--mode", default="python", help=f"one of {', '.join(LaunchMode.values())}")
-    p.add_argument(
-        "--nproc", type=int, default=1, help="ranks on this node (torchrun, deepspeed, accelerate)"
-    )
-    p.add_argument("--gpus", default="", help="physical GPU ids as nvidia-smi shows them, e.g. 0,2")
-    p.add_argument("--master-port", type=int, default=29500)
+    # Launch fields default to None so that a preset's or a past run's values hold unless given.
+    p.add_argument("--preset", help="start from this saved preset (flags given override it)")
+    p.add_argument("--from-run", metavar="RUN_ID", help="start from this past run's configuration")
+    p.add_argument("--mode", help=f"one of {', '.join(LaunchMode.values())} (default python)")
+    p.add_argument("--nproc", type=int, help="ranks on this node (torchrun, deepspeed, accelerate)")
+    p.add_argument("--gpus", help="physical GPU ids as nvidia-smi shows them, e.g. 0,2")
+    p.add_argument("--master-port", type=int, help="rendezvous port (default: a free one)")
     # several machines (docs/SCALING.md); the other nodes' commands are printed at launch
-    p.add_argument("--nodes", type=int, default=1, help="machines taking part")
-    p.add_argument("--node-rank", type=int, default=0, help="which node this machine is")
+    p.add_argument("--nodes", type=int, help="machines taking part (default 1)")
+    p.add_argument("--node-rank", type=int, help="which node this machine is (default 0)")
     p.add_argument("--master-addr", help="address of node 0 that every node reaches")
-    p.add_argument("--host", action="append", default=[], help="'name slots=N' (repeat per machine)")
-    p.add_argument("--include", default="", help="deepspeed --include filter, e.g. worker-0@worker-1:0,2")
-    p.add_argument("--exclude", default="", help="deepspeed --exclude filter")
-    p.add_argument("--ssh-launcher", action="store_true", help="deepspeed starts every node over ssh/pdsh")
+    p.add_argument("--host", action="append", help="'name slots=N' (repeat per machine)")
+    p.add_argument("--include", help="deepspeed --include filter, e.g. worker-0@worker-1:0,2")
+    p.add_argument("--exclude", help="deepspeed --exclude filter")
+    p.add_argument(
+        "--ssh-launcher", action="store_true", default=None, help="deepspeed starts every node over ssh/pdsh"
+    )
 
 
 def _parse_gpus(text: str) -> list[int]:
@@ -228,21 +231,41 @@ def _parse_gpus(text: str) -> list[int]:
         raise ConfigError([f"gpus (--gpus): comma-separated GPU ids like 0,1; got {text!r}"]) from None
 
 
-def cmd_launch(args: argparse.Namespace) -> int:
-    from nexa_core import runner, runs
+def _spec_from_args(args: argparse.Namespace):
+    """The RunSpec that `nexa launch` / `nexa presets save` flags describe, on top of a preset, a
+    past run (--from-run) or a run-config file when one is named."""
+    from nexa_core import paths, presets
     from nexa_core.launch import RunSpec
     from nexa_core.train_config import TrainConfig
+
+    sources = [f for f in ("config", "preset", "from_run") if getattr(args, f)]
+    if len(sources) > 1:
+        raise ConfigError([f"{', '.join(sources)}: start from one of --config, --preset, --from-run"])
+    base = None
+    if args.preset:
+        base = presets.load(args.preset)
+    elif args.from_run:
+        base = presets.of_run(paths.run_dir(args.from_run), args.from_run)
+    train = base.train.to_dict() if base else TrainConfig.load(args.config).to_dict() if args.config else {}
+    overrides = {k: getattr(args, k) for k in _TRAIN_FIELDS if getattr(args, k) is not None}
+    config = TrainConfig.from_dict({**train, **overrides})
+    given = {
+        "mode": args.mode, "nproc": args.nproc, "gpus": None if args.gpus is None else _parse_gpus(args.gpus),
+        "master_port": args.master_port, "nodes": args.nodes, "node_rank": args.node_rank,
+        "master_addr": args.master_addr, "hosts": args.host, "include": args.include, "exclude": args.exclude,
+        "ssh_launcher": args.ssh_launcher,
+    }  # fmt: skip
+    launch = {**(base.to_dict() if base else {}), **{k: v for k, v in given.items() if v is not None}}
+    return RunSpec.from_dict(config, launch)
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from nexa_core import runner, runs
 
     if args.resume:
         run_id = runner.resume(args.resume)
     else:
-        overrides = {k: getattr(args, k) for k in _TRAIN_FIELDS if getattr(args, k) is not None}
-        base = TrainConfig.load(args.config).to_dict() if args.config else {}
-        config = TrainConfig.from_dict({**base, **overrides})
-        spec = RunSpec(config, args.mode, args.nproc, _parse_gpus(args.gpus), args.master_port,
-                       nodes=args.nodes, node_rank=args.node_rank, master_addr=args.master_addr,
-                       hosts=args.host, include=args.include, exclude=args.exclude,
-                       ssh_launcher=args.ssh_launcher)  # fmt: skip
+        spec = _spec_from_args(args)
         run_id = runner.launch(spec, run_id=args.run_id, estimate=runs.estimate_for(spec))
         from nexa_core import paths, scaling
 
@@ -252,6 +275,41 @@ def cmd_launch(args: argparse.Namespace) -> int:
     _print_result(
         json.dumps({"run_id": run_id}) if args.json else f"launched {run_id} (nexa runs show {run_id})"
     )
+    return 0
+
+
+def _add_presets_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["list", "show", "save", "delete"])
+    p.add_argument("preset_name", nargs="?", metavar="NAME", help="the preset's name (show, save, delete)")
+    # save takes the same flags as launch (and --preset / --from-run to copy one)
+    _add_launch_args(p)
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from nexa_core import presets
+
+    if args.action == "list":
+        names = presets.names()
+        _print_result(json.dumps(names) if args.json else "\n".join(names) or "no presets saved yet")
+        return 0
+    if not args.preset_name:
+        raise ConfigError(
+            [f"name: `nexa presets {args.action}` needs a preset name (see `nexa presets list`)"]
+        )
+    if args.action == "show":
+        _print_result(
+            json.dumps(presets.to_dict(presets.load(args.preset_name)), indent=None if args.json else 2)
+        )
+    elif args.action == "save":
+        path = presets.save(args.preset_name, _spec_from_args(args))
+        _print_result(
+            json.dumps({"preset": args.preset_name, "path": str(path)}) if args.json else f"saved {path}"
+        )
+    else:
+        presets.delete(args.preset_name)
+        _print_result(
+            json.dumps({"deleted": args.preset_name}) if args.json else f"deleted preset {args.preset_name}"
+        )
     return 0
 
 
@@ -484,6 +542,7 @@ COMMANDS: dict[
         "measure a planned configuration's real peak; find the batch size that fits",
     ),
     "cost": (_add_cost_args, cmd_cost, "which instances can run a plan, and what the run costs"),
+    "presets": (_add_presets_args, cmd_presets, "save, list, show and delete named launch configurations"),
     "serve": (_add_serve_args, cmd_serve, "start the panel (refuses unsafe exposure; see docs/SECURITY.md)"),
 }
 

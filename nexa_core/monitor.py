@@ -287,9 +287,15 @@ def progress(summary: dict[str, Any]) -> tuple[float, float | None]:
     return fraction, max(duration * (total - step) / step, 0.0)
 
 
+FEW_POINTS = 30
+
+
 def _line(fig: go.Figure, pts: list[Point], name: str, scale: float = 1.0, **style: Any) -> None:
+    # Markers while a series is short: a line through one point draws nothing, so the first steps
+    # of a run would look like an empty chart.
+    mode = "lines+markers" if len(pts) <= FEW_POINTS else "lines"
     fig.add_trace(
-        go.Scatter(x=[x for x, _ in pts], y=[y / scale for _, y in pts], mode="lines", name=name, **style)
+        go.Scatter(x=[x for x, _ in pts], y=[y / scale for _, y in pts], mode=mode, name=name, **style)
     )
 
 

@@ -217,11 +217,9 @@ def resume(run_id: str, store: RunStore | None = None) -> str:
     run = store.get_run(run_id)
     if run is None:
         raise ConfigError([f"run_id: no run {run_id!r}"])
-    from nexa_core.train_config import TrainConfig
+    from nexa_core import presets
 
-    run_dir = Path(run["run_dir"])
-    saved = json.loads((run_dir / "spec.json").read_text())
-    spec = RunSpec.from_dict(TrainConfig.load(run_dir / RUN_CONFIG), saved, resume=True)
+    spec = presets.of_run(Path(run["run_dir"]), run_id, resume=True)
     return launch(spec, run_id=run_id, store=store)
 
 

@@ -123,6 +123,11 @@ def _clean(value: Any) -> float | None:
     return value if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
+def run_label(run_id: str, name: str | None, state: str) -> str:
+    """How a run is named in pickers: "name · state · id", without repeating the id when it is the name."""
+    return " · ".join(dict.fromkeys([name or run_id, state, run_id]))
+
+
 def history_rows(summaries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """One flat row per run summary for the Runs table (memory in GiB, measured next to estimated)."""
     rows = []

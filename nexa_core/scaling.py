@@ -270,13 +270,14 @@ def write_launch_files(spec: RunSpec, run_dir: Path, has_gpu: bool) -> None:
 
     from nexa_core.device_manager import DEFAULT_ACCELERATE_CONFIG
     from nexa_core.launch import ACCELERATE_FILE
+    from nexa_core.train_config import SPEC_FILE
 
     template = yaml.safe_load(DEFAULT_ACCELERATE_CONFIG.read_text())
     config = accelerate_config(spec, run_dir, template, has_gpu)
     (run_dir / ACCELERATE_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
     if spec.hosts:
         (run_dir / HOSTFILE).write_text(hostfile_text(spec.hosts))
-    (run_dir / "spec.json").write_text(json.dumps(spec.to_dict()))
+    (run_dir / SPEC_FILE).write_text(json.dumps(spec.to_dict()))
 
 
 def launch_preview(spec: RunSpec, run_id: str, run_dir: Path, has_gpu: bool) -> dict[str, Any]:

@@ -14,6 +14,9 @@ from nexa_core.errors import ConfigError, int_problems, raise_if
 from nexa_core.models import DEFAULT_MODEL, validate_model_name
 from nexa_core.paths import text_problems
 
+# A run folder keeps its configuration in two halves: the training config and the launch fields.
+RUN_CONFIG = "run_config.json"
+SPEC_FILE = "spec.json"
 TRACKERS = ("tensorboard", "mlflow", "wandb", "aim", "comet_ml", "clearml", "dvclive")
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._- ")
 

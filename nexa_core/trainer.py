@@ -71,6 +71,7 @@ class DeepSpeedTrainer:
         store: Any = None,
         run_id: str | None = None,
         tracker: str | None = None,
+        tracker_dir: str | Path | None = None,
         progress: bool = False,
         save: bool = True,
     ) -> None:
@@ -107,6 +108,8 @@ class DeepSpeedTrainer:
         kwargs: dict[str, Any] = {}
         if tracker:
             kwargs["log_with"] = tracker
+            # File-based trackers (tensorboard) refuse to start without a logging folder.
+            kwargs["project_dir"] = str(tracker_dir or Path("nexa-tracker-logs"))
         from accelerate.utils import DataLoaderConfiguration
 
         # Seedable sampler: the shuffle order depends only on (seed, epoch), so a resumed run sees

@@ -17,10 +17,9 @@ import psutil
 
 from nexa_core import paths
 from nexa_core.errors import ConfigError
-from nexa_core.train_config import TrainConfig
+from nexa_core.train_config import RUN_CONFIG, TrainConfig
 
 log = logging.getLogger("nexa.run")
-RUN_CONFIG = "run_config.json"
 
 
 def load_tokenizer(model: str):
@@ -146,6 +145,7 @@ def run_training(
             store=store,
             run_id=run_id,
             tracker=config.tracker,
+            tracker_dir=run_dir / "tracker",
             progress=progress,
             save=config.save,
         )

@@ -3,14 +3,15 @@ and the memory estimate shown before anything starts."""
 
 import streamlit as st
 
-from nexa_core import datasets, paths, runner, scaling
+from nexa_core import datasets, paths, presets, runner, scaling
 from nexa_core.enums import DeepSpeedMode, Offload, Precision, Task
 from nexa_core.errors import ConfigError
 from nexa_core.launch import LaunchMode, RunSpec, build_launch, command_text
 from nexa_core.memory import GIB
-from nexa_core.models import DEFAULT_MODEL, catalogue
+from nexa_core.models import catalogue
 from nexa_core.train_config import TrainConfig
 from pages._auth import require_access
+from pages._launch_form import SOURCES, extra_fields, form_state, spec_from_plan, uploads
 from pages._shared import (
     cached_estimate,
     check_dataset,
@@ -27,32 +28,75 @@ PREVIEW_ID = "preview"  # the command shown names this run id; the real one is a
 st.title("Launch a training run")
 hardware_sidebar()
 hw = detected_hardware()
-plan = st.session_state.get("plan_choices") or {}
-if plan:
-    st.caption("Starting from the Plan page's choices and its recommended ZeRO layout.")
 ids = list(catalogue())
-planned_model = plan.get("model") or DEFAULT_MODEL
+gpu_ids = [g.index for g in hw.gpus]
 
 
-def _index(options: list, value: object, default: int = 0) -> int:
-    return options.index(value) if value in options else default
+def _load(spec: RunSpec, label: str) -> None:
+    """Fill the form with a saved configuration (before the widgets are drawn)."""
+    state, notes = form_state(spec, ids, gpu_ids)
+    st.session_state.update(state)
+    st.session_state["launch_extra"] = extra_fields(spec.train)
+    st.session_state["launch_loaded"] = {"label": label, "notes": notes}
 
+
+def _load_preset() -> None:  # a button callback: it runs before the page is drawn again
+    name = st.session_state.get("launch_preset_pick")
+    try:
+        _load(presets.load(name), f"preset {name!r}")
+    except ConfigError as exc:
+        st.session_state["launch_load_problems"] = exc.problems
+
+
+# Arriving from another page (Streamlit has dropped this page's widget state): start from the Plan
+# page's choices, or from the run the Runs page asked to clone.
+plan = st.session_state.get("plan_choices") or {}
+if "launch_task" not in st.session_state:
+    for stale in ("launch_extra", "launch_loaded"):
+        st.session_state.pop(stale, None)
+    st.session_state.update(form_state(spec_from_plan(plan, gpu_ids), ids, gpu_ids)[0])
+    clone = st.session_state.pop("launch_clone", None)
+    if clone:
+        try:
+            _load(presets.of_run(paths.run_dir(clone), clone), f"run {clone}")
+        except ConfigError as exc:
+            st.session_state["launch_load_problems"] = exc.problems
+    elif plan:
+        st.session_state["launch_loaded"] = {
+            "label": "the Plan page's choices and recommended layout",
+            "notes": [],
+        }
+
+with st.expander("Presets: load a saved configuration", expanded=False):
+    saved = presets.names()
+    p1, p2 = st.columns([4, 1], vertical_alignment="bottom")
+    p1.selectbox("Saved presets", saved, index=None, key="launch_preset_pick",
+                 placeholder="pick one" if saved else "none saved yet: save one below the form")  # fmt: skip
+    p2.button("Load", key="launch_preset_load", on_click=_load_preset,
+              disabled=not st.session_state.get("launch_preset_pick"))  # fmt: skip
+if "launch_load_problems" in st.session_state:
+    show_problems(st.session_state.pop("launch_load_problems"))
+loaded = st.session_state.get("launch_loaded")
+if loaded:
+    st.caption(f"Starting from {loaded['label']}.")
+    for note in loaded["notes"]:
+        st.warning(note)
+extra = st.session_state.get("launch_extra") or {}
+if extra:
+    st.caption("Also kept from it (not on this form): " + ", ".join(f"{k}={v}" for k, v in extra.items()))
 
 left, middle, right = st.columns(3)
 with left:
     st.subheader("Model and data")
-    picked = st.selectbox("Model (catalogue)", ids, index=_index(ids, planned_model, _index(ids, DEFAULT_MODEL)),
-                          key="launch_model")  # fmt: skip
-    typed = st.text_input("…or a hub id / local folder", value="" if planned_model in ids else planned_model,
-                          key="launch_model_text", placeholder="org/name or /path/to/model")  # fmt: skip
-    task = st.selectbox(
-        "Task", Task.values(), index=_index(Task.values(), plan.get("task")), key="launch_task"
-    )
-    source = st.radio("Dataset", ["bundled sample", "upload a file"], key="launch_source", horizontal=True)
+    picked = st.selectbox("Model (catalogue)", ids, key="launch_model")
+    typed = st.text_input("…or a hub id / local folder", key="launch_model_text",
+                          placeholder="org/name or /path/to/model")  # fmt: skip
+    task = st.selectbox("Task", Task.values(), key="launch_task")
+    source = st.radio("Dataset", SOURCES, key="launch_source", horizontal=True)
     dataset, data_problems = None, []
-    if source == "bundled sample":
+    if source == SOURCES[0]:
         st.caption(f"{datasets.bundled_paths(task)[0].name} (and its validation split), shipped with NEXA")
-    else:
+    elif source == SOURCES[1]:
         upload = st.file_uploader("CSV or JSONL (one record a line)", type=["csv", "jsonl", "json"],
                                   max_upload_size=datasets.LIMIT_BYTES // 2**20, key="launch_upload")  # fmt: skip
         if upload is None:
@@ -62,33 +106,36 @@ with left:
                 f"dataset: {upload.name} is larger than the {datasets.LIMIT_BYTES} byte limit"
             )
         else:
-            saved = save_upload(upload.name, upload.getvalue())
-            count, data_problems = check_dataset(str(saved), task)
+            saved_file = save_upload(upload.name, upload.getvalue())
+            count, data_problems = check_dataset(str(saved_file), task)
             if not data_problems:
-                dataset = str(saved)
-                st.caption(f"{count:,} valid records, saved as {saved}")
+                dataset = str(saved_file)
+                st.caption(f"{count:,} valid records, saved as {saved_file}")
+    else:
+        earlier = uploads()
+        chosen = st.selectbox("Uploaded before (newest first)", earlier, key="launch_dataset_file",
+                              format_func=lambda f: f.rsplit("/", 1)[-1])  # fmt: skip
+        if chosen is None:
+            data_problems.append("dataset: nothing uploaded yet; upload a file or pick the bundled sample")
+        else:
+            count, data_problems = check_dataset(chosen, task)
+            if not data_problems:
+                dataset = chosen
+                st.caption(f"{count:,} valid records")
     length = st.radio("Train for", ["epochs", "max steps"], key="launch_length", horizontal=True)
     if length == "epochs":
-        epochs, max_steps = st.number_input("Epochs", 0, 10_000, 1, key="launch_epochs"), None
+        epochs, max_steps = st.number_input("Epochs", 0, 10_000, key="launch_epochs"), None
     else:
-        epochs, max_steps = 1, st.number_input("Max steps", 0, 10**9, 100, key="launch_max_steps")
+        epochs, max_steps = 1, st.number_input("Max steps", 0, 10**9, key="launch_max_steps")
 with middle:
     st.subheader("Optimisation")
-    lr = st.number_input("Learning rate", 0.0, 1.0, 5e-5, step=1e-5, format="%.2e", key="launch_lr")
-    batch = st.number_input(
-        "Micro-batch per GPU", 0, 65_536, int(plan.get("batch_size") or 8), key="launch_batch"
-    )
-    seq = st.number_input("Sequence length", 0, 1_048_576, int(plan.get("seq_len") or 128), key="launch_seq")
-    precisions = ["auto", *Precision.values()]
-    precision = st.selectbox("Precision", precisions, index=_index(precisions, plan.get("precision")),
-                             key="launch_precision")  # fmt: skip
-    lora = st.checkbox("LoRA", value=bool(plan.get("lora")), key="launch_lora")
-    rank = st.number_input(
-        "LoRA rank", 1, 4096, int(plan.get("lora_rank") or 8), key="launch_rank", disabled=not lora
-    )
-    ckpt = st.checkbox(
-        "Gradient checkpointing", value=bool(plan.get("gradient_checkpointing")), key="launch_ckpt"
-    )
+    lr = st.number_input("Learning rate", 0.0, 1.0, step=1e-5, format="%.2e", key="launch_lr")
+    batch = st.number_input("Micro-batch per GPU", 0, 65_536, key="launch_batch")
+    seq = st.number_input("Sequence length", 0, 1_048_576, key="launch_seq")
+    precision = st.selectbox("Precision", ["auto", *Precision.values()], key="launch_precision")
+    lora = st.checkbox("LoRA", key="launch_lora")
+    rank = st.number_input("LoRA rank", 1, 4096, key="launch_rank", disabled=not lora)
+    ckpt = st.checkbox("Gradient checkpointing", key="launch_ckpt")
     name = st.text_input(
         "Run name (optional)", key="launch_name", placeholder="letters, digits, . _ - and spaces"
     )
@@ -96,38 +143,34 @@ with right:
     st.subheader("DeepSpeed and devices")
     deepspeed = st.selectbox("DeepSpeed", DeepSpeedMode.values(), key="launch_deepspeed",
                              help="auto: on with a GPU, off on a CPU-only machine")  # fmt: skip
-    stages = [None, 0, 1, 2, 3]
-    stage = st.selectbox("ZeRO stage", stages, index=_index(stages, plan.get("zero_stage")), key="launch_stage",
+    stage = st.selectbox("ZeRO stage", [None, 0, 1, 2, 3], key="launch_stage",
                          format_func=lambda s: "as the DeepSpeed config file says" if s is None else f"ZeRO-{s}")  # fmt: skip
     offloads = [None, *Offload.values()]
     off_text = {None: "as the config file says (where the stage allows)"}
     offload_optimizer = st.selectbox("Offload optimizer states", offloads, key="launch_off_opt",
-                                     index=_index(offloads, plan.get("offload_optimizer")),
                                      format_func=lambda o: off_text.get(o, o))  # fmt: skip
     offload_param = st.selectbox("Offload parameters", offloads, key="launch_off_param",
-                                 index=_index(offloads, plan.get("offload_param")),
                                  format_func=lambda o: off_text.get(o, o))  # fmt: skip
     mode = st.selectbox("Launch with", LaunchMode.values(), key="launch_mode")
     if hw.gpus:
-        physical = [g.index for g in hw.gpus]
         about = {g.index: f"GPU {g.index} · {g.name} · {g.free_bytes / GIB:.1f} GiB free" for g in hw.gpus}
-        gpus = st.multiselect("GPUs (physical ids, as nvidia-smi shows them)", physical, key="launch_gpus",
-                              default=physical[: int(plan.get("gpus") or 1)], format_func=about.get)  # fmt: skip
+        gpus = st.multiselect("GPUs (physical ids, as nvidia-smi shows them)", gpu_ids, key="launch_gpus",
+                              format_func=about.get)  # fmt: skip
     else:
         gpus = []
         st.caption("No GPU detected: this is a CPU-only machine, so the run trains on the CPU.")
-    nproc = st.number_input("Processes (ranks)", 1, 64, 1, key="launch_nproc",
+    nproc = st.number_input("Processes (ranks)", 1, 64, key="launch_nproc",
                             help="python mode runs one; torchrun, deepspeed and accelerate start several")  # fmt: skip
 
 with st.expander("Nodes (several machines)", expanded=False):
     st.caption("One machine: leave as is. Several: the panel starts this machine's node and shows the "
                "command for every other node (docs/SCALING.md).")  # fmt: skip
     n1, n2, n3, n4 = st.columns(4)
-    nodes = n1.number_input("Nodes", 1, 1024, 1, key="launch_nodes")
-    node_rank = n2.number_input("This machine is node", 0, 1023, 0, key="launch_node_rank")
+    nodes = n1.number_input("Nodes", 1, 1024, key="launch_nodes")
+    node_rank = n2.number_input("This machine is node", 0, 1023, key="launch_node_rank")
     master_addr = n3.text_input("Master address (node 0)", key="launch_master_addr",
                                 placeholder="empty: 127.0.0.1, or the first host")  # fmt: skip
-    master_port = n4.number_input("Master port (0: free port)", 0, 65535, 0, key="launch_master_port")
+    master_port = n4.number_input("Master port (0: free port)", 0, 65535, key="launch_master_port")
     hosts_text = st.text_area("Hosts, one per line: name slots=N (the DeepSpeed hostfile)", key="launch_hosts",
                               placeholder="worker-0 slots=8\nworker-1 slots=8")  # fmt: skip
     f1, f2, f3 = st.columns(3)
@@ -146,7 +189,7 @@ try:
         offload_optimizer=offload_optimizer, offload_param=offload_param,
         precision=None if precision == "auto" else precision, batch_size=int(batch), seq_len=int(seq),
         lr=float(lr), epochs=int(epochs), max_steps=None if max_steps is None else int(max_steps), lora=lora,
-        lora_rank=int(rank), gradient_checkpointing=ckpt, name=name.strip() or None,
+        lora_rank=int(rank), gradient_checkpointing=ckpt, name=name.strip() or None, **extra,
     )  # fmt: skip
 except ConfigError as exc:
     problems += exc.problems
@@ -203,6 +246,18 @@ else:
         help=None if per_gpu else "No GPU: the run trains on the CPU",
     )
     c3.metric("Estimated host RAM", f"{estimate['host_total_bytes'] / GIB:.2f} GiB")
+
+with st.expander("Save this configuration as a preset", expanded=False):
+    s1, s2 = st.columns([4, 1], vertical_alignment="bottom")
+    preset_name = s1.text_input("Preset name", key="launch_preset_name",
+                                placeholder="letters, digits, spaces, . _ - (saving again replaces it)")  # fmt: skip
+    if s2.button("Save preset", key="launch_preset_save"):
+        try:
+            where = presets.save(preset_name.strip(), spec)
+        except ConfigError as exc:
+            show_problems(exc.problems)
+        else:
+            st.success(f"Saved preset {preset_name.strip()!r} ({where})")
 
 if st.button("Launch", type="primary", key="launch_go"):
     try:

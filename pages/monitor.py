@@ -3,7 +3,7 @@ live while it runs (read from the run store, so a closed tab loses nothing); sto
 
 import streamlit as st
 
-from nexa_core import monitor, runner
+from nexa_core import monitor, runner, runs
 from nexa_core.runstore import RunStore
 from pages._auth import require_access
 from pages._shared import export_form, hardware_sidebar, run_summary, series_reader
@@ -21,7 +21,7 @@ if not listed:
     st.info("No runs yet: start one on the Launch page.")
     st.stop()
 ids = [r["id"] for r in listed]
-about = {r["id"]: f"{r['name']} · {r['state']} · {r['id']}" for r in listed}
+about = {r["id"]: runs.run_label(r["id"], r["name"], r["state"]) for r in listed}
 
 
 def _remember() -> None:

@@ -47,7 +47,7 @@ summaries = {r["id"]: run_summary(store, r) for r in listed}
 st.dataframe(runs.history_rows(summaries.values()), hide_index=True, width="stretch")
 
 ids = list(summaries)
-about = {i: f"{s['name'] or i} · {s['state']} · {i}" for i, s in summaries.items()}
+about = {i: runs.run_label(i, s["name"], s["state"]) for i, s in summaries.items()}
 # A deleted run leaves the selection before the widget is drawn (Streamlit allows setting it then).
 st.session_state["runs_pick"] = [i for i in st.session_state.get("runs_pick", []) if i in ids]
 picked = st.multiselect("Runs to compare or act on", ids, key="runs_pick", format_func=about.get)
@@ -67,6 +67,11 @@ for run_id in picked:
         if st.button("Open in Monitor", key=f"runs_open_{run_id}"):
             st.session_state["monitor_run"] = run_id
             st.switch_page("pages/monitor.py")
+        if st.button(
+            "Clone into Launch", key=f"runs_clone_{run_id}", help="the same configuration, as a new run"
+        ):
+            st.session_state["launch_clone"] = run_id
+            st.switch_page("pages/launch.py")
         if summary["state"] in ("stopped", "failed") and st.button(
             "Resume from the latest checkpoint", key=f"runs_resume_{run_id}"
         ):

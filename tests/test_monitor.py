@@ -167,6 +167,14 @@ def test_figures_without_gpu_data_say_so_and_skip_a_zero_estimate(store):
     assert not _dashed_estimates(monitor.figures({}, None)["host_memory"])  # no estimate, no line
 
 
+def test_a_run_at_its_first_step_shows_its_point(store):
+    _run(store, "first", state=RunState.RUNNING, steps=1)
+    loss = monitor.figures(monitor.run_series(store, "first"), None)["loss"].data[0]
+    assert list(loss.y) == [2.0] and "markers" in loss.mode  # a lone point has no line to draw
+    long = [(float(i), 1.0) for i in range(monitor.FEW_POINTS + 1)]
+    assert monitor.figures({"loss": long}, None)["loss"].data[0].mode == "lines"
+
+
 def test_overlay_one_trace_per_run(store):
     _run(store, "a")
     _run(store, "b", steps=3)
@@ -204,6 +212,12 @@ def test_history_rows_put_measured_next_to_estimated(store):
     (row,) = runs.history_rows([summary])
     assert row["stage"] == "ZeRO-2" and row["duration s"] == 12.3
     assert row["host peak GiB"] == 1.0 and row["host est. GiB"] == 2.0 and row["GPU est. GiB"] is None
+
+
+def test_run_label_names_a_run_once():
+    assert runs.run_label("20261125-1", "bert-zero3", "running") == "bert-zero3 · running · 20261125-1"
+    assert runs.run_label("20261125-1", "20261125-1", "failed") == "20261125-1 · failed"
+    assert runs.run_label("20261125-1", None, "queued") == "20261125-1 · queued"
 
 
 def test_remove_run_deletes_only_its_own_folder(store, tmp_path, monkeypatch):

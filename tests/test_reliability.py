@@ -25,6 +25,7 @@ from nexa_core.errors import ConfigError
 from nexa_core.launch import RunSpec
 from nexa_core.runstore import RunStore
 from nexa_core.train_config import TrainConfig
+from tests.run_helpers import processes_carrying
 
 TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
              "intermediate_size": 64, "vocab_size": 30522, "max_position_embeddings": 64}  # fmt: skip
@@ -68,19 +69,6 @@ def _ignores_sigterm(pid: int) -> bool:
         if line.startswith("SigIgn:"):
             return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
     return False
-
-
-def _processes_carrying(run_id: str) -> list[psutil.Process]:
-    """Every live process on the machine whose environment names the run (the launcher sets
-    NEXA_RUN_ID for the run's whole tree)."""
-    found = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get("NEXA_RUN_ID") == run_id:
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
 
 
 # ------------------------------------------------------------ kill -9 of the trainer
@@ -343,7 +331,7 @@ def test_kill_9_of_the_launcher_then_a_new_process_reattaches_and_stops_without_
     _until(
         lambda: not any(_alive(pid, t) for pid, t in tree), timeout_s=10, what="the run's processes to end"
     )
-    assert _processes_carrying(run_id) == []
+    assert processes_carrying(run_id) == []
 
 
 # ------------------------------------------------------- concurrent store writers
@@ -422,4 +410,4 @@ def test_eight_concurrent_launches_on_one_device_start_exactly_one(nexa_home, ti
     finally:
         for run_id in started:
             runner.stop(run_id, grace_s=10)
-    assert _processes_carrying(started[0]) == []
+    assert processes_carrying(started[0]) == []

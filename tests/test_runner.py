@@ -19,25 +19,13 @@ from nexa_core.exits import classify_exit, last_error_line
 from nexa_core.launch import LaunchMode, RunSpec, build_launch
 from nexa_core.runstore import RunState, RunStore
 from nexa_core.train_config import TrainConfig
+from tests.run_helpers import wait_for_step
 
 FAST = dict(batch_size=4, seq_len=32, eval=False)
 
 
 def _spec(**train):
     return RunSpec(TrainConfig(**{**FAST, **train}))
-
-
-def _wait_for_step(run_id, step, timeout=300):
-    """Until the run has logged ``step``; fails at once if the run ends first."""
-    store = RunStore()
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        run = store.get_run(run_id) or {}
-        if (run.get("last_step") or 0) >= step:
-            return run
-        assert run.get("state") in ("queued", "running"), (run.get("reason"), runner.logs(run_id)[-3000:])
-        time.sleep(0.2)
-    raise TimeoutError
 
 
 # ------------------------------------------------------------------ pure parts
@@ -109,7 +97,7 @@ def test_second_launch_on_a_busy_device_is_refused_and_stop_kills_every_process(
     )
     run_id = runner.launch(spec)
     store = RunStore()
-    _wait_for_step(run_id, 1)
+    wait_for_step(run_id, 1)
     with pytest.raises(ConfigError, match="busy"):
         runner.launch(_spec(max_steps=3))
     procs = runner.run_processes(store.get_run(run_id))
@@ -136,7 +124,7 @@ def test_failing_run_is_classified_with_the_error_summary(nexa_home, tmp_path):
 def test_sigkill_without_stop_is_classified_as_probable_oom(nexa_home):
     run_id = runner.launch(_spec(max_steps=10_000, deepspeed="off"))
     store = RunStore()
-    _wait_for_step(run_id, 1)
+    wait_for_step(run_id, 1)
     trainer = [p for p in runner.run_processes(store.get_run(run_id)) if "train" in " ".join(p.cmdline())][-1]
     trainer.send_signal(signal.SIGKILL)  # what the kernel's OOM killer does
     run = runner.wait(run_id, timeout_s=60)
@@ -155,7 +143,7 @@ def test_reattach_after_the_launching_process_is_gone_then_resume(nexa_home):
     store = RunStore()
     assert runner.refresh(store) == []  # still running: pid and start time match
     assert store.get_run(run_id)["state"] == "running"
-    _wait_for_step(run_id, 3)
+    wait_for_step(run_id, 3)
     assert runner.stop(run_id, grace_s=30) == "stopped"
     stopped_at = store.get_run(run_id)["last_step"]
 

@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import psutil
@@ -21,6 +20,7 @@ from nexa_core.exits import classify_exit
 from nexa_core.launch import LaunchMode, RunSpec, build_launch
 from nexa_core.runstore import RunState, RunStore
 from nexa_core.train_config import TrainConfig
+from tests.run_helpers import processes_carrying, wait_for_step
 
 FAST = dict(batch_size=4, seq_len=32, eval=False)
 HOSTS = ["worker-0 slots=2", "10.0.0.7 slots=4", "gpu-node.cluster.local slots=1"]
@@ -265,30 +265,6 @@ def test_monitor_draws_one_host_memory_line_per_host_and_rank():
 # --------------------------------------------------------------------------- real processes
 
 
-def _wait_for_step(run_id, step, timeout=300):
-    store = RunStore()
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        run = store.get_run(run_id) or {}
-        if (run.get("last_step") or 0) >= step:
-            return run
-        assert run.get("state") in ("queued", "running"), (run.get("reason"), runner.logs(run_id)[-3000:])
-        time.sleep(0.2)
-    raise TimeoutError
-
-
-def _run_leftovers(run_id):
-    """Processes of this run still alive anywhere on the machine (by the id every rank carries)."""
-    left = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get("NEXA_RUN_ID") == run_id:
-                left.append(proc)
-        except psutil.Error:
-            continue
-    return left
-
-
 def test_two_rank_zero3_through_the_deepspeed_launcher_completes_and_exports(nexa_home, tiny_bert, tmp_path):
     from transformers import AutoModelForTokenClassification
 
@@ -326,14 +302,14 @@ def test_two_nodes_on_loopback_complete(nexa_home, tiny_bert):
         run["reason"], (run_dir / "node1.log").read_text()[-2000:], runner.logs(run_id)[-2000:],
     )  # fmt: skip
     assert {row["rank"] for row in RunStore().memory(run_id)} == {0, 1}
-    assert not _run_leftovers(run_id)
+    assert not processes_carrying(run_id)
 
 
 def test_killing_one_rank_fails_the_run_with_that_ranks_summary_and_leaves_nothing(nexa_home, tiny_bert):
     train = TrainConfig(model=tiny_bert, random_init=True, max_steps=10_000, deepspeed="off", **FAST)
     run_id = runner.launch(RunSpec(train, LaunchMode.TORCHRUN, nproc=2))
     store = RunStore()
-    _wait_for_step(run_id, 1)
+    wait_for_step(run_id, 1)
     procs = runner.run_processes(store.get_run(run_id))
     (rank1,) = [p for p in procs if p.environ().get("RANK") == "1" and "train" in p.cmdline()]
     rank1.send_signal(signal.SIGKILL)
@@ -341,4 +317,4 @@ def test_killing_one_rank_fails_the_run_with_that_ranks_summary_and_leaves_nothi
     assert run["state"] == "failed"
     assert run["reason"].startswith("rank 1 on ") and "killed (SIGKILL)" in run["reason"], run["reason"]
     assert not [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    assert not _run_leftovers(run_id)
+    assert not processes_carrying(run_id)

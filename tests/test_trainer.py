@@ -237,6 +237,34 @@ def test_ner_fine_tuning_learns(nexa_home):
     assert result["f1"] >= 0.6, result
 
 
+def _tensorboard_scalars(folder: Path) -> dict[str, list[int]]:
+    """Steps per scalar tag in the TensorBoard event files under ``folder`` (TFRecord framing:
+    u64 length, u32 crc, payload, u32 crc), decoded with tensorboardX's own Event proto."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    steps: dict[str, list[int]] = {}
+    for path in folder.rglob("events.out.tfevents.*"):
+        data, at = path.read_bytes(), 0
+        while at < len(data):
+            (length,) = struct.unpack_from("<Q", data, at)
+            event = Event.FromString(data[at + 12 : at + 12 + length])
+            at += 12 + length + 4
+            for value in event.summary.value:
+                steps.setdefault(value.tag, []).append(event.step)
+    return steps
+
+
+def test_tensorboard_tracker_gets_every_step(nexa_home):
+    """`--tracker tensorboard` logs through Accelerate's tracker into the run folder."""
+    result = nexa_train(nexa_home, "--max-steps", "3", *FAST, "--deepspeed", "on", "--zero-stage", "2",
+                        "--tracker", "tensorboard")  # fmt: skip
+    run_dir = Path(RunStore(nexa_home / "runs.sqlite").get_run(result["run_id"])["run_dir"])
+    scalars = _tensorboard_scalars(run_dir / "tracker")
+    assert scalars.get("loss") == [1, 2, 3] and scalars.get("lr") == [1, 2, 3], scalars
+
+
 def test_bad_training_input_is_one_clear_message(nexa_home, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"tokens": ["a"], "ner_tags": ["O"]}\n{"tokens": ["b"]}\nnot json\n')

@@ -169,8 +169,9 @@ def _monitor(tour: Tour) -> str:
     page = tour.page
     tour.see(page.get_by_role("heading", name="Monitor a run"))
     picked = page.get_by_role("combobox", name="Run (newest first)").input_value()
-    run_id = picked.rsplit(" · ", 1)[-1]
-    assert run_id, f"no run id in the run picker: {picked!r}"
+    found = re.search(r"\b\d{8}-\d{6}-\S+", picked)  # run ids are <date>-<time>-<name>
+    assert found, f"no run id in the run picker: {picked!r}"
+    run_id = found.group()
 
     # Live: while the state reads running, the loss chart must gain points without any reload.
     seen_running: list[int] = []
@@ -218,7 +219,7 @@ def _runs(tour: Tour, run_id: str) -> None:
     page = tour.page
     tour.see(page.get_by_test_id("stDataFrame"))
     page.get_by_role("combobox", name="Runs to compare or act on").click()
-    option = page.get_by_role("option", name=re.compile(rf"succeeded · {re.escape(run_id)}$"))
+    option = page.get_by_role("option", name=re.compile(rf"^{re.escape(run_id)} · succeeded"))
     tour.see(option).click()
     page.keyboard.press("Escape")  # close the multiselect's list, as a person clicks away
     tour.see(page.get_by_role("button", name="Open in Monitor"))

@@ -47,14 +47,6 @@ RESULT = {
 }  # fmt: skip
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("NEXA_HOME", str(tmp_path / "home"))
-    monkeypatch.chdir(ROOT)
-    return tmp_path / "home"
-
-
 def _page() -> AppTest:
     return AppTest.from_file(PAGE, default_timeout=60).run()
 

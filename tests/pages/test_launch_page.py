@@ -6,20 +6,12 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from nexa_core import runner
+from nexa_core import presets, runner
 from nexa_core.hardware import list_gpus
 from nexa_core.runstore import RunState, RunStore
 
 # Absolute: AppTest resolves a relative path against this test file, not the working directory.
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("NEXA_HOME", str(tmp_path / "home"))
-    monkeypatch.chdir(ROOT)
-    return tmp_path / "home"
 
 
 @pytest.fixture
@@ -47,7 +39,7 @@ def test_renders_the_command_deepspeed_config_and_estimate(page, home):
     assert "zero_optimization" in config
     assert [m.label for m in page.metric] == ["Layout", "Estimated per GPU", "Estimated host RAM"]
     assert page.metric[2].value.endswith("GiB")
-    assert [b.key for b in page.button] == ["launch_go"]
+    assert [b.key for b in page.button] == ["launch_preset_load", "launch_preset_save", "launch_go"]
     if not list_gpus():
         assert "No GPU detected (CPU-only machine)" in [c.value for c in page.sidebar.caption]
         assert any("CPU-only machine" in c.value for c in page.caption)
@@ -149,3 +141,46 @@ def test_nodes_section_shows_files_and_the_command_for_each_node(page, home):
     page.text_area(key="launch_hosts").input("-oProxyCommand=x slots=1").run()
     message = _errors(page)
     assert "hosts (--host)" in message and "RFC 1123" in message
+
+
+def test_a_saved_preset_fills_a_fresh_form_and_keeps_hidden_fields(page, home, monkeypatch):
+    page.number_input(key="launch_batch").set_value(4)
+    page.selectbox(key="launch_stage").set_value(2)
+    page.text_input(key="launch_name").input("tuned")
+    page.text_input(key="launch_preset_name").input("small z2").run()
+    page.button(key="launch_preset_save").click().run()
+    assert not page.exception and "Saved preset 'small z2'" in page.success[0].value
+    assert presets.load("small z2").train.batch_size == 4
+    # a preset written elsewhere (CLI) with fields this form does not show: they must survive
+    spec = presets.load("small z2")
+    spec.train.seed, spec.train.save_every = 3, 2
+    presets.save("small z2", spec)
+
+    launched = []
+    monkeypatch.setattr(runner, "launch", lambda spec, **kw: launched.append(spec) or "r")
+    fresh = AppTest.from_file(ROOT / "pages" / "launch.py", default_timeout=120).run()
+    assert fresh.number_input(key="launch_batch").value == 8  # defaults until loaded
+    fresh.selectbox(key="launch_preset_pick").set_value("small z2").run()
+    fresh.button(key="launch_preset_load").click().run()
+    assert not fresh.exception and not fresh.error
+    assert (
+        fresh.number_input(key="launch_batch").value == 4 and fresh.selectbox(key="launch_stage").value == 2
+    )
+    assert fresh.text_input(key="launch_name").value == "tuned"
+    assert any("Starting from preset 'small z2'" in c.value for c in fresh.caption)
+    assert any("seed=3" in c.value and "save_every=2" in c.value for c in fresh.caption)
+    fresh.button(key="launch_go").click().run()
+    (spec,) = launched
+    assert (spec.train.batch_size, spec.train.seed, spec.train.save_every) == (4, 3, 2)
+
+
+def test_a_bad_preset_name_or_file_is_a_message(page, home):
+    page.text_input(key="launch_preset_name").input("../up").run()
+    page.button(key="launch_preset_save").click().run()
+    assert "preset name" in page.error[0].value and not list(home.rglob("*.json"))
+    (presets.presets_dir() / "broken.json").write_text("{nope")
+    page.run()
+    page.selectbox(key="launch_preset_pick").set_value("broken").run()
+    page.button(key="launch_preset_load").click().run()
+    assert not page.exception and "preset 'broken': cannot read" in page.error[0].value
+    assert page.code  # the form is still there, nothing lost

@@ -103,3 +103,44 @@ def test_no_runs_yet(tmp_path, monkeypatch):
     monkeypatch.setenv("NEXA_HOME", str(tmp_path / "home"))
     at = _page()
     assert not at.exception and "No runs yet" in at.info[0].value
+
+
+def test_clone_opens_launch_with_the_runs_configuration(home):
+    """A past run's configuration (its run_config.json and spec.json) comes back on the Launch
+    page, through the router as in the app, ready to launch as a new run."""
+    from nexa_core.launch import RunSpec
+    from nexa_core.scaling import write_launch_files
+    from nexa_core.train_config import RUN_CONFIG, TrainConfig
+
+    folder = paths.run_dir("run-b")
+    train = TrainConfig(task="classification", batch_size=2, seq_len=48, max_steps=6, lora=True, lora_rank=4,
+                        deepspeed="on", zero_stage=3, seed=11, name="beta")  # fmt: skip
+    train.write(folder / RUN_CONFIG)
+    write_launch_files(RunSpec(train, "torchrun", 2), folder, has_gpu=False)
+    at = AppTest.from_file(ROOT / "app.py", default_timeout=60)
+    at.switch_page("pages/runs.py").run()
+    at.multiselect(key="runs_pick").set_value(["run-b"]).run()
+    at.button(key="runs_clone_run-b").click().run()
+    assert not at.exception and not at.error
+    assert at.title[0].value == "Launch a training run"
+    assert at.selectbox(key="launch_task").value == "classification"
+    assert (
+        at.number_input(key="launch_max_steps").value == 6
+        and at.radio(key="launch_length").value == "max steps"
+    )
+    assert at.checkbox(key="launch_lora").value and at.selectbox(key="launch_stage").value == 3
+    assert (
+        at.selectbox(key="launch_mode").value == "torchrun" and at.number_input(key="launch_nproc").value == 2
+    )
+    assert any("Starting from run run-b" in c.value for c in at.caption)
+    assert any("seed=11" in c.value for c in at.caption)
+    assert "--nproc_per_node 2" in at.code[0].value or "--nproc_per_node=2" in at.code[0].value
+
+
+def test_clone_of_a_run_without_its_files_says_so(home):
+    at = AppTest.from_file(ROOT / "app.py", default_timeout=60)
+    at.switch_page("pages/runs.py").run()
+    at.multiselect(key="runs_pick").set_value(["run-a"]).run()
+    at.button(key="runs_clone_run-a").click().run()
+    assert not at.exception and at.title[0].value == "Launch a training run"
+    assert "run 'run-a'" in at.error[0].value  # run-a's folder has no run_config.json
