@@ -1,5 +1,6 @@
 """The savings report: tables and plotly charts from a bench result, as one self-contained HTML file
-(plotly.js inline, so it opens with no network) or CSV. Every number is measured or marked estimated."""
+(plotly.js inline, so it opens with no network), CSV, or PNG images of the charts (plotly's own export
+through kaleido, which drives a local Chrome or Chromium). Every number is measured or marked estimated."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ import html
 import io
 from typing import Any
 
+from nexa_core.errors import ConfigError
+
 MIB = 1024**2
+CHARTS = ("memory", "slowdown")
+PNG_NEEDS_A_BROWSER = (
+    "png (--png-dir): PNG export needs Chrome or Chromium on this machine (kaleido drives it; set BROWSER_PATH "
+    "if it is installed elsewhere); the HTML report and each chart's camera button work without one"
+)
 
 
 def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -97,6 +105,26 @@ def to_csv(result: dict[str, Any]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
+
+
+def png_browser() -> str | None:
+    """The Chrome/Chromium kaleido would render PNGs with, or None. Looked up the way kaleido's
+    choreographer does (BROWSER_PATH, PATH, the usual install folders); nothing is downloaded."""
+    try:
+        import kaleido  # noqa: F401  (plotly's static-image engine)
+        from choreographer.browsers.chromium import Chromium
+    except ImportError:
+        return None
+    return Chromium.find_browser(skip_local=False)
+
+
+def to_png(result: dict[str, Any], chart: str) -> bytes:
+    """One chart of the report as a PNG image (1600×800 pixels)."""
+    if chart not in CHARTS:
+        raise ConfigError([f"chart: {chart!r} is not a report chart; choose one of {', '.join(CHARTS)}"])
+    if png_browser() is None:
+        raise ConfigError([PNG_NEEDS_A_BROWSER])
+    return figures(result)[chart].to_image(format="png", width=1000, height=500, scale=1.6)
 
 
 def to_html(result: dict[str, Any]) -> str:

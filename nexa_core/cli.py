@@ -383,6 +383,7 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object with `rows`")
     p.add_argument("--report", help="also write a self-contained HTML report here")
     p.add_argument("--csv", help="also write the table as CSV here")
+    p.add_argument("--png-dir", help="also write the charts as PNG images (memory.png, slowdown.png) here")
     p.add_argument("--save-as", help="store the result as this comparison id (the Compare page reopens it)")
 
 
@@ -390,7 +391,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from nexa_core.bench import BenchConfig, run_bench, save_comparison, save_progress
-    from nexa_core.bench_report import table_rows, to_csv, to_html
+    from nexa_core.bench_report import (
+        CHARTS,
+        PNG_NEEDS_A_BROWSER,
+        png_browser,
+        table_rows,
+        to_csv,
+        to_html,
+        to_png,
+    )
 
     config = BenchConfig(
         model=args.model,
@@ -407,6 +416,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"[{i}/{total}] {technique}", file=sys.stderr, flush=True)
 
+    if args.png_dir and png_browser() is None:  # say so before minutes of measuring, not after
+        raise ConfigError([PNG_NEEDS_A_BROWSER])
     try:
         result = run_bench(config, progress)
     except Exception as exc:
@@ -419,6 +430,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         Path(args.report).write_text(to_html(result), encoding="utf-8")
     if args.csv:
         Path(args.csv).write_text(to_csv(result), encoding="utf-8")
+    if args.png_dir:
+        Path(args.png_dir).mkdir(parents=True, exist_ok=True)
+        for chart in CHARTS:
+            (Path(args.png_dir) / f"{chart}.png").write_bytes(to_png(result, chart))
     if args.json:
         _print_result(json.dumps(result, default=str))
     else:

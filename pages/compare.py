@@ -16,7 +16,7 @@ from nexa_core.bench import (
     load_comparison,
     start_comparison,
 )
-from nexa_core.bench_report import figures, table_rows, to_csv, to_html
+from nexa_core.bench_report import CHARTS, figures, png_browser, table_rows, to_csv, to_html, to_png
 from nexa_core.costs import cost_view
 from nexa_core.enums import Task
 from nexa_core.errors import ConfigError
@@ -111,7 +111,8 @@ def _result(comparison_id: str, result: dict) -> None:
     chart_left, chart_right = st.columns(2)
     chart_left.plotly_chart(figs["memory"], key="compare_chart_memory")
     chart_right.plotly_chart(figs["slowdown"], key="compare_chart_slowdown")
-    st.caption("To save a chart as PNG, use the camera button in its toolbar (top right of the chart).")
+    if png_browser() is None:
+        st.caption("To save a chart as PNG, use the camera button in its toolbar (top right of the chart).")
     st.dataframe(table_rows(result), hide_index=True, width="stretch")
     st.caption(
         "Columns marked *measured* come from the runs (peak RSS of the process tree, peak GPU memory, "
@@ -120,7 +121,7 @@ def _result(comparison_id: str, result: dict) -> None:
     for row in result["rows"]:
         if row["status"] == "skipped":
             st.warning(f"**{row['technique']}** was not measured: {row['reason']}")
-    html_col, csv_col = st.columns(2)
+    html_col, csv_col, png_col = st.columns(3)
     html_col.download_button(
         "Download the report (HTML, opens offline)", partial(to_html, result),
         file_name=f"{comparison_id}.html", mime="text/html", on_click="ignore", key="compare_download_html",
@@ -129,6 +130,13 @@ def _result(comparison_id: str, result: dict) -> None:
         "Download the table (CSV)", partial(to_csv, result),
         file_name=f"{comparison_id}.csv", mime="text/csv", on_click="ignore", key="compare_download_csv",
     )  # fmt: skip
+    if png_browser() is not None:  # rendered on click: kaleido starts a headless Chromium (seconds)
+        for chart in CHARTS:
+            png_col.download_button(
+                f"Download the {chart} chart (PNG)", partial(to_png, result, chart),
+                file_name=f"{comparison_id}-{chart}.png", mime="image/png", on_click="ignore",
+                key=f"compare_download_png_{chart}",
+            )  # fmt: skip
 
 
 st.subheader("Comparisons")

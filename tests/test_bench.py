@@ -16,11 +16,11 @@ pytestmark = pytest.mark.slow
 
 
 def test_bench_measures_each_technique_and_writes_a_self_contained_report(nexa_home, tmp_path):
-    report, table = tmp_path / "report.html", tmp_path / "table.csv"
+    report, table, pngs = tmp_path / "report.html", tmp_path / "table.csv", tmp_path / "png"
     out = subprocess.run(
         [sys.executable, "-m", "nexa_core", "bench", "sentence-transformers/all-MiniLM-L6-v2", "--task", "ner",
          "--techniques", "baseline,zero2,zero3,zero3-offload,lora,fp16", "--steps", "4", "--batch-size", "4",
-         "--seq-len", "32", "--json", "--report", str(report), "--csv", str(table)],
+         "--seq-len", "32", "--json", "--report", str(report), "--csv", str(table), "--png-dir", str(pngs)],
         capture_output=True, text=True, timeout=1200, env=dict(os.environ, NEXA_HOME=str(nexa_home)),
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
@@ -40,6 +40,22 @@ def test_bench_measures_each_technique_and_writes_a_self_contained_report(nexa_h
     for name in rows:
         assert f"<td>{name}</td>" in html
     assert table.read_text().count("\n") == len(rows) + 1
+    for chart in ("memory", "slowdown"):  # rendered by kaleido in the Chromium the test set-up installs
+        image = (pngs / f"{chart}.png").read_bytes()
+        assert image.startswith(b"\x89PNG\r\n\x1a\n") and len(image) > 10_000
+
+
+def test_png_export_without_a_browser_is_one_clear_message(nexa_home, monkeypatch, tmp_path):
+    from nexa_core import bench_report, cli
+
+    monkeypatch.setattr(bench_report, "png_browser", lambda: None)
+    with pytest.raises(ConfigError, match="needs Chrome or Chromium"):
+        bench_report.to_png({"rows": []}, "memory")
+    with pytest.raises(ConfigError, match="not a report chart"):
+        bench_report.to_png({"rows": []}, "pie")
+    # the CLI refuses before measuring anything: exit 2, no bench run started
+    assert cli.main(["bench", "--techniques", "baseline", "--png-dir", str(tmp_path / "png")]) == 2
+    assert not (tmp_path / "png").exists() and not (nexa_home / "runs").exists()
 
 
 def test_bench_config_validation():

@@ -78,7 +78,13 @@ def test_empty_home_renders_form_and_cost_view(home):
     assert any("deployment/instances.yaml" in c.value and "example prices" in c.value for c in at.caption)
 
 
-def test_done_comparison_shows_charts_table_reasons_and_downloads(home):
+@pytest.mark.parametrize("browser", [None, "/usr/bin/chromium"])
+def test_done_comparison_shows_charts_table_reasons_and_downloads(home, monkeypatch, browser):
+    """PNG downloads are offered when kaleido has a Chromium to drive; otherwise the page says how
+    to save a chart with its camera button."""
+    from nexa_core import bench_report
+
+    monkeypatch.setattr(bench_report, "png_browser", lambda: browser)
     save_progress(DONE_ID, 3, 3, "done")
     save_comparison(DONE_ID, RESULT)
     at = _page()
@@ -93,9 +99,9 @@ def test_done_comparison_shows_charts_table_reasons_and_downloads(home):
     assert "peak host MiB (measured)" in table.columns and "host MiB (estimated)" in table.columns
     assert any("fp16" in w.value and "needs a GPU" in w.value for w in at.warning)
     assert any("Linux-test-x86_64" in c.value and "deepspeed 0.15.0" in c.value for c in at.caption)
-    assert any("camera" in c.value and "PNG" in c.value for c in at.caption)
+    assert any("camera" in c.value and "PNG" in c.value for c in at.caption) == (browser is None)
     downloads = at.get("download_button")
-    assert len(downloads) == 2
+    assert len(downloads) == (2 if browser is None else 4)
     # The cost view takes the baseline's measured throughput by default.
     assert at.number_input(key=f"compare_cost_samples_{DONE_ID}").value == pytest.approx(16.0)
     costs = at.dataframe[1].value
