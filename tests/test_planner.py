@@ -136,3 +136,20 @@ def test_python_dash_m_works():
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["model"]["params"] == 1000
+
+
+@pytest.mark.parametrize(
+    "text, count", [("7B", 7 * 10**9), ("350m", 350 * 10**6), ("1.3e9", 1_300_000_000), ("1_000", 1000)]
+)
+def test_param_counts_as_people_write_them(text, count):
+    from nexa_core.commands.plan import param_count
+
+    assert param_count(text) == count
+
+
+def test_a_bad_param_count_names_the_flag_and_the_forms(capsys):
+    assert_exit = pytest.raises(SystemExit)
+    with assert_exit:
+        cli.main(["plan", "--params", "lots"])
+    err = capsys.readouterr().err
+    assert "--params" in err and "7B" in err and "Traceback" not in err

@@ -1,0 +1,172 @@
+"""`nexa launch`, `nexa presets` and `nexa runs`: the run manager from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from nexa_core.commands._output import print_result
+from nexa_core.commands.train import TRAIN_FIELDS, add_train_args
+from nexa_core.errors import ConfigError
+
+
+def add_launch_args(p: argparse.ArgumentParser) -> None:
+    from nexa_core.launch import LaunchMode
+
+    add_train_args(p)
+    # Launch fields default to None so that a preset's or a past run's values hold unless given.
+    p.add_argument("--preset", help="start from this saved preset (flags given override it)")
+    p.add_argument("--from-run", metavar="RUN_ID", help="start from this past run's configuration")
+    p.add_argument("--mode", help=f"one of {', '.join(LaunchMode.values())} (default python)")
+    p.add_argument("--nproc", type=int, help="ranks on this node (torchrun, deepspeed, accelerate)")
+    p.add_argument("--gpus", help="physical GPU ids as nvidia-smi shows them, e.g. 0,2")
+    p.add_argument("--master-port", type=int, help="rendezvous port (default: a free one)")
+    # several machines (docs/SCALING.md); the other nodes' commands are printed at launch
+    p.add_argument("--nodes", type=int, help="machines taking part (default 1)")
+    p.add_argument("--node-rank", type=int, help="which node this machine is (default 0)")
+    p.add_argument("--master-addr", help="address of node 0 that every node reaches")
+    p.add_argument("--host", action="append", help="'name slots=N' (repeat per machine)")
+    p.add_argument("--include", help="deepspeed --include filter, e.g. worker-0@worker-1:0,2")
+    p.add_argument("--exclude", help="deepspeed --exclude filter")
+    p.add_argument(
+        "--ssh-launcher", action="store_true", default=None, help="deepspeed starts every node over ssh/pdsh"
+    )
+
+
+def _parse_gpus(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError([f"gpus (--gpus): comma-separated GPU ids like 0,1; got {text!r}"]) from None
+
+
+def _spec_from_args(args: argparse.Namespace):
+    """The RunSpec that `nexa launch` / `nexa presets save` flags describe, on top of a preset, a
+    past run (--from-run) or a run-config file when one is named."""
+    from nexa_core import paths, presets
+    from nexa_core.launch import RunSpec
+    from nexa_core.train_config import TrainConfig
+
+    sources = [f for f in ("config", "preset", "from_run") if getattr(args, f)]
+    if len(sources) > 1:
+        raise ConfigError([f"{', '.join(sources)}: start from one of --config, --preset, --from-run"])
+    base = None
+    if args.preset:
+        base = presets.load(args.preset)
+    elif args.from_run:
+        base = presets.of_run(paths.run_dir(args.from_run), args.from_run)
+    train = base.train.to_dict() if base else TrainConfig.load(args.config).to_dict() if args.config else {}
+    overrides = {k: getattr(args, k) for k in TRAIN_FIELDS if getattr(args, k) is not None}
+    config = TrainConfig.from_dict({**train, **overrides})
+    given = {
+        "mode": args.mode, "nproc": args.nproc, "gpus": None if args.gpus is None else _parse_gpus(args.gpus),
+        "master_port": args.master_port, "nodes": args.nodes, "node_rank": args.node_rank,
+        "master_addr": args.master_addr, "hosts": args.host, "include": args.include, "exclude": args.exclude,
+        "ssh_launcher": args.ssh_launcher,
+    }  # fmt: skip
+    launch = {**(base.to_dict() if base else {}), **{k: v for k, v in given.items() if v is not None}}
+    return RunSpec.from_dict(config, launch)
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from nexa_core import runner, runs
+
+    if args.resume:
+        run_id = runner.resume(args.resume)
+    else:
+        spec = _spec_from_args(args)
+        run_id = runner.launch(spec, run_id=args.run_id, estimate=runs.estimate_for(spec))
+        from nexa_core import paths, scaling
+
+        for node in scaling.node_commands(spec, run_id, paths.run_dir(run_id)):
+            if not node.by_panel:  # stderr: --json keeps stdout to one JSON line
+                print(f"node {node.node_rank} ({node.host}), run there: {node.text()}", file=sys.stderr)
+    print_result(
+        json.dumps({"run_id": run_id}) if args.json else f"launched {run_id} (nexa runs show {run_id})"
+    )
+    return 0
+
+
+def add_presets_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["list", "show", "save", "delete"])
+    p.add_argument("preset_name", nargs="?", metavar="NAME", help="the preset's name (show, save, delete)")
+    # save takes the same flags as launch (and --preset / --from-run to copy one)
+    add_launch_args(p)
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from nexa_core import presets
+
+    if args.action == "list":
+        names = presets.names()
+        print_result(json.dumps(names) if args.json else "\n".join(names) or "no presets saved yet")
+        return 0
+    if not args.preset_name:
+        raise ConfigError(
+            [f"name: `nexa presets {args.action}` needs a preset name (see `nexa presets list`)"]
+        )
+    if args.action == "show":
+        print_result(
+            json.dumps(presets.to_dict(presets.load(args.preset_name)), indent=None if args.json else 2)
+        )
+    elif args.action == "save":
+        path = presets.save(args.preset_name, _spec_from_args(args))
+        print_result(
+            json.dumps({"preset": args.preset_name, "path": str(path)}) if args.json else f"saved {path}"
+        )
+    else:
+        presets.delete(args.preset_name)
+        print_result(
+            json.dumps({"deleted": args.preset_name}) if args.json else f"deleted preset {args.preset_name}"
+        )
+    return 0
+
+
+def add_runs_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["list", "show", "logs", "stop", "resume", "export", "wait"])
+    p.add_argument("run_id", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--out", help="export: the folder to write")
+    p.add_argument("--grace", type=float, default=15.0, help="stop: seconds before SIGKILL")
+    p.add_argument("--timeout", type=float, default=3600.0, help="wait: seconds")
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from nexa_core import runner, runs
+    from nexa_core.runstore import RunStore
+
+    store = RunStore()
+    runner.refresh(store)
+    if args.action == "list":
+        rows = [runs.summary(store, r) for r in store.list_runs()]
+        if args.json:
+            print_result(json.dumps(rows, default=str))
+        else:
+            for r in rows:
+                print(
+                    f"{r['run_id']:45s} {r['state']:10s} step {r['step']:>6} {r['model'] or ''} {r['task'] or ''}"
+                )
+        return 0
+    if not args.run_id:
+        raise ConfigError([f"run_id: `nexa runs {args.action}` needs a run id (see `nexa runs list`)"])
+    run = store.get_run(args.run_id)
+    if run is None:
+        raise ConfigError([f"run_id: no run {args.run_id!r} (see `nexa runs list`)"])
+    if args.action == "show":
+        print_result(json.dumps(runs.summary(store, run), default=str, indent=None if args.json else 2))
+    elif args.action == "logs":
+        print(runner.logs(args.run_id, store=store), end="")
+    elif args.action == "stop":
+        print(runner.stop(args.run_id, grace_s=args.grace, store=store))
+    elif args.action == "resume":
+        print(runner.resume(args.run_id, store=store))
+    elif args.action == "wait":
+        print(runner.wait(args.run_id, timeout_s=args.timeout, store=store)["state"])
+    else:
+        if not args.out:
+            raise ConfigError(["out (--out): export needs a folder to write"])
+        from nexa_core.export import export_checkpoint
+
+        print(f"exported to {export_checkpoint(args.run_id, args.out)}")
+    return 0
