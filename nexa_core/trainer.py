@@ -18,6 +18,7 @@ from typing import Any
 
 import psutil
 
+from nexa_core import task_metrics
 from nexa_core.checkpoints import (
     COMPLETE_MARKER,
     STATE_FILE,
@@ -283,8 +284,8 @@ class DeepSpeedTrainer:
                         optimizer.step()
                         scheduler.step()
                         optimizer.zero_grad()
-                    window_samples += _batch_size(batch)
-                    window_tokens += _token_count(batch)
+                    window_samples += task_metrics.batch_size(batch)
+                    window_tokens += task_metrics.token_count(batch)
                     if not acc.sync_gradients:
                         continue
                     step += 1
@@ -354,9 +355,7 @@ class DeepSpeedTrainer:
         return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
 
     def _loss(self, model, batch):
-        if self.task is Task.EMBEDDING:
-            return _contrastive_loss(model, batch)
-        return model(**batch).loss
+        return task_metrics.loss(self.task, model, batch)
 
     def _record(self, step: int, row: dict[str, float], sampler) -> None:
         if sampler:
@@ -468,41 +467,8 @@ class DeepSpeedTrainer:
 
     # ----------------------------------------------------------- evaluation
     def evaluate(self, eval_loader) -> dict[str, float]:
-        import torch
-
-        model, acc = self.model, self.accelerator
-        model.eval()
-        losses, preds, refs, hits, total = [], [], [], 0, 0
-        with torch.no_grad():
-            for batch in eval_loader:
-                if self.task is Task.EMBEDDING:
-                    a, p = _embed_pair(model, batch)
-                    sims = a @ p.T
-                    hits += int((sims.argmax(dim=1) == torch.arange(len(a), device=a.device)).sum())
-                    total += len(a)
-                    continue
-                out = model(**batch)
-                losses.append(acc.gather(out.loss.detach()).float().mean().item())
-                if self.task in (Task.NER, Task.CLASSIFICATION):
-                    logits, labels = acc.gather_for_metrics((out.logits.argmax(-1), batch["labels"]))
-                    preds.append(logits.cpu())
-                    refs.append(labels.cpu())
-        model.train()
-        result: dict[str, float] = {}
-        if losses:
-            result["eval_loss"] = sum(losses) / len(losses)
-        if self.task is Task.NER:
-            result["f1"] = _seqeval_f1(
-                preds, refs, self.label_names or [str(i) for i in range(self.num_labels)]
-            )
-        elif self.task is Task.CLASSIFICATION:
-            correct = sum(int((p == r).sum()) for p, r in zip(preds, refs))
-            result["accuracy"] = correct / max(1, sum(len(r) for r in refs))
-        elif self.task is Task.EMBEDDING:
-            result["accuracy"] = hits / max(total, 1)  # in-batch retrieval top-1
-        elif self.task is Task.CAUSAL_LM and losses:
-            result["eval_perplexity"] = math.exp(min(result["eval_loss"], 50))
-        return result
+        labels = self.label_names or [str(i) for i in range(self.num_labels)]
+        return task_metrics.evaluate(self.task, self.model, eval_loader, self.accelerator, labels)
 
 
 def _offload(value: bool | str | None) -> str | None:
@@ -511,59 +477,6 @@ def _offload(value: bool | str | None) -> str | None:
     if isinstance(value, bool):
         return Offload.CPU.value if value else Offload.NONE.value
     return value
-
-
-def _batch_size(batch) -> int:
-    for key in ("input_ids", "anchor_input_ids"):
-        if key in batch:
-            return int(batch[key].shape[0])
-    return 0
-
-
-def _token_count(batch) -> int:
-    total = 0
-    for key in ("attention_mask", "anchor_attention_mask", "positive_attention_mask"):
-        if key in batch:
-            total += int(batch[key].sum())
-    return total
-
-
-def _mean_pool(model, ids, mask):
-    hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-
-
-def _embed_pair(model, batch):
-    import torch.nn.functional as F
-
-    a = _mean_pool(model, batch["anchor_input_ids"], batch["anchor_attention_mask"])
-    p = _mean_pool(model, batch["positive_input_ids"], batch["positive_attention_mask"])
-    return F.normalize(a, dim=-1), F.normalize(p, dim=-1)
-
-
-def _contrastive_loss(model, batch, scale: float = 20.0):
-    """In-batch negatives (sentence-transformers' MultipleNegativesRankingLoss: cosine × 20, cross
-    entropy against the diagonal). Written here because that loss wraps a SentenceTransformer,
-    while DeepSpeed must wrap the raw transformers encoder."""
-    import torch
-    import torch.nn.functional as F
-
-    a, p = _embed_pair(model, batch)
-    scores = a @ p.T * scale
-    return F.cross_entropy(scores, torch.arange(len(a), device=scores.device))
-
-
-def _seqeval_f1(preds, refs, label_names: list[str]) -> float:
-    from seqeval.metrics import f1_score
-
-    true_seqs, pred_seqs = [], []
-    for p_batch, r_batch in zip(preds, refs):
-        for p_row, r_row in zip(p_batch.tolist(), r_batch.tolist()):
-            keep = [(p, r) for p, r in zip(p_row, r_row) if r != -100]
-            true_seqs.append([label_names[r] for _, r in keep])
-            pred_seqs.append([label_names[p] if 0 <= p < len(label_names) else "O" for p, _ in keep])
-    return float(f1_score(true_seqs, pred_seqs)) if true_seqs else 0.0
 
 
 class _Sampler:
