@@ -13,6 +13,7 @@ import hmac
 import ipaddress
 import os
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +129,40 @@ def token_fingerprint(token: str) -> str:
 def token_matches(given: str, expected: str) -> bool:
     """Constant-time comparison, so response timing does not leak how much of a guess was right."""
     return bool(expected) and hmac.compare_digest(given.encode(), expected.encode())
+
+
+@dataclass
+class SignInThrottle:
+    """Slows online token guessing. A client (its address) gets ``free`` wrong tokens; after that it
+    must wait ``base_s`` × 2^(extra failures) seconds, up to ``max_s``, before the next try is even
+    checked. A right token clears its record. At most ``max_clients`` records are kept (oldest out),
+    so a flood of addresses cannot grow memory. Times are monotonic seconds, passed in for tests."""
+
+    free: int = 5
+    base_s: float = 10.0
+    max_s: float = 600.0
+    max_clients: int = 10_000
+    _failures: dict[str, tuple[int, float]] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def wait_s(self, client: str, now: float) -> float:
+        """Seconds before ``client`` may try again (0: now)."""
+        with self._lock:
+            count, last = self._failures.get(client, (0, now))
+        if count < self.free:
+            return 0.0
+        return max(0.0, last + min(self.max_s, self.base_s * 2 ** (count - self.free)) - now)
+
+    def failed(self, client: str, now: float) -> None:
+        with self._lock:
+            count, _ = self._failures.pop(client, (0, now))
+            self._failures[client] = (count + 1, now)  # re-inserted last: dicts keep insertion order
+            while len(self._failures) > self.max_clients:
+                del self._failures[next(iter(self._failures))]
+
+    def succeeded(self, client: str) -> None:
+        with self._lock:
+            self._failures.pop(client, None)
 
 
 # ------------------------------------------------------------------ settings for `nexa serve`

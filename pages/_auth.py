@@ -7,7 +7,9 @@ directly and app.py never runs. The page's own call keeps that path behind the s
 
 from __future__ import annotations
 
+import math
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -62,10 +64,32 @@ def _sign_in(settings: security.ServeSettings) -> None:
                               help=f"the {security.TOKEN_ENV} the panel was started with")  # fmt: skip
         submitted = st.form_submit_button("Sign in", key="nexa_sign_in_submit", type="primary")
     if submitted:
+        client, now = _client(), time.monotonic()
+        wait = _throttle().wait_s(client, now)
+        if wait > 0:  # not even checked: guessing from one address costs time
+            st.error(
+                f"access token: too many wrong tokens from this address; try again in {math.ceil(wait)} s"
+            )
+            return
         if security.token_matches(given, settings.token or ""):
+            _throttle().succeeded(client)
             st.session_state[SIGNED_IN] = security.token_fingerprint(settings.token or "")
             st.rerun()
+        _throttle().failed(client, now)
         st.error(f"access token: wrong token; use the {security.TOKEN_ENV} value the panel was started with")
+
+
+@st.cache_resource
+def _throttle() -> security.SignInThrottle:
+    """One throttle for the whole server: every session from an address shares its record."""
+    return security.SignInThrottle()
+
+
+def _client() -> str:
+    # Behind a reverse proxy this is the proxy's address, so the limit then applies to everyone
+    # together: still a brake on guessing, and the proxy can limit per client (docs/SECURITY.md).
+    address = getattr(st.context, "ip_address", None)
+    return address if isinstance(address, str) and address else "unknown"
 
 
 def _gate_page(render: Callable[[], None], name: str) -> Any:

@@ -293,3 +293,22 @@ def test_checkpoints_and_exports_hold_safetensors_only(nexa_home, tmp_path):
         p.name for p in out.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pkl", ".pth")
     )
     assert weights == ["model.safetensors"]
+
+
+def test_sign_in_throttle_backs_off_per_client_and_forgets_on_success():
+    throttle = security.SignInThrottle(free=2, base_s=1.0, max_s=8.0, max_clients=3)
+    for t in (0.0, 0.1):
+        assert throttle.wait_s("a", t) == 0
+        throttle.failed("a", t)
+    assert throttle.wait_s("a", 0.1) == pytest.approx(1.0)  # 1 s after the third strike's window opens
+    assert throttle.wait_s("b", 0.1) == 0  # another address is not affected
+    throttle.failed("a", 1.2)
+    assert throttle.wait_s("a", 1.2) == pytest.approx(2.0)  # doubles
+    for t in range(10):
+        throttle.failed("a", 2.0 + t)
+    assert throttle.wait_s("a", 11.0) == pytest.approx(8.0)  # capped at max_s
+    throttle.succeeded("a")
+    assert throttle.wait_s("a", 11.0) == 0
+    for client in "cdef":  # memory stays bounded: the oldest records go first
+        throttle.failed(client, 20.0)
+    assert len(throttle._failures) == 3 and "c" not in throttle._failures

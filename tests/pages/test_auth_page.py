@@ -1,6 +1,7 @@
 """The access gate, driven with AppTest through app.py (as a browser session would) and through a
 page file run on its own (Streamlit's pages-folder mode, which skips app.py)."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,28 @@ def test_no_page_content_without_the_token_an_error_on_a_wrong_one_the_plan_afte
     assert at.session_state["nexa_signed_in"] == token_fingerprint(TOKEN)  # not the token itself
     at.button(key="nexa_sign_out").click().run()
     _shows_only_the_sign_in_form(at)
+
+
+def test_repeated_wrong_tokens_are_slowed_down_even_for_the_right_one_next(home):
+    """After five wrong tokens from one address the next try is not even checked (the lockout
+    doubles with each further failure); the throttle is server-wide, so a new session is no way round."""
+    import streamlit as st
+
+    st.cache_resource.clear()  # a fresh server's throttle
+    try:
+        at = AppTest.from_file(ROOT / "app.py", default_timeout=120).run()
+        for _ in range(5):
+            at.text_input(key="nexa_token").input("wrong-token-wrong-token")
+            at.button(key="nexa_sign_in_submit").click().run()
+            assert "access token: wrong token" in at.error[0].value
+        fresh = AppTest.from_file(ROOT / "app.py", default_timeout=120).run()
+        fresh.text_input(key="nexa_token").input(TOKEN)
+        fresh.button(key="nexa_sign_in_submit").click().run()
+        _shows_only_the_sign_in_form(fresh)
+        assert re.search(r"too many wrong tokens from this address; try again in (10|9|8) s", fresh.error[0].value)
+        assert "nexa_signed_in" not in fresh.session_state
+    finally:
+        st.cache_resource.clear()
 
 
 def test_a_page_run_without_app_py_is_gated_too(home):
