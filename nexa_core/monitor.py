@@ -3,12 +3,14 @@ the plotly figures built from them (measured memory next to the planner's estima
 
 from __future__ import annotations
 
+import gc
 import math
 import operator
 import threading
 import time
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -111,17 +113,27 @@ class _MemoryCurves:
         self.nvml_rank: dict[tuple, int] = {}
 
     def add(self, rows: Iterable[tuple]) -> None:
-        seen, latest_rss, total = self.seen, self.latest_rss, self.total  # locals: this loop sees every row
+        # This loop sees every sample of a run (100,000 for a long one), so it works on locals, appends
+        # to the arrays directly and keeps the all-ranks total as a running sum.
+        seen, latest_rss, rss_columns = self.seen, self.latest_rss, self.rss
+        total_x, total_y = self.total.x, self.total.y
+        running = sum(latest_rss.values())
+        t0 = self.t0
         for t_abs, rank, host, rss, gpu, alloc, used in rows:
-            if self.t0 is None:
-                self.t0 = t_abs
-            t, rank = t_abs - self.t0, rank or 0
+            if t0 is None:
+                t0 = self.t0 = t_abs
+            t, rank = t_abs - t0, rank or 0
             who = (host, rank)
             # A rank writes one row per visible GPU, all with the same RSS: count it once.
             if rss is not None and seen.get(who) != t_abs:
-                seen[who], latest_rss[who] = t_abs, rss
-                _column(self.rss, who).add(t, rss)
-                total.add(t, sum(latest_rss.values()))
+                seen[who] = t_abs
+                running += rss - latest_rss.get(who, 0)
+                latest_rss[who] = rss
+                column = rss_columns.get(who) or _column(rss_columns, who)
+                column.x.append(t)
+                column.y.append(rss)
+                total_x.append(t)
+                total_y.append(running)
             if gpu is None:
                 continue
             device = (host, gpu)
@@ -169,6 +181,21 @@ def memory_series(rows: Sequence[dict[str, Any]], max_points: int = 2000) -> dic
     return curves.series(max_points)
 
 
+@contextmanager
+def _bulk_read() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a read builds hundreds of thousands of row
+    tuples: they hold no cycles, and the collector's passes over them cost about a quarter of a long
+    run's first build here. The previous state is restored (it stays on if another thread's read
+    turned it back on)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 class SeriesReader:
     """One run's chart series, read incrementally: each call reads only the metric steps after the
     last one seen and the memory samples since the settled point, ``SETTLE_S`` before the newest
@@ -194,6 +221,10 @@ class SeriesReader:
         self._version, self._built = 0, None
 
     def _update(self) -> None:
+        with _bulk_read():
+            self._read_new()
+
+    def _read_new(self) -> None:
         run = self.store.get_run(self.run_id) or {}
         ended = run.get("state") not in _ACTIVE
         signature = (run.get("created_at"), run.get("ended_at"))
@@ -201,11 +232,11 @@ class SeriesReader:
             return  # nothing changes until the run is resumed
         if ended or self._final_for is not None:
             self._reset()  # one full read of an ended run; a fresh read after a resume
-        raw = self.store.metrics(self.run_id, list(SERIES_METRICS), since_step=self._last_step)
+        raw = self.store.curves(self.run_id, list(SERIES_METRICS), since_step=self._last_step)
         for name, rows in raw.items():
             if not rows:
                 continue
-            steps, values, _ = zip(*rows)
+            steps, values = zip(*rows)
             self._metrics[name].extend(steps, values)
             self._last_step = max(self._last_step or 0, steps[-1])
             if name == "loss":  # the EMA continues from the last increment's average
@@ -373,8 +404,7 @@ def overlay(
         if metric == "host_rss":
             _line(fig, memory_series(store.memory(run_id), max_points)["host_total"], label, scale=GIB)
         else:
-            rows = store.metrics(run_id, [metric]).get(metric, [])
-            _line(fig, downsample([(s, v) for s, v, _ in rows], max_points), label)
+            _line(fig, downsample(store.curves(run_id, [metric])[metric], max_points), label)
     if metric == "host_rss":
         return _layout(fig, "Host memory, all ranks", "seconds", "GiB")
     return _layout(fig, metric, "step", metric)

@@ -223,19 +223,31 @@ class RunStore:
         self, run_id: str, names: list[str] | None = None, since_step: int | None = None
     ) -> dict[str, list[tuple[int, float | None, float]]]:
         """name -> [(step, value, wall_time)] by step; ``since_step`` keeps steps after it (for polling)."""
+        return self._metric_rows(run_id, names, since_step, "step, value, wall_time")
+
+    def curves(
+        self, run_id: str, names: list[str], since_step: int | None = None
+    ) -> dict[str, list[tuple[int, float | None]]]:
+        """name -> [(step, value)] by step: ``metrics`` without the wall time, the charts' bulk path
+        (a quarter less to read for a 100,000-step run)."""
+        return self._metric_rows(run_id, names, since_step, "step, value")
+
+    def _metric_rows(
+        self, run_id: str, names: list[str] | None, since_step: int | None, columns: str
+    ) -> dict:
         with self._connect() as conn:
             if not names:
                 names = [
                     r[0]
                     for r in conn.execute("SELECT DISTINCT name FROM metrics WHERE run_id = ?", (run_id,))
                 ]
-            out: dict[str, list[tuple[int, float | None, float]]] = {}
+            out: dict[str, list[tuple]] = {}
             for name in names:
                 # One curve at a time through the covering index (run_id, name, step, value, wall_time),
                 # as plain tuples: a 100,000-step run reads without touching the table.
                 cursor = conn.cursor()
                 cursor.row_factory = None
-                query = "SELECT step, value, wall_time FROM metrics WHERE run_id = ? AND name = ?"
+                query = f"SELECT {columns} FROM metrics WHERE run_id = ? AND name = ?"
                 args: list[Any] = [run_id, name]
                 if since_step is not None:
                     query += " AND step > ?"

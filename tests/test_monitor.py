@@ -240,3 +240,24 @@ def test_remove_run_deletes_only_its_own_folder(store, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="stop it"):
         runs.remove_run(store, "busy")
     assert store.get_run("busy") is not None
+
+
+def test_a_bulk_read_pauses_the_collector_and_always_restores_it(store):
+    import gc
+
+    _run(store, "r1")
+    with monitor._bulk_read():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    try:
+        with monitor._bulk_read():
+            raise RuntimeError("a failed read")
+    except RuntimeError:
+        pass
+    assert gc.isenabled()
+    gc.disable()  # someone else's pause is left as they set it
+    try:
+        monitor.run_series(store, "r1")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

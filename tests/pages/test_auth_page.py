@@ -63,7 +63,9 @@ def test_repeated_wrong_tokens_are_slowed_down_even_for_the_right_one_next(home)
         fresh.text_input(key="nexa_token").input(TOKEN)
         fresh.button(key="nexa_sign_in_submit").click().run()
         _shows_only_the_sign_in_form(fresh)
-        assert re.search(r"too many wrong tokens from this address; try again in (10|9|8) s", fresh.error[0].value)
+        assert re.search(
+            r"too many wrong tokens from this address; try again in (10|9|8) s", fresh.error[0].value
+        )
         assert "nexa_signed_in" not in fresh.session_state
     finally:
         st.cache_resource.clear()
