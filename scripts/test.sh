@@ -28,4 +28,5 @@ if ! command -v chromium >/dev/null; then
 fi
 
 export NEXA_HOME="$(mktemp -d)/nexa_home"  # tests never touch the user's runs
-exec python -m pytest -q -ra "$@"
+# --durations: the slowest tests in every CI log, to keep the suite inside its time budget
+exec python -m pytest -q -ra --durations=20 "$@"
