@@ -40,6 +40,8 @@ def last_error_line(text: str) -> str | None:
         if line.startswith(("nexa train:", "nexa launch:")) or _EXCEPTION.match(line):
             if "ChildFailedError" in line or line.startswith("subprocess.CalledProcessError"):
                 continue  # the launcher's wrapper, not the cause
+            if _RANK_STARTED.search(line):
+                continue  # a rank saying hello
             return line[:500]
     return None
 
@@ -48,13 +50,21 @@ def last_error_line(text: str) -> str | None:
 # (the agent then stops every other rank, and those report connection or signal errors).
 _ROOT_CAUSE = re.compile(r"Root Cause \(first observed failure\):(.*?)(?:={20,}|\Z)", re.S)
 _FIELD = re.compile(r"^\s*(host|rank|exitcode)\s*:\s*(.+?)\s*$", re.M)
-_RANK_FAILED = re.compile(r"nexa train: failed \(rank (\d+)\):")
+# What each rank of `nexa train` says (commands/train.py): when it starts, and when it ends early.
+_RANK_STARTED = re.compile(r"nexa train: rank (\d+) of \d+ started on (\S+)")
+_RANK_ENDED = re.compile(r"nexa train: (failed|stopped) \(rank (\d+)\):")
+# The DeepSpeed launcher's last words: the exit status of the first rank it saw fail (its command
+# in that line is the last rank's, whichever failed: deepspeed/launcher/launch.py, sigkill_handler).
+_DS_LAUNCHER_EXIT = re.compile(r"exits with return code = (-?\d+)")
 
 
 def failed_rank(log: str) -> dict[str, Any] | None:
-    """{"rank", "host", "exitcode"} of the rank whose failure ended a multi-rank run: torchrun's
-    (and Accelerate's) root-cause report when present, else the first rank that reported an error
-    (the DeepSpeed launcher names no rank; host and exitcode are then None). None if neither."""
+    """{"rank", "host", "exitcode"} of the rank whose failure ended a multi-rank run, or None.
+
+    torchrun (and Accelerate) print a root-cause report that names it. The DeepSpeed launcher names
+    no rank: a rank that raised says so itself (its "failed (rank N)" line comes first, the others'
+    connection errors after); a rank killed by a signal says nothing, so it is the one rank that
+    started and never reported an end. "rank" is None when the log cannot tell which rank it was."""
     blocks = _ROOT_CAUSE.findall(log)
     if blocks:
         fields = dict(_FIELD.findall(blocks[-1]))
@@ -64,8 +74,16 @@ def failed_rank(log: str) -> dict[str, Any] | None:
         )
         if rank and code:
             return {"rank": int(rank.group()), "host": fields.get("host"), "exitcode": int(code.group())}
-    first = _RANK_FAILED.search(log)
-    return {"rank": int(first.group(1)), "host": None, "exitcode": None} if first else None
+    launcher_codes = _DS_LAUNCHER_EXIT.findall(log)
+    if launcher_codes and int(launcher_codes[-1]) < 0:
+        started = dict(_RANK_STARTED.findall(log))
+        ended = {rank for _, rank in _RANK_ENDED.findall(log)}
+        silent = [rank for rank in started if rank not in ended]
+        rank = int(silent[0]) if len(silent) == 1 else None
+        host = started[silent[0]] if rank is not None else None
+        return {"rank": rank, "host": host, "exitcode": int(launcher_codes[-1])}
+    first = _RANK_ENDED.search(log)
+    return {"rank": int(first.group(2)), "host": None, "exitcode": None} if first else None
 
 
 def rank_error_line(log: str, rank: int) -> str | None:
@@ -88,7 +106,7 @@ def classify_exit(returncode: int, log: str, stop_requested: bool = False) -> tu
     failure = failed_rank(log)
     code = failure["exitcode"] if failure else None
     where = ""
-    if failure:
+    if failure and failure["rank"] is not None:
         where = f"rank {failure['rank']}" + (f" on {failure['host']}" if failure["host"] else "") + ": "
     oom = next((line.strip() for line in reversed(log.splitlines()) if _OOM.search(line)), None)
     if oom:
@@ -108,7 +126,7 @@ def classify_exit(returncode: int, log: str, stop_requested: bool = False) -> tu
         return RunState.FAILED, f"{where}killed by signal {_signal_name(-code)}"
     if returncode < 0:
         return RunState.FAILED, f"killed by signal {_signal_name(-returncode)}"
-    error = (rank_error_line(log, failure["rank"]) if failure else None) or last_error_line(log)
+    error = (rank_error_line(log, failure["rank"]) if where else None) or last_error_line(log)
     code_text = f"exit code {code if code is not None else returncode}"
     return RunState.FAILED, f"{where}{code_text}: {error}" if error else f"{where}{code_text} (see the log)"
 

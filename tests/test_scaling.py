@@ -251,6 +251,31 @@ def test_failure_summary_names_the_rank_that_failed_first():
     assert classify_exit(1, killed)[1].startswith("rank 1 on node-b: killed (SIGKILL)")
 
 
+def test_the_deepspeed_launcher_s_killed_rank_is_the_one_that_never_said_how_it_ended():
+    """That launcher names no rank: its last line carries the first failed rank's exit status (with
+    the last rank's command, whichever failed), and the survivors' errors are only the echo."""
+    started = "".join(f"nexa train: rank {r} of 3 started on node-a (pid {100 + r})\n" for r in range(3))
+    echo = (
+        "nexa train: failed (rank 0): RuntimeError: Connection closed by peer\n"
+        "nexa train: stopped (rank 2): stopped at step 3 of 10; resume with: nexa train --resume <run id>\n"
+    )
+    last = (
+        "[launch.py:259:sigkill_handler] ['python', '-m', 'nexa_core', 'train'] exits with return code = -9\n"
+    )
+    state, reason = classify_exit(247, started + echo + last)  # sys.exit(-9) is status 247
+    assert state is RunState.FAILED
+    assert reason.startswith("rank 1 on node-a: killed (SIGKILL) without a stop request"), reason
+    # two silent ranks: the log cannot tell which was killed, so none is named (never the echo)
+    state, reason = classify_exit(247, started + echo.splitlines()[0] + "\n" + last)
+    assert reason.startswith("killed (SIGKILL) without a stop request"), reason
+    # a rank that raised says so itself, before the others' echo
+    raised = (
+        started + "nexa train: failed (rank 2): ValueError: bad label 'X'\n" + echo.splitlines()[0] + "\n"
+    )
+    reason = classify_exit(1, raised + last.replace("-9", "1"))[1]
+    assert reason == "rank 2: exit code 1: nexa train: failed (rank 2): ValueError: bad label 'X'", reason
+
+
 def test_monitor_draws_one_host_memory_line_per_host_and_rank():
     from nexa_core import monitor
 
@@ -305,9 +330,16 @@ def test_two_nodes_on_loopback_complete(nexa_home, tiny_bert):
     assert not processes_carrying(run_id)
 
 
-def test_killing_one_rank_fails_the_run_with_that_ranks_summary_and_leaves_nothing(nexa_home, tiny_bert):
-    train = TrainConfig(model=tiny_bert, random_init=True, max_steps=10_000, deepspeed="off", **FAST)
-    run_id = runner.launch(RunSpec(train, LaunchMode.TORCHRUN, nproc=2))
+@pytest.mark.parametrize(
+    "mode, deepspeed",
+    [(LaunchMode.TORCHRUN, "off"), (LaunchMode.DEEPSPEED, "on")],
+    ids=["torchrun", "deepspeed"],
+)
+def test_killing_one_rank_fails_the_run_with_that_ranks_summary_and_leaves_nothing(
+    nexa_home, tiny_bert, mode, deepspeed
+):
+    train = TrainConfig(model=tiny_bert, random_init=True, max_steps=10_000, deepspeed=deepspeed, **FAST)
+    run_id = runner.launch(RunSpec(train, mode, nproc=2))
     store = RunStore()
     wait_for_step(run_id, 1)
     procs = runner.run_processes(store.get_run(run_id))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 
 from nexa_core.commands._output import print_result
@@ -74,6 +75,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         base = {}
     config = TrainConfig.from_dict({**base, **overrides})
+    rank = _rank_tag()
+    if rank:
+        # exits.failed_rank reads these: under the DeepSpeed launcher, a rank killed by a signal is
+        # the one that started and never said how it ended (that launcher names no rank)
+        print(
+            f"nexa train: rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']} started on "
+            f"{socket.gethostname()} (pid {os.getpid()})",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         result = run_training(
             config, run_id=args.resume or args.run_id, resume=bool(args.resume), progress=not args.json
@@ -81,13 +92,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ConfigError:
         raise
     except RunStopped as exc:
-        print(f"nexa train: {exc}; resume with: nexa train --resume <run id>", file=sys.stderr)
+        # "stopped (rank N): ..." under a launcher: exits.failed_rank counts this rank as ended
+        print(f"nexa train: stopped{rank}: {exc}; resume with: nexa train --resume <run id>", file=sys.stderr)
         if args.json:
             print_result(json.dumps({"state": "stopped", "reason": str(exc)}))
         return 143  # 128 + SIGTERM, as a shell reports a terminated command
     except Exception as exc:  # a failed run: say why in one line; the run store has the details
         # with several ranks, say which one: the run's summary names the rank that failed first
-        rank = f" (rank {os.environ.get('RANK', '?')})" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
         print(f"nexa train: failed{rank}: {type(exc).__name__}: {exc}", file=sys.stderr)
         if args.json:
             print_result(json.dumps({"state": "failed", "error": f"{type(exc).__name__}: {exc}"}))
@@ -102,6 +113,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         print(f"checkpoint: {result['checkpoint_dir']}")
     return 0
+
+
+def _rank_tag() -> str:
+    """' (rank N)' when several ranks train together, else ''."""
+    return f" (rank {os.environ.get('RANK', '?')})" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
 
 
 def add_export_args(p: argparse.ArgumentParser) -> None:
