@@ -394,9 +394,10 @@ def figures(
 
 
 def overlay(
-    store: RunStore, run_ids: Sequence[str], metric: str = "loss", max_points: int = 2000
+    store: RunStore, run_ids: Sequence[str], metric: str = "loss", max_points: int = 2000, log_y: bool = False
 ) -> go.Figure:
-    """One figure comparing runs: a metric by step, or ``host_rss`` (all ranks) by seconds."""
+    """One figure comparing runs: a metric by step (log-scale y on request: losses of runs that
+    learn at different rates), or ``host_rss`` (all ranks) by seconds."""
     fig = go.Figure()
     for run_id in run_ids:
         run = store.get_run(run_id) or {}
@@ -407,7 +408,7 @@ def overlay(
             _line(fig, downsample(store.curves(run_id, [metric])[metric], max_points), label)
     if metric == "host_rss":
         return _layout(fig, "Host memory, all ranks", "seconds", "GiB")
-    return _layout(fig, metric, "step", metric)
+    return _layout(fig, metric, "step", metric, yaxis_type="log" if log_y else "linear")
 
 
 def _gib(value: Any) -> float | None:

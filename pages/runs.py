@@ -55,8 +55,9 @@ if not picked:
     st.caption("Select one or more runs to overlay their loss and host-memory curves.")
     st.stop()
 
+log_y = st.toggle("Log-scale loss", key="runs_log_y")
 left, right = st.columns(2)
-left.plotly_chart(monitor.overlay(store, picked, "loss"), key="runs_overlay_loss")
+left.plotly_chart(monitor.overlay(store, picked, "loss", log_y=log_y), key="runs_overlay_loss")
 right.plotly_chart(monitor.overlay(store, picked, "host_rss"), key="runs_overlay_memory")
 
 for run_id in picked:

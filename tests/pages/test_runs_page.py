@@ -71,6 +71,10 @@ def test_overlay_of_two_runs(home):
     assert [len(t["x"]) for t in loss["data"]] == [4, 6]
     assert [t["y"] for t in memory["data"]] == [[1.0, 2.0, 3.0]] * 2
     assert [b.key for b in at.button if b.key.startswith("runs_resume")] == []  # succeeded: nothing to resume
+    assert loss["layout"]["yaxis"]["type"] == "linear"
+    at.toggle(key="runs_log_y").set_value(True).run()
+    loss = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert loss["layout"]["yaxis"]["type"] == "log" and [len(t["x"]) for t in loss["data"]] == [4, 6]
 
 
 def test_a_failed_run_can_be_resumed(home):
