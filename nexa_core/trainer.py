@@ -2,16 +2,13 @@
 
 Accelerate does the distributed work, gradient accumulation, mixed precision and state saving;
 transformers gives the models and schedulers; peft the LoRA adapters. This file holds the loop,
-the per-task loss and evaluation, checkpoint rotation and telemetry.
+the per-task loss and evaluation and telemetry; checkpoints.py saves and resumes the state.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -19,22 +16,11 @@ from typing import Any
 import psutil
 
 from nexa_core import task_metrics
-from nexa_core.checkpoints import (
-    COMPLETE_MARKER,
-    STATE_FILE,
-    StepInfo,
-    checkpoints,
-    fault_pause,
-    fsync_path,
-    latest_checkpoint,
-    partial_checkpoints,
-    write_durably,
-)
+from nexa_core.checkpoints import StepInfo, latest_checkpoint, load_latest_state, save_state
 from nexa_core.device_manager import DeepSpeedSettings, get_accelerator
 from nexa_core.enums import Offload, Precision, Task
 from nexa_core.errors import ConfigError
 from nexa_core.models import auto_class, lora_config, resolve_model, task_config
-from nexa_core.safe_load import weights_only_torch_load
 
 log = logging.getLogger("nexa.trainer")
 
@@ -374,90 +360,15 @@ class DeepSpeedTrainer:
 
     # ---------------------------------------------------------- checkpoints
     def save_checkpoint(self, output_dir: Path, info: StepInfo) -> Path:
-        """Accelerate/DeepSpeed state into ``.tmp-step-N``, then one rename to ``step-N``, then the
-        COMPLETE marker, each flushed to disk. A crash at any point leaves either the previous
-        complete checkpoints untouched or a folder without the marker, which resume ignores."""
-        acc = self.accelerator
-        root = Path(output_dir) / "checkpoints"
-        final = root / f"step-{info.step:07d}"
-        tmp = root / f".tmp-step-{info.step:07d}"
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            root.mkdir(parents=True, exist_ok=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))  # collective under DeepSpeed: every rank writes its partition
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            # every rank's files on disk before the rename makes them count (after a power cut a
-            # renamed folder could otherwise hold empty files)
-            for path in sorted(tmp.rglob("*"), reverse=True):
-                fsync_path(path)
-            write_durably(tmp / STATE_FILE, json.dumps(info.__dict__))
-            fsync_path(tmp)
-            fault_pause("before-rename")
-            # Re-saving a step (a resumed run reaching it again) replaces it; older checkpoints
-            # stay complete meanwhile, so there is always one to resume from.
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            fsync_path(root)
-            fault_pause("before-marker")
-            write_durably(final / COMPLETE_MARKER, time.strftime("%Y-%m-%dT%H:%M:%S"))
-            fsync_path(final)
-            for old in checkpoints(output_dir)[: -self.keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
-            self._event(f"checkpoint {final.name} saved")
-        acc.wait_for_everyone()
-        return final
+        """Write ``step-N`` atomically and keep the last ``keep_last`` (checkpoints.save_state)."""
+        return save_state(self.accelerator, output_dir, info, self.keep_last, self._event)
 
     def _resume_state(self, output_dir: Path) -> StepInfo:
-        """Load the newest complete checkpoint that loads; never start over without saying so.
-
-        Partial folders (a crash mid-save) are removed and reported. A complete checkpoint that
-        fails to load (a damaged disk, a truncated file) is reported and the next older one tried;
-        if every complete one fails the resume is refused. With no complete checkpoint at all (the
-        run died before its first save) the run starts again from step 0, with a warning event."""
-        acc = self.accelerator
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            for partial in partial_checkpoints(output_dir):
-                shutil.rmtree(partial, ignore_errors=True)
-                self._event(
-                    f"resume: ignored and removed the partial checkpoint {partial.name} (a save cut short)",
-                    "warning",
-                )
-        acc.wait_for_everyone()
-        complete = checkpoints(output_dir)
-        if not complete:
-            self._reset_progress(0)
-            self._event(
-                f"resume: no complete checkpoint under {Path(output_dir) / 'checkpoints'}; starting again from step 0",
-                "warning",
-            )
-            return StepInfo(0, 0, 0)
-        failures = []
-        for ckpt in reversed(complete):
-            try:
-                info = StepInfo(**json.loads((ckpt / STATE_FILE).read_text()))
-                with weights_only_torch_load():  # DeepSpeed would unpickle anything (safe_load.py)
-                    acc.load_state(str(ckpt))
-            except Exception as exc:  # any unreadable checkpoint: say which and why, try the older one
-                reason = f"{type(exc).__name__}: {str(exc)[:300]}"
-                failures.append(f"{ckpt.name} ({reason})")
-                self._event(
-                    f"resume: checkpoint {ckpt.name} could not be loaded ({reason}); trying an older one",
-                    "warning",
-                )
-                continue
-            self._reset_progress(info.step)
-            self._event(f"resumed from {ckpt.name} (step {info.step})")
-            return info
-        raise ConfigError(
-            [
-                f"resume: none of the complete checkpoints under {Path(output_dir) / 'checkpoints'} could be loaded: "
-                + "; ".join(failures)
-                + ". Start a new run, or restore the checkpoint folder from a backup"
-            ]
-        )
+        """The newest complete checkpoint that loads (checkpoints.load_latest_state); the store's
+        progress goes back to its step, or to 0 (with a warning) when there is none."""
+        info = load_latest_state(self.accelerator, output_dir, self._event)
+        self._reset_progress(info.step)
+        return info
 
     def _reset_progress(self, step: int) -> None:
         """The store's progress goes back to the step training continues from (metric rows after
