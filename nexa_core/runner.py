@@ -115,6 +115,44 @@ def busy_devices(store: RunStore) -> dict[str, str]:
     return busy
 
 
+def foreground_devices() -> list[str]:
+    """What a run started by hand occupies: the GPUs this process can see (NVML's physical ids,
+    through CUDA_VISIBLE_DEVICES), or the CPU on a machine without one."""
+    from nexa_core.hardware import list_gpus
+
+    gpus = list_gpus()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if not gpus or (visible is not None and not visible.strip()):
+        return ["cpu"]
+    if visible is None:
+        return [f"gpu{g.index}" for g in gpus]
+    from nexa_core.telemetry import physical_gpu_index
+
+    ids = [physical_gpu_index(i) for i in range(len([v for v in visible.split(",") if v.strip()]))]
+    return [f"gpu{i}" for i in ids if i is not None] or ["cpu"]
+
+
+def register_foreground(
+    store: RunStore, run_id: str, *, name: str, spec: dict[str, Any], run_dir: Path
+) -> None:
+    """A run started or resumed by hand (`nexa train` in a terminal) keeps the one-run-per-device
+    rule too: under the launch lock it is refused while its devices are busy, else recorded (a new
+    row, or the resumed one) with this process as its pid, so that a launch from the panel on the
+    same device is refused in turn."""
+    devices = foreground_devices()
+    with _launch_lock():
+        _refresh(store)
+        taken = {d: r for d, r in busy_devices(store).items() if d in devices}
+        if taken:
+            owners = ", ".join(f"{d} by run {r}" for d, r in sorted(taken.items()))
+            raise ConfigError(
+                [f"devices: busy ({owners}); stop that run (nexa runs stop RUN_ID) or wait for it to end"]
+            )
+        if store.get_run(run_id) is None:
+            store.create_run(run_id, name=name, spec=spec, run_dir=str(run_dir), gpus=devices)
+        store.update_run(run_id, pid=os.getpid(), pid_create_time=psutil.Process().create_time())
+
+
 def _write_run_files(spec: RunSpec, run_dir: Path) -> None:
     spec.train.write(run_dir / RUN_CONFIG)
     settings = spec.train.deepspeed_settings()

@@ -13,8 +13,6 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from nexa_core import paths
 from nexa_core.errors import ConfigError
 from nexa_core.train_config import RUN_CONFIG, TrainConfig
@@ -95,18 +93,18 @@ def run_training(
     if resume and existing is None:
         raise ConfigError([f"resume (--resume): no run {run_id!r} in {paths.store_path()}"])
     if main:
+        if existing is None or (resume and not os.environ.get("NEXA_RUN_ID")):
+            # started or resumed by hand (`nexa train [--resume]`): this process is the run now, on
+            # the same one-run-per-device rule as a launch (a resumed row would otherwise keep the
+            # dead pid of the previous attempt, and runner.refresh would call the run vanished)
+            from nexa_core.runner import register_foreground
+
+            register_foreground(
+                store, run_id, name=config.name or run_id, spec=config.to_dict(), run_dir=run_dir
+            )
         run_dir.mkdir(parents=True, exist_ok=True)
-        if existing is None:  # started by hand (`nexa train`): this process is the run
+        if not resume:  # (the run manager recorded its supervisor's pid, and a resume keeps its config)
             config.write(run_dir / RUN_CONFIG)
-            store.create_run(run_id, name=config.name or run_id, spec=config.to_dict(), run_dir=str(run_dir))
-            store.update_run(run_id, pid=os.getpid(), pid_create_time=psutil.Process().create_time())
-        elif not resume:  # launched by the run manager, which recorded its supervisor's pid
-            config.write(run_dir / RUN_CONFIG)
-        elif not os.environ.get("NEXA_RUN_ID"):
-            # resumed by hand (`nexa train --resume`): this process is the run now. Without this the
-            # row keeps the dead pid of the previous attempt and runner.refresh would call the
-            # resumed run vanished.
-            store.update_run(run_id, pid=os.getpid(), pid_create_time=psutil.Process().create_time())
         store.set_state(run_id, RunState.RUNNING)
     try:
         tokenizer = load_tokenizer(config.model)

@@ -100,6 +100,14 @@ def test_second_launch_on_a_busy_device_is_refused_and_stop_kills_every_process(
     wait_for_step(run_id, 1)
     with pytest.raises(ConfigError, match="busy"):
         runner.launch(_spec(max_steps=3))
+    # `nexa train` in a terminal keeps the same rule: refused, in one line, and no run row made
+    by_hand = subprocess.run(
+        [sys.executable, "-m", "nexa_core", "train", "--max-steps", "3", "--batch-size", "4", "--seq-len", "32"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "NEXA_HOME": str(nexa_home)},
+    )  # fmt: skip
+    assert by_hand.returncode == 2, by_hand.stderr[-2000:]
+    assert f"nexa train: error: devices: busy (cpu by run {run_id})" in by_hand.stderr
+    assert "Traceback" not in by_hand.stderr and [r["id"] for r in store.list_runs()] == [run_id]
     procs = runner.run_processes(store.get_run(run_id))
     assert len(procs) >= 4  # supervisor, torchrun, two ranks
     grace = 20.0
