@@ -138,6 +138,26 @@ def test_python_dash_m_works():
     assert json.loads(out.stdout)["model"]["params"] == 1000
 
 
+def test_nexa_core_never_imports_streamlit():
+    """The CLI and the trainer run where Streamlit is not wanted: importing every nexa_core module
+    must not pull it in (pages hold the UI, nexa_core the logic)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib, pkgutil, sys, nexa_core\n"
+        "names = [m.name for m in pkgutil.walk_packages(nexa_core.__path__, 'nexa_core.')\n"
+        "         if m.name != 'nexa_core.__main__']  # that one runs the CLI\n"
+        "[importlib.import_module(n) for n in names]\n"
+        "print(len(names), 'streamlit' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    count, imported = out.stdout.split()
+    assert int(count) > 30  # every module was walked, not an empty package
+    assert imported == "False"
+
+
 @pytest.mark.parametrize(
     "text, count", [("7B", 7 * 10**9), ("350m", 350 * 10**6), ("1.3e9", 1_300_000_000), ("1_000", 1000)]
 )
