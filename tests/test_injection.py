@@ -201,7 +201,7 @@ def test_serve_address_and_port_are_refused_or_one_argv_element_each(tmp_path, a
 
 
 def test_no_shell_anywhere_in_nexa_core():
-    """Every process NEXA starts is an argv list: no shell=True, os.system or os.popen."""
+    """Every process NEXA starts is an argv list: never a shell argument, os.system or os.popen."""
     for source in (PROJECT_ROOT / "nexa_core").rglob("*.py"):
         for node in ast.walk(ast.parse(source.read_text(), str(source))):
             if isinstance(node, ast.keyword) and node.arg == "shell":
