@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -129,9 +131,6 @@ def test_plan_command_round_trips():
 
 
 def test_python_dash_m_works():
-    import subprocess
-    import sys
-
     out = subprocess.run([sys.executable, "-m", "nexa_core", "plan", "--params", "1000", "--gpus", "0", "--json"],
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -141,9 +140,6 @@ def test_python_dash_m_works():
 def test_nexa_core_never_imports_streamlit():
     """The CLI and the trainer run where Streamlit is not wanted: importing every nexa_core module
     must not pull it in (pages hold the UI, nexa_core the logic)."""
-    import subprocess
-    import sys
-
     code = (
         "import importlib, pkgutil, sys, nexa_core\n"
         "names = [m.name for m in pkgutil.walk_packages(nexa_core.__path__, 'nexa_core.')\n"
