@@ -76,7 +76,7 @@ class RunStore:
         try:
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA busy_timeout=30000")
-            conn.execute("PRAGMA journal_mode=WAL")  # persistent; a no-op once the file is in WAL
+            _enter_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
             if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
                 with _transaction(conn):  # re-checked under the write lock: racing creators both succeed
@@ -315,6 +315,25 @@ class RunStore:
             return [
                 dict(r) for r in conn.execute("SELECT * FROM events WHERE run_id = ? ORDER BY t", (run_id,))
             ]
+
+
+def _enter_wal(conn: sqlite3.Connection, timeout_s: float = 30.0) -> None:
+    """Switch the file to WAL (persistent; a no-op once it is in WAL), retrying while it is locked.
+
+    The switch takes an exclusive lock without calling the busy handler (SQLite's pager.c,
+    ``pagerOpenWal``), so when the ranks of a new run open a new store together, all but one got
+    "database is locked" at once. The retry waits for the winner, after which the switch is a no-op."""
+    deadline = time.monotonic() + timeout_s
+    delay_s = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay_s)
+            delay_s = min(delay_s * 2, 0.2)
 
 
 @contextmanager
