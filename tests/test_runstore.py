@@ -7,6 +7,11 @@ import pytest
 from nexa_core.runstore import SCHEMA_VERSION, TERMINAL, RunState, RunStore
 
 
+def _mp_context():
+    """fork is quick (spawn re-imports pytest in each child); safe: the store keeps no connection open."""
+    return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+
+
 @pytest.fixture
 def store(tmp_path):
     return RunStore(tmp_path / "runs.sqlite")
@@ -162,8 +167,7 @@ def _writer(path: str, worker: int) -> None:
 
 def test_concurrent_writers_never_see_database_locked(store):
     store.create_run("shared", name="s", spec={}, run_dir="/x")
-    # fork is quick (spawn re-imports pytest in each child); safe: the store keeps no connection open
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    ctx = _mp_context()
     procs = [ctx.Process(target=_writer, args=(str(store.path), w)) for w in range(4)]
     for p in procs:
         p.start()
@@ -192,7 +196,7 @@ def test_processes_opening_a_new_store_together_never_see_database_locked(tmp_pa
     """The ranks of a first run open a store that does not exist yet, all at once. Switching a new
     file to WAL takes an exclusive lock without SQLite's busy handler; before the retry, about one
     round in six here failed with "database is locked" (the 2-process accelerate test hit it in CI)."""
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    ctx = _mp_context()
     for round_ in range(40):
         path = tmp_path / f"round{round_}.sqlite"
         barrier = ctx.Barrier(4)
@@ -208,8 +212,6 @@ def test_processes_opening_a_new_store_together_never_see_database_locked(tmp_pa
 
 
 def test_a_version_1_store_is_migrated(tmp_path):
-    import sqlite3
-
     path = tmp_path / "old.sqlite"
     with sqlite3.connect(path) as conn:  # the v1 layout: no total_steps column
         conn.execute(
