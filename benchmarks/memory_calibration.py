@@ -29,8 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nexa_core.enums import Precision, Task  # noqa: E402
-from nexa_core.memory import DEFAULT_CALIBRATION, MIB, Calibration, Layout, per_rank_estimate  # noqa: E402
+from nexa_core.enums import Precision, Task, Weights  # noqa: E402
+from nexa_core.memory import DEFAULT_CALIBRATION, MIB, Calibration, Layout, Workload, per_rank_estimate  # noqa: E402
 from nexa_core.models import size_model  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "memory_calibration.json"
@@ -158,20 +158,20 @@ def estimate_bytes(case: Case, calibration: Calibration) -> int:
     size = size_model(case.model, Task(case.task), 7, 8 if case.lora else None)
     stage = case.zero_stage if case.deepspeed else 0
     layout = Layout(stage, case.offload_optimizer, case.offload_param, 0, 1)
-    _, host = per_rank_estimate(
+    workload = Workload(
         size.params,
         size.trainable_params,
         size.largest_layer_params,
         size.architecture,
         Precision.FP32,
-        layout,
-        case.batch_size,
-        case.seq_len,
-        case.gradient_checkpointing,
-        Task(case.task),
-        7,
-        calibration,
+        batch_size=case.batch_size,
+        seq_len=case.seq_len,
+        gradient_checkpointing=case.gradient_checkpointing,
+        task=Task(case.task),
+        num_labels=7,
+        weights=Weights.RANDOM if case.random_init else Weights.PRETRAINED,
     )
+    _, host = per_rank_estimate(workload, layout, calibration)
     return host.total_bytes
 
 

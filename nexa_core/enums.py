@@ -51,3 +51,21 @@ class DeepSpeedMode(_Choice):
     AUTO = "auto"  # on when a GPU is present, off on CPU (the seed's behaviour)
     ON = "on"
     OFF = "off"
+
+
+class Attention(_Choice):
+    """The attention implementation a run uses (transformers' ``attn_implementation``).
+
+    auto: transformers' default for the model (SDPA where the model supports it, else eager)."""
+
+    AUTO = "auto"
+    EAGER = "eager"
+    SDPA = "sdpa"
+    FLASH = "flash_attention_2"
+
+
+class Weights(_Choice):
+    """Where a run's weights come from: a checkpoint (read from disk) or random initialisation."""
+
+    PRETRAINED = "pretrained"
+    RANDOM = "random"

@@ -1,15 +1,16 @@
 """Memory formulas: pure functions of parameter counts, shapes and the parallel layout.
 
-Every term cites its source (see ../shared/MEMORY-REFERENCES.md and docs/MEMORY.md). Notation:
-Ψ params, Ψt trainable params, N data-parallel ranks, p bytes per value of the compute dtype,
-b micro-batch, s sequence length, h hidden, a heads, I MLP width, V vocabulary, L layers.
+Every term cites its source (docs/MEMORY.md lists them; docs/REFERENCES.md gives the public
+titles and URLs). Notation: Ψ params, Ψt trainable params, N data-parallel ranks, p bytes per value
+of the compute dtype, b micro-batch, s sequence length, h hidden, a heads, k key/value heads, d head
+width, I MLP width, V vocabulary, L layers.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from nexa_core.enums import Precision, Task
+from nexa_core.enums import Attention, Precision, Task, Weights
 from nexa_core.models import Architecture
 
 GIB = 1024**3
@@ -71,36 +72,37 @@ class Breakdown:
 
 @dataclass(frozen=True)
 class Layout:
-    """One ZeRO stage and offload choice on gpus_per_node × nodes (gpus_per_node 0: CPU-only)."""
+    """One ZeRO stage and offload choice on gpus_per_node × nodes (gpus_per_node 0: CPU-only, with
+    cpu_ranks_per_node processes per node)."""
 
     zero_stage: int
     offload_optimizer: bool
     offload_param: bool
     gpus_per_node: int
     nodes: int
+    cpu_ranks_per_node: int = 1
 
     @property
     def cpu_only(self) -> bool:
         return self.gpus_per_node == 0
 
     @property
-    def ranks(self) -> int:  # data-parallel degree N; a CPU-only plan runs one process per node
-        return self.nodes * max(self.gpus_per_node, 1)
+    def ranks(self) -> int:  # data-parallel degree N
+        return self.nodes * self.ranks_per_node
 
     @property
     def ranks_per_node(self) -> int:
-        return max(self.gpus_per_node, 1)
+        return self.gpus_per_node or self.cpu_ranks_per_node
 
 
-def layouts(gpus_per_node: int, nodes: int) -> list[Layout]:
+def layouts(gpus_per_node: int, nodes: int, cpu_ranks_per_node: int = 1) -> list[Layout]:
     """Every stage 0-3 with the offloads that stage allows: optimizer (1-3), parameters (3 only)."""
     out = []
     for stage in range(4):
-        out.append(Layout(stage, False, False, gpus_per_node, nodes))
-        if stage >= 1:
-            out.append(Layout(stage, True, False, gpus_per_node, nodes))
-        if stage == 3:
-            out.append(Layout(stage, True, True, gpus_per_node, nodes))
+        for off_opt, off_param in ((False, False), (True, False), (True, True)):
+            if (off_opt and stage == 0) or (off_param and stage != 3):
+                continue
+            out.append(Layout(stage, off_opt, off_param, gpus_per_node, nodes, cpu_ranks_per_node))
     return out
 
 
@@ -119,8 +121,8 @@ def model_states_bytes(
 
     Sources: ZeRO paper (arXiv 1910.02054) sections 3.1 and 5 for the partitioning by stage;
     DeepSpeed's estimate_zero2/zero3_model_states_mem_needs for the 18 bytes per partitioned
-    trainable parameter (16-bit grads 2 + fp32 grads 4 + fp32 master 4 + Adam m, v 8) and for the
-    4 × largest-layer gather buffer of ZeRO-3.
+    trainable parameter (16-bit grads 2 + fp32 grads 4 + fp32 master 4 + Adam m, v 8). The
+    parameters ZeRO-3 gathers during a step are not model states: zero3_gathered_bytes.
     """
     p = precision.bytes_per_value
     n = layout.ranks
@@ -131,7 +133,6 @@ def model_states_bytes(
     n_param = n if stage >= 3 else 1  # parameters from stage 3
 
     compute_params = params * p // n_param
-    gather = 4 * largest_layer if stage == 3 else 0
     compute_grads = trainable * p // n_grad
     # DeepSpeed keeps an fp32 master copy of the trainable partition (stage 1-3 clone it even for
     # fp32 models: stage_1_and_2.py single_partition_of_fp32_groups, stage3.py
@@ -152,7 +153,7 @@ def model_states_bytes(
             compute_grads = 0
     if layout.offload_param:
         # ZeRO-Infinity parameter offload: the 16-bit partition lives on host; the GPU keeps only
-        # the gathered live layer (DeepSpeed's estimator: gpu_mem = 4 * largest_layer_params).
+        # the gathered parameters (zero3_gathered_bytes).
         host = Breakdown(
             params_bytes=compute_params,
             gradients_bytes=host.gradients_bytes,
@@ -160,11 +161,50 @@ def model_states_bytes(
         )
         compute_params = 0
     gpu = Breakdown(
-        params_bytes=compute_params + gather,
+        params_bytes=compute_params,
         gradients_bytes=compute_grads + fp32_grads,
         optimizer_bytes=master + adam_moments,
     )
     return ModelStates(gpu=gpu, host=host)
+
+
+def attention_keeps_scores(arch: Architecture, attention: Attention, cpu_only: bool) -> bool:
+    """Whether backward keeps the s×s attention probabilities (Korthikanti's 5as²b term).
+
+    Eager attention stores softmax output, dropout mask and dropout output. SDPA does not on GPU
+    (flash / memory-efficient kernels, dropout included). On CPU, torch's fused SDPA kernel has no
+    dropout, so with attention dropout > 0 in training it falls back to the math path, which keeps
+    them (measured with saved-tensor hooks, torch 2.13 CPU: 12 bytes per score with dropout 0.1,
+    none without). flash_attention_2 never stores them.
+    """
+    impl = resolved_attention(arch, attention)
+    if impl is Attention.EAGER:
+        return True
+    if impl is Attention.SDPA:
+        return cpu_only and arch.attention_dropout > 0
+    return False
+
+
+def resolved_attention(arch: Architecture, attention: Attention) -> Attention:
+    """auto is transformers' default: SDPA where the model class supports it, else eager."""
+    if attention is Attention.AUTO:
+        return Attention.SDPA if arch.supports_sdpa else Attention.EAGER
+    return attention
+
+
+def kv_heads_stored(arch: Architecture, attention: Attention, batch_size: int) -> int:
+    """How many key/value heads backward keeps per token (grouped-query attention, GQA/MQA).
+
+    With k < a key/value heads, transformers' eager path repeats K and V to a heads
+    (``repeat_kv``) before the matmuls, so the saved tensors have a heads. SDPA takes K and V as
+    they are (``enable_gqa``) only without an attention mask (``use_gqa_in_sdpa``): a micro-batch of
+    one needs no padding mask; a padded batch gets one, and K/V are repeated. flash_attention_2
+    takes k heads natively (transformers integrations/sdpa_attention.py, flash_attention.py).
+    """
+    impl = resolved_attention(arch, attention)
+    if impl is Attention.FLASH or (impl is Attention.SDPA and batch_size == 1):
+        return arch.num_kv_heads
+    return arch.num_heads
 
 
 def activation_bytes(
@@ -175,24 +215,31 @@ def activation_bytes(
     gradient_checkpointing: bool,
     task: Task,
     num_labels: int,
-    fused_attention: bool = True,
+    keep_scores: bool = False,
+    kv_heads: int | None = None,
 ) -> int:
     """Activations kept for backward on one rank.
 
     Per layer, Korthikanti et al. 2022 (arXiv 2205.05198, section 4.1) give for 16-bit values
-    sbh(34 + 5as/h): attention 11sbh + 5as²b, MLP 19sbh, layer norms 4sbh. We write the MLP as
+    sbh(34 + 5as/h): attention 11sbh + 5as²b, MLP 19sbh, layer norms 4sbh. The attention 11sbh is
+    QKV input 2sbh, Q 2sbh, K 2sbh, V 2sbh, output-projection input 2sbh and the dropout mask sbh;
+    with k key/value heads of width d (GQA) K and V are 2sb·kd each instead of 2sbh (``kv_heads``:
+    what the attention implementation keeps, see ``kv_heads_stored``). We write the MLP as
     3sbh + 4sbI (input 2sbh, dropout mask sbh, pre- and post-activation 2sbI each), which is 19sbh
     for I = 4h, and 2sbh + 8sbI for gated (SwiGLU) MLPs that keep gate, up, act and product.
-    SDPA/flash attention does not store the s×s scores, so 5as²b is dropped when fused_attention.
-    fp32 compute doubles the 16-bit figure (same reference). With full activation checkpointing
-    each layer keeps its 16-bit input (2sbh) and one layer is recomputed at a time. During backward
-    one layer's activation gradients coexist with the stored activations (one more layer's worth).
-    The head: causal LM logits and loss in fp32, about 4bsV (MEMORY-REFERENCES); a classifier's
-    logits are b·s·labels or b·labels values, negligible but counted.
+    ``keep_scores`` adds 5as²b (see ``attention_keeps_scores``). fp32 compute doubles the 16-bit
+    figure (same reference). With full activation checkpointing each layer keeps its 16-bit input
+    (2sbh) and one layer is recomputed at a time. During backward one layer's activation gradients
+    coexist with the stored activations (one more layer's worth). The head: causal LM logits and
+    loss in fp32, about 4bsV (MEMORY-REFERENCES); a classifier's logits are b·s·labels or b·labels
+    values, negligible but counted.
     """
     b, s = batch_size, seq_len
     h, a, inter = arch.hidden_size, arch.num_heads, arch.intermediate_size
-    attention = 11 * s * b * h + (0 if fused_attention else 5 * a * s * s * b)
+    q_width = a * arch.head_width  # = h for the usual configs
+    kv_width = (arch.num_heads if kv_heads is None else kv_heads) * arch.head_width
+    attention = s * b * (2 * h + 2 * q_width + 2 * 2 * kv_width + 2 * q_width + h)
+    attention += 5 * a * s * s * b if keep_scores else 0
     mlp = 2 * s * b * h + 8 * s * b * inter if arch.gated_mlp else 3 * s * b * h + 4 * s * b * inter
     if arch.composite_activation:
         # gelu_new written as tensor ops (transformers' NewGELUActivation) saves tanh, 1 + tanh, 0.5x and
@@ -243,81 +290,167 @@ def deepspeed_buffer_bytes(arch: Architecture | None, precision: Precision, layo
     return buffers
 
 
+# DeepSpeed's default (runtime/zero/config.py) and deployment/deepspeed_config.json's value: ZeRO-3
+# keeps up to this many gathered parameters resident before releasing any.
+DEFAULT_MAX_LIVE_PARAMETERS = 10**9
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Everything besides the layout that sets one rank's memory: the model's counts and shapes,
+    what one step computes, and how the weights are loaded."""
+
+    params: int
+    trainable: int
+    largest_layer: int
+    arch: Architecture | None
+    precision: Precision
+    batch_size: int = 1
+    seq_len: int = 1
+    gradient_checkpointing: bool = False
+    task: Task = Task.NER
+    num_labels: int = 7
+    attention: Attention = Attention.AUTO
+    weights: Weights = Weights.PRETRAINED
+    zero3_init: bool = True  # ZeRO-3 builds the model under deepspeed.zero.Init (sharded at creation)
+    zero3_max_live_parameters: int = DEFAULT_MAX_LIVE_PARAMETERS
+
+    @property
+    def stored_bytes_per_param(self) -> int:
+        return self.arch.stored_bytes_per_param if self.arch else 4
+
+    def load_bytes_per_param(self, layout: Layout, deepspeed: bool = True) -> int:
+        """The dtype the weights are materialised in: the compute dtype when DeepSpeed runs in 16 bits
+        (its engine casts the module to it anyway), else fp32 (the fp32 weights that autocast or
+        plain fp32 training step on). trainer.load_dtype makes the same choice."""
+        return self.precision.bytes_per_value if deepspeed and not layout.cpu_only else 4
+
+
+def sharded_load(workload: Workload, layout: Layout) -> bool:
+    """ZeRO-3 with zero.Init: every rank creates only its 1/N of each parameter (load path used)."""
+    return layout.zero_stage == 3 and workload.zero3_init
+
+
+def zero3_gathered_bytes(workload: Workload, layout: Layout) -> int:
+    """Parameters ZeRO-3 holds gathered (full size) on a rank during forward and backward.
+
+    DeepSpeed releases a gathered parameter only when more than stage3_max_live_parameters are
+    resident, or when its next use is further than stage3_max_reuse_distance away; both default to
+    1e9 (DeepSpeed's ZeRO config docs), so a model below 1e9 parameters ends up wholly gathered on
+    every rank during a step, and a larger one holds about 1e9 (measured on CPU, 2 ranks, 331M
+    Llama-style: the step's peak rose by the full model's size at 1e9, by the embedding's at 1e7).
+    DeepSpeed's estimator counts 4 × the largest layer (the live layer's buffer); the larger of the
+    two applies."""
+    if layout.zero_stage != 3:
+        return 0
+    p = workload.precision.bytes_per_value if not layout.cpu_only else 4
+    live = min(workload.params, max(workload.zero3_max_live_parameters, workload.largest_layer))
+    return max(live * p, 4 * workload.largest_layer)
+
+
 def per_rank_estimate(
-    params: int,
-    trainable: int,
-    largest_layer: int,
-    arch: Architecture | None,
-    precision: Precision,
+    workload: Workload,
     layout: Layout,
-    batch_size: int,
-    seq_len: int,
-    gradient_checkpointing: bool,
-    task: Task,
-    num_labels: int,
     calibration: Calibration = DEFAULT_CALIBRATION,
 ) -> tuple[Breakdown, Breakdown]:
     """(per-GPU bytes, host bytes for the whole node). On a CPU-only layout every term is host."""
+    w = workload
     # Offloading to the CPU from the CPU moves nothing: a CPU-only plan counts the states in place.
     states_layout = (
         replace(layout, offload_optimizer=False, offload_param=False) if layout.cpu_only else layout
     )
-    states = model_states_bytes(params, trainable, largest_layer, precision, states_layout)
+    states = model_states_bytes(w.params, w.trainable, w.largest_layer, w.precision, states_layout)
+    gathered = zero3_gathered_bytes(w, layout)
     acts = 0
-    if arch is not None:
-        # On GPU, SDPA dispatches to flash / memory-efficient kernels that keep no s×s scores; the
-        # CPU training path keeps them (measured: peak RSS grows with s² at long sequences).
-        fused = not layout.cpu_only
+    if w.arch is not None:
+        keep_scores = attention_keeps_scores(w.arch, w.attention, layout.cpu_only)
+        kv = kv_heads_stored(w.arch, w.attention, w.batch_size)
         acts = activation_bytes(
-            arch, batch_size, seq_len, precision, gradient_checkpointing, task, num_labels, fused
-        )
-    buffers = deepspeed_buffer_bytes(arch, precision, layout)
+            w.arch, w.batch_size, w.seq_len, w.precision, w.gradient_checkpointing, w.task,
+            w.num_labels, keep_scores, kv,
+        )  # fmt: skip
+    buffers = deepspeed_buffer_bytes(w.arch, w.precision, layout)
     k = layout.ranks_per_node
     c = calibration
 
     runtime = c.process_baseline_bytes + (c.deepspeed_host_bytes if layout.zero_stage >= 1 else 0)
     if layout.cpu_only:
         on_host = _add(states.gpu, states.host)
+        params_held = on_host.params_bytes + gathered
         acts = int(acts * c.cpu_activation_factor)
-        live = on_host.total_bytes + acts + buffers
-        overhead = runtime + buffers + int(c.host_fragmentation * live)
-        host = Breakdown(
-            params_bytes=on_host.params_bytes * k,
-            gradients_bytes=on_host.gradients_bytes * k,
-            optimizer_bytes=on_host.optimizer_bytes * k,
-            activations_bytes=acts * k,
-            overhead_bytes=overhead * k,
+        live = on_host.total_bytes - on_host.params_bytes + params_held + acts + buffers
+        step = Breakdown(
+            params_bytes=params_held,
+            gradients_bytes=on_host.gradients_bytes,
+            optimizer_bytes=on_host.optimizer_bytes,
+            activations_bytes=acts,
+            overhead_bytes=runtime + buffers + int(c.host_fragmentation * live),
         )
+        # Before the first step, a ZeRO-3 rank that is not sharded at creation holds the whole model
+        # in fp32 until DeepSpeed partitions it (stages 0-2 keep the model whole anyway: counted above).
+        load_params = w.params * 4 if layout.zero_stage == 3 and not sharded_load(w, layout) else 0
+        load = Breakdown(
+            params_bytes=load_params, overhead_bytes=runtime + int(c.host_fragmentation * load_params)
+        )
+        phase = load if load.total_bytes > step.total_bytes else step
+        host = _scale(phase, k)
         return Breakdown(), host
 
-    gpu_live = states.gpu.total_bytes + acts + buffers
+    gpu_params = states.gpu.params_bytes + gathered
+    gpu_live = states.gpu.total_bytes - states.gpu.params_bytes + gpu_params + acts + buffers
     gpu_overhead = c.cuda_context_bytes + buffers + int(c.gpu_fragmentation * gpu_live)
     gpu = Breakdown(
-        params_bytes=states.gpu.params_bytes,
+        params_bytes=gpu_params,
         gradients_bytes=states.gpu.gradients_bytes,
         optimizer_bytes=states.gpu.optimizer_bytes,
         activations_bytes=acts,
         overhead_bytes=gpu_overhead,
     )
-    # Host per node: each rank's process baseline, plus the larger of the transient full-model
-    # load (every rank materialises the weights in fp32 before moving them to its GPU) and the
-    # offloaded states with their pinned buffers. Same max() as DeepSpeed's estimators:
-    # cpu_mem = params * max(4 * gpus_per_node, 16) * additional_buffer_factor.
     offloaded = Breakdown(
-        params_bytes=int(states.host.params_bytes * c.host_offload_factor),
-        gradients_bytes=int(states.host.gradients_bytes * c.host_offload_factor),
-        optimizer_bytes=int(states.host.optimizer_bytes * c.host_offload_factor),
+        params_bytes=int(states.host.params_bytes * c.host_offload_factor) * k,
+        gradients_bytes=int(states.host.gradients_bytes * c.host_offload_factor) * k,
+        optimizer_bytes=int(states.host.optimizer_bytes * c.host_offload_factor) * k,
     )
-    # NEXA loads weights before DeepSpeed partitions them (zero3_init_flag off), so every stage pays it.
-    load_transient = params * 4
-    extra_load = max(0, load_transient - offloaded.total_bytes)
-    host = Breakdown(
-        params_bytes=offloaded.params_bytes * k,
-        gradients_bytes=offloaded.gradients_bytes * k,
-        optimizer_bytes=offloaded.optimizer_bytes * k,
-        overhead_bytes=(runtime + extra_load) * k,
-    )
-    return gpu, host
+    # Loading happens before the optimizer states exist; offloaded parameter partitions exist from
+    # creation on (zero.Init puts them on the host) and coexist with the load. The larger phase counts.
+    load_phase = Breakdown(params_bytes=host_load_bytes(w, layout) + offloaded.params_bytes)
+    phase = load_phase if load_phase.total_bytes > offloaded.total_bytes else offloaded
+    return gpu, _add(phase, Breakdown(overhead_bytes=runtime * k))
+
+
+def host_load_bytes(workload: Workload, layout: Layout) -> int:
+    """Host bytes per node that loading the weights holds before training starts (GPU layouts).
+
+    Sharded (ZeRO-3 with zero.Init): no rank creates a full parameter; from a checkpoint, transformers
+    reads the whole state dict on global rank 0 only (the others use the meta device) and copies it
+    into the partitions module by module (modeling_utils: map_location "cpu" on rank 0, "meta"
+    elsewhere), so the first node holds one copy in the stored dtype. Not sharded (stages 0-2, or
+    ZeRO-3 with zero.Init off): every rank of the node materialises the whole model in the load
+    dtype (from_pretrained builds it on the meta device, then fills it: one copy, no second fp32 one)
+    before moving it to its GPU.
+    """
+    w = workload
+    if sharded_load(w, layout):
+        return w.params * w.stored_bytes_per_param if w.weights is Weights.PRETRAINED else 0
+    return layout.ranks_per_node * w.params * w.load_bytes_per_param(layout)
+
+
+def load_path_text(workload: Workload, layout: Layout) -> str:
+    """One line saying how the weights reach the ranks under this layout (shown with the plan)."""
+    if sharded_load(workload, layout):
+        where = (
+            "global rank 0 reads the checkpoint once"
+            if workload.weights is Weights.PRETRAINED
+            else "random initialisation, module by module"
+        )
+        return f"sharded at creation (DeepSpeed zero.Init): each rank holds 1/N of each parameter; {where}"
+    dtype = {2: "16-bit", 4: "fp32"}[workload.load_bytes_per_param(layout)]
+    return f"one full {dtype} copy per rank (meta device, then weights), moved to its device before training"
+
+
+def _scale(x: Breakdown, k: int) -> Breakdown:
+    return Breakdown(*(k * v for v in (x.params_bytes, x.gradients_bytes, x.optimizer_bytes,
+                                       x.activations_bytes, x.overhead_bytes)))  # fmt: skip
 
 
 def _add(x: Breakdown, y: Breakdown) -> Breakdown:
@@ -328,15 +461,3 @@ def _add(x: Breakdown, y: Breakdown) -> Breakdown:
         x.activations_bytes + y.activations_bytes,
         x.overhead_bytes + y.overhead_bytes,
     )
-
-
-def get_optimal_zero_stage(model_size_gb: float) -> int:
-    """The seed guide's size-only rule, kept for compatibility; NEXA recommends by fit instead
-    (planner.recommend), since the right stage depends on batch, sequence and hardware too."""
-    if model_size_gb < 0.5:
-        return 0
-    if model_size_gb < 2:
-        return 1
-    if model_size_gb < 8:
-        return 2
-    return 3

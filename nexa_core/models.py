@@ -61,6 +61,18 @@ class Architecture:
     max_positions: int
     gated_mlp: bool  # SwiGLU-style MLP (Llama, Mistral, Qwen2): three projections
     composite_activation: bool = False  # an activation built from tensor ops (gelu_new), not one kernel
+    head_dim: int = 0  # per-head width d; 0: hidden_size // num_heads (Llama-style configs may set it)
+    attention_dropout: float = 0.0  # dropout on the attention probabilities during training
+    supports_sdpa: bool = True  # the transformers class can run SDPA (else eager is its default)
+    stored_dtype: str = "float32"  # the checkpoint's dtype (config torch_dtype), what a load reads
+
+    @property
+    def head_width(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_heads
+
+    @property
+    def stored_bytes_per_param(self) -> int:
+        return 2 if self.stored_dtype in ("float16", "bfloat16") else 4
 
 
 @dataclass(frozen=True)
@@ -197,7 +209,7 @@ def build_config(resolved: ResolvedModel):
     return AutoConfig.for_model(model_type, **cfg)
 
 
-def architecture_of(config) -> Architecture:
+def architecture_of(config, supports_sdpa: bool = True) -> Architecture:
     """Read shape numbers through transformers' attribute maps (gpt2's n_embd -> hidden_size, ...)."""
     h = int(config.hidden_size)
     heads = int(config.num_attention_heads)
@@ -220,7 +232,27 @@ def architecture_of(config) -> Architecture:
         ),
         gated_mlp=config.model_type in {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3"},
         composite_activation=_activation(config) in {"gelu_new", "gelu_fast", "quick_gelu"},
+        head_dim=int(getattr(config, "head_dim", None) or 0),
+        attention_dropout=float(_attention_dropout(config)),
+        supports_sdpa=supports_sdpa,
+        stored_dtype=_stored_dtype(config),
     )
+
+
+def _attention_dropout(config) -> float:
+    """Dropout on attention probabilities under the names the architectures use (BERT, GPT-2,
+    DistilBERT, Llama); it decides whether CPU SDPA can use its fused kernel (docs/MEMORY.md)."""
+    for name in ("attention_probs_dropout_prob", "attn_pdrop", "attention_dropout"):
+        value = getattr(config, name, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return 0.0
+
+
+def _stored_dtype(config) -> str:
+    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    text = str(value).removeprefix("torch.") if value is not None else "float32"
+    return text if text in ("float32", "float16", "bfloat16") else "float32"
 
 
 def _activation(config) -> str:
@@ -312,9 +344,54 @@ def size_model(name: str, task: Task, num_labels: int, lora_rank: int | None) ->
     model, config = build_meta_model(resolved, task, num_labels, lora_rank)
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return ModelSize(params, trainable, largest_layer_params(model), architecture_of(config))
+    sdpa = bool(getattr(model, "_supports_sdpa", True))
+    return ModelSize(params, trainable, largest_layer_params(model), architecture_of(config, sdpa))
 
 
 def hypothetical_size(params: int) -> ModelSize:
     """A model known only by its parameter count: model states can be planned, activations cannot."""
     return ModelSize(params=params, trainable_params=params, largest_layer_params=0, architecture=None)
+
+
+# RoBERTa-style embeddings number positions from padding_idx + 1, so max_position_embeddings 514
+# holds 512 tokens (transformers' create_position_ids_from_input_ids).
+_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer", "mpnet"}
+
+
+def seq_len_limit_of(resolved: ResolvedModel) -> tuple[int, str] | None:
+    """The longest sequence the model takes, and where that number comes from: the config's
+    position limit, or its tokenizer's model_max_length where that is smaller. None: no limit known."""
+    cfg = resolved.config
+    found: list[tuple[int, str]] = []
+    positions = cfg.get("max_position_embeddings") or cfg.get("n_positions") or cfg.get("n_ctx")
+    if isinstance(positions, int) and positions > 0:
+        if cfg.get("model_type") in _OFFSET_POSITIONS:
+            positions -= int(cfg.get("pad_token_id") or 0) + 1
+        found.append((positions, "max_position_embeddings"))
+    for folder in (
+        resolved.weights_dir,
+        Path(resolved.name).expanduser() if _is_dir(resolved.name) else None,
+    ):
+        tok = folder / "tokenizer_config.json" if folder is not None else None
+        if tok is not None and tok.is_file():
+            try:
+                length = json.loads(tok.read_text()).get("model_max_length")
+            except (OSError, ValueError, AttributeError):
+                length = None
+            # transformers writes a huge sentinel (1e30) when a tokenizer sets no limit
+            if isinstance(length, int) and 0 < length < 10**7:
+                found.append((length, "tokenizer model_max_length"))
+            break
+    return min(found) if found else None
+
+
+def seq_len_problems(model: str, seq_len: int, flag: str = "seq_len (--seq-len)") -> list[str]:
+    """[] when ``seq_len`` fits the model, else one message naming the limit. A model whose config
+    cannot be read offline (a hub id) is not checked here; loading it checks again."""
+    try:
+        limit = seq_len_limit_of(resolve_model(model))
+    except ConfigError:
+        return []
+    if limit is not None and isinstance(seq_len, int) and seq_len > limit[0]:
+        return [f"{flag}: {seq_len} is longer than {model}'s limit of {limit[0]} tokens ({limit[1]})"]
+    return []

@@ -3,23 +3,34 @@ fit-based recommendation out. Used by `nexa plan` and the Plan page alike."""
 
 from __future__ import annotations
 
+import math
 import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
 from nexa_core import hardware
-from nexa_core.enums import Precision, Task
-from nexa_core.errors import int_problems, raise_if
+from nexa_core.enums import Attention, Precision, Task, Weights
+from nexa_core.errors import ConfigError, int_problems, raise_if
 from nexa_core.memory import (
     DEFAULT_CALIBRATION,
+    DEFAULT_MAX_LIVE_PARAMETERS,
     GIB,
     Breakdown,
     Calibration,
     Layout,
+    Workload,
     layouts,
+    load_path_text,
     per_rank_estimate,
 )
-from nexa_core.models import DEFAULT_MODEL, ModelSize, hypothetical_size, size_model, validate_model_name
+from nexa_core.models import (
+    DEFAULT_MODEL,
+    ModelSize,
+    hypothetical_size,
+    seq_len_problems,
+    size_model,
+    validate_model_name,
+)
 
 SAFETY_MARGIN = 0.10  # keep 10 % of the memory free: estimates are not exact and allocators fragment
 MAX_GPUS_PER_NODE = 64
@@ -43,10 +54,30 @@ class PlanConfig:
     gpus: int | None = None  # per node; None: as detected; 0: CPU-only training
     nodes: int = 1
     gpu_memory_gb: float | None = None  # None: the detected GPUs' free memory
-    host_memory_gb: float | None = None  # None: the detected available host RAM
+    host_memory_gb: float | None = None  # None: this machine's available RAM, or not checked for another
+    hardware: str | None = None  # a preset of deployment/hardware.yaml: fills gpus and both memories
+    cpu_ranks: int = 1  # processes per node of a CPU-only plan (gpus 0), e.g. torchrun --nproc 2
+    attention: Attention | str = Attention.AUTO
+    random_init: bool = False  # the run starts from random weights: no checkpoint is read
+    zero3_init: bool = True  # ZeRO-3 creates the model sharded (DeepSpeed zero.Init)
 
     def __post_init__(self) -> None:
         problems: list[str] = []
+        if self.hardware is not None:
+            from nexa_core.targets import preset
+
+            try:
+                target = preset(str(self.hardware))
+            except ConfigError as exc:
+                problems += exc.problems
+            else:
+                self.gpus = target.gpus if self.gpus is None else self.gpus
+                self.gpu_memory_gb = (
+                    target.gpu_memory_gb if self.gpu_memory_gb is None else self.gpu_memory_gb
+                )
+                self.host_memory_gb = (
+                    target.host_memory_gb if self.host_memory_gb is None else self.host_memory_gb
+                )
         if self.params is not None:
             if not isinstance(self.params, int) or isinstance(self.params, bool) or self.params <= 0:
                 problems.append(f"params (--params): must be a positive whole number, got {self.params!r}")
@@ -58,7 +89,7 @@ class PlanConfig:
         else:
             self.model = str(self.model).strip()
             problems += validate_model_name(self.model)
-        for name, enum in (("task", Task), ("precision", Precision)):
+        for name, enum in (("task", Task), ("precision", Precision), ("attention", Attention)):
             value = getattr(self, name)
             if value is None and name == "precision":
                 continue
@@ -72,6 +103,7 @@ class PlanConfig:
             ("seq_len", 1, 1_048_576),
             ("lora_rank", 1, 4096),
             ("nodes", 1, MAX_NODES),
+            ("cpu_ranks", 1, 256),
         ):
             problems += int_problems(name, getattr(self, name), low, high)
         if self.gpus is not None:
@@ -79,10 +111,13 @@ class PlanConfig:
         for name in ("gpu_memory_gb", "host_memory_gb"):
             value = getattr(self, name)
             if value is not None and (
-                not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0
+                not isinstance(value, (int, float))
+                or isinstance(value, bool)
+                or not math.isfinite(value)
+                or not 0 < value <= 1 << 30
             ):
                 problems.append(
-                    f"{name} (--{name.replace('_', '-')}): must be a positive number of GiB, got {value!r}"
+                    f"{name} (--{name.replace('_', '-')}): must be a positive, finite number of GiB, got {value!r}"
                 )
         raise_if(problems)
 
@@ -94,6 +129,7 @@ class Estimate:
     host: Breakdown
     fits: bool
     fit_notes: tuple[str, ...] = ()
+    load_path: str = ""  # how the weights reach the ranks under this layout (memory.load_path_text)
 
     @property
     def label(self) -> str:
@@ -109,6 +145,7 @@ class Estimate:
             "host": self.host.to_dict(),
             "fits": self.fits,
             "fit_notes": list(self.fit_notes),
+            "load_path": self.load_path,
         }
 
 
@@ -138,7 +175,7 @@ class Plan:
     precision: Precision
     gpus_per_node: int
     gpu_budget_bytes: int  # per GPU, before the safety margin
-    host_budget_bytes: int  # per node
+    host_budget_bytes: int | None  # per node; None: not checked (a plan for another machine)
     estimates: tuple[Estimate, ...]
     recommendation: Recommendation
     notes: tuple[str, ...] = field(default=())
@@ -164,8 +201,14 @@ class Plan:
                 "lora_rank": self.config.lora_rank if self.config.lora else None,
                 "gpus_per_node": self.gpus_per_node,
                 "nodes": self.config.nodes,
+                "cpu_ranks": self.config.cpu_ranks if not self.gpus_per_node else None,
+                "hardware": self.config.hardware,
+                "attention": str(self.config.attention),
+                "random_init": self.config.random_init,
+                "zero3_init": self.config.zero3_init,
                 "gpu_budget_bytes": self.gpu_budget_bytes,
                 "host_budget_bytes": self.host_budget_bytes,
+                "host_checked": self.host_budget_bytes is not None,
                 "safety_margin": SAFETY_MARGIN,
             },
             "recommendation": self.recommendation.to_dict(),
@@ -209,6 +252,7 @@ def make_plan(
         )
     else:
         assert config.model is not None  # validated in PlanConfig
+        raise_if(seq_len_problems(config.model, config.seq_len))
         size = size_model(
             config.model, config.task, config.num_labels, config.lora_rank if config.lora else None
         )
@@ -217,36 +261,54 @@ def make_plan(
         gpu_budget = int(config.gpu_memory_gb * GIB)
     else:
         gpu_budget = hw.min_gpu_free_bytes
-    host_budget = (
-        int(config.host_memory_gb * GIB) if config.host_memory_gb is not None else hw.host_available_bytes
-    )
+    other_machine = is_other_machine(config, hw)
+    host_budget: int | None
+    if config.host_memory_gb is not None:
+        host_budget = int(config.host_memory_gb * GIB)
+    elif other_machine:
+        host_budget = None
+        notes.append(
+            "host RAM not checked: the plan is for another machine (--gpus/--gpu-memory-gb/--nodes/"
+            "--hardware), so this machine's RAM says nothing about it; pass --host-memory-gb to check it"
+        )
+    else:
+        host_budget = hw.host_available_bytes
     if gpus and not gpu_budget:
         notes.append("no GPU detected to measure free memory: pass --gpu-memory-gb to check the fit")
     if not gpus:
         notes.append("CPU-only training plan: every term sits in host RAM; per-GPU totals are 0")
 
+    workload = Workload(
+        params=size.params,
+        trainable=size.trainable_params,
+        largest_layer=size.largest_layer_params,
+        arch=size.architecture,
+        precision=precision,
+        batch_size=config.batch_size,
+        seq_len=config.seq_len,
+        gradient_checkpointing=config.gradient_checkpointing,
+        task=config.task,
+        num_labels=config.num_labels,
+        attention=config.attention,
+        weights=Weights.RANDOM if config.random_init else Weights.PRETRAINED,
+        zero3_init=config.zero3_init,
+        zero3_max_live_parameters=zero3_max_live_parameters(),
+    )
     estimates = []
-    for layout in layouts(gpus, config.nodes):
-        gpu_b, host_b = per_rank_estimate(
-            size.params,
-            size.trainable_params,
-            size.largest_layer_params,
-            size.architecture,
-            precision,
-            layout,
-            config.batch_size,
-            config.seq_len,
-            config.gradient_checkpointing,
-            config.task,
-            config.num_labels,
-            calibration,
-        )
+    for layout in layouts(gpus, config.nodes, config.cpu_ranks if not gpus else 1):
+        gpu_b, host_b = per_rank_estimate(workload, layout, calibration)
         fit_notes = []
         if gpus and gpu_b.total_bytes > gpu_budget * (1 - SAFETY_MARGIN):
-            fit_notes.append(f"needs {_gib(gpu_b.total_bytes)} per GPU of {_gib(gpu_budget)}")
-        if host_b.total_bytes > host_budget * (1 - SAFETY_MARGIN):
-            fit_notes.append(f"needs {_gib(host_b.total_bytes)} host RAM of {_gib(host_budget)}")
-        estimates.append(Estimate(layout, gpu_b, host_b, not fit_notes, tuple(fit_notes)))
+            fit_notes.append(
+                f"needs {_gib(gpu_b.total_bytes)} per GPU of {_gib(gpu_budget)} ({_largest(gpu_b)})"
+            )
+        if host_budget is not None and host_b.total_bytes > host_budget * (1 - SAFETY_MARGIN):
+            fit_notes.append(
+                f"needs {_gib(host_b.total_bytes)} host RAM of {_gib(host_budget)} ({_largest(host_b)})"
+            )
+        estimates.append(
+            Estimate(layout, gpu_b, host_b, not fit_notes, tuple(fit_notes), load_path_text(workload, layout))
+        )
     return Plan(
         config,
         size,
@@ -255,29 +317,92 @@ def make_plan(
         gpu_budget,
         host_budget,
         tuple(estimates),
-        recommend(estimates, gpus),
+        recommend(estimates, gpus, config, host_budget is not None),
         tuple(notes),
     )
 
 
-def recommend(estimates: list[Estimate], gpus: int) -> Recommendation:
+def is_other_machine(config: PlanConfig, hw: hardware.Hardware) -> bool:
+    """True when the plan describes a machine other than this one: a hardware preset, several nodes,
+    another GPU count, or more memory per GPU than this machine's GPUs have."""
+    if config.hardware is not None or config.nodes > 1:
+        return True
+    if config.gpus is not None and config.gpus != hw.gpu_count:
+        return True
+    return config.gpu_memory_gb is not None and config.gpu_memory_gb * GIB > hw.min_gpu_total_bytes
+
+
+def zero3_max_live_parameters() -> int:
+    """stage3_max_live_parameters of the DeepSpeed config runs use (DEEPSPEED_CONFIG_FILE, else
+    deployment/deepspeed_config.json); DeepSpeed's default when it is missing or unreadable."""
+    from nexa_core.device_manager import DeepSpeedSettings
+
+    try:
+        zero = DeepSpeedSettings.from_env().template().get("zero_optimization", {})
+        return int(float(zero.get("stage3_max_live_parameters", DEFAULT_MAX_LIVE_PARAMETERS)))
+    except (ConfigError, OSError, ValueError, TypeError, AttributeError):
+        return DEFAULT_MAX_LIVE_PARAMETERS
+
+
+_TERMS = {
+    "params_bytes": "parameters",
+    "gradients_bytes": "gradients",
+    "optimizer_bytes": "optimizer states",
+    "activations_bytes": "activations",
+    "overhead_bytes": "overhead",
+}
+
+
+def _largest(b: Breakdown) -> str:
+    name, value = max(((n, getattr(b, n)) for n in _TERMS), key=lambda kv: kv[1])
+    return f"largest term: {_TERMS[name]} {_gib(value)}"
+
+
+def _advice(config: PlanConfig, gpus: int) -> str:
+    """What could make a run fit, leaving out what the plan already does."""
+    steps = []
+    if config.batch_size > 1:
+        steps.append("reduce the micro-batch (keep the global batch with gradient accumulation)")
+    if config.seq_len > 128:
+        steps.append("shorten the sequence length")
+    if not config.gradient_checkpointing:
+        steps.append("turn on gradient checkpointing")
+    if not config.lora and config.params is None:
+        steps.append("turn on LoRA")
+    if (config.precision or (Precision.BF16 if gpus else Precision.FP32)) is Precision.FP32 and gpus:
+        steps.append("train in bf16")
+    steps.append("add GPUs or nodes" if gpus else "add host RAM or nodes")
+    return "; ".join(steps[:-1]) + (", or " if len(steps) > 1 else "") + steps[-1]
+
+
+def recommend(
+    estimates: list[Estimate], gpus: int, config: PlanConfig | None = None, host_checked: bool = True
+) -> Recommendation:
     ordered = sorted(estimates, key=lambda e: speed_rank(e.layout))
     fitting = [e for e in ordered if e.fits]
     where = "host RAM" if not gpus else "GPU memory"
     if not fitting:
         best = min(ordered, key=lambda e: e.per_gpu.total_bytes if gpus else e.host.total_bytes)
+        advice = _advice(config, gpus) if config is not None else "reduce the batch or add GPUs/nodes"
         return Recommendation(
             None,
             f"Nothing fits with a {SAFETY_MARGIN:.0%} safety margin. The smallest option, {best.label}, "
-            f"{'; '.join(best.fit_notes)}. Reduce the batch size or sequence length, turn on gradient "
-            "checkpointing or LoRA, or add GPUs/nodes.",
+            f"{'; '.join(best.fit_notes)}. To make it fit: {advice}.",
         )
     choice = fitting[0]
     skipped = [e for e in ordered if speed_rank(e.layout) < speed_rank(choice.layout) and not e.fits]
     total = choice.host.total_bytes if not gpus else choice.per_gpu.total_bytes
+    host_text = (
+        f" and {_gib(choice.host.total_bytes)} of host RAM per node"
+        if gpus and host_checked
+        else " (host RAM not checked)"
+        if gpus
+        else ""
+    )
     reason = (
         f"{choice.label} is the fastest option that fits: it needs {_gib(total)} of {where}"
-        + (f" per GPU and {_gib(choice.host.total_bytes)} of host RAM" if gpus else "")
+        + (" per GPU" if gpus else "")
+        + host_text
         + f", within the budget less a {SAFETY_MARGIN:.0%} safety margin. Less sharding and no offload "
         "mean less communication and no CPU optimizer step, so faster steps."
     )
@@ -308,8 +433,18 @@ def plan_command(config: PlanConfig) -> str:
         argv.append("--gradient-checkpointing")
     if config.lora:
         argv += ["--lora", "--lora-rank", str(config.lora_rank)]
+    if config.hardware is not None:
+        argv += ["--hardware", config.hardware]
     if config.gpus is not None:
         argv += ["--gpus", str(config.gpus)]
+    if config.gpus == 0 and config.cpu_ranks != 1:
+        argv += ["--cpu-ranks", str(config.cpu_ranks)]
+    if config.attention is not Attention.AUTO:
+        argv += ["--attention", str(config.attention)]
+    if config.random_init:
+        argv.append("--random-init")
+    if not config.zero3_init:
+        argv.append("--no-zero3-init")
     if config.nodes != 1:
         argv += ["--nodes", str(config.nodes)]
     if config.gpu_memory_gb is not None:

@@ -1,19 +1,25 @@
 """Formula tests: against DeepSpeed's own estimators where both model the same thing, and against
 the closed forms of the ZeRO paper and Korthikanti et al. 2022."""
 
+from dataclasses import replace
+
 import pytest
 from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
-from nexa_core.enums import Precision, Task
+from nexa_core.enums import Attention, Precision, Task, Weights
 from nexa_core.memory import (
     Calibration,
     Layout,
+    Workload,
     activation_bytes,
-    get_optimal_zero_stage,
+    attention_keeps_scores,
+    host_load_bytes,
+    kv_heads_stored,
     layouts,
     model_states_bytes,
     per_rank_estimate,
+    zero3_gathered_bytes,
 )
 from nexa_core.models import Architecture
 
@@ -37,21 +43,24 @@ def test_zero2_matches_deepspeed_estimator(gpus, nodes):
 
 @pytest.mark.parametrize("gpus,nodes", [(1, 1), (4, 1), (8, 2)])
 def test_zero3_matches_deepspeed_estimator(gpus, nodes):
+    """DeepSpeed's ZeRO-3 estimator adds 4 × the largest layer for the live gathered layer; NEXA
+    counts the gathered parameters apart (zero3_gathered_bytes), so the states plus that buffer
+    must equal DeepSpeed's figure."""
     n = gpus * nodes
+    buffer = 4 * LARGEST
     _, ds, _ = estimate_zero3_model_states_mem_needs(PSI, LARGEST, gpus, nodes, cpu_offload=False)
     # DeepSpeed's ZeRO-3 estimator counts 18 bytes/param where its ZeRO-2 one counts 2 + 18: it leaves
     # out the 16-bit gradient partition (stage3.py grads_in_partition). We keep it (docs/MEMORY.md).
-    assert gpu_states(3, False, False, gpus, nodes).gpu.total_bytes - 2 * PSI // n == pytest.approx(
-        ds, abs=16
-    )
+    states = gpu_states(3, False, False, gpus, nodes).gpu.total_bytes
+    assert states + buffer - 2 * PSI // n == pytest.approx(ds, abs=16)
     _, ds, _ = estimate_zero3_model_states_mem_needs(
         PSI, LARGEST, gpus, nodes, cpu_offload=True, cpu_offload_params=False
     )
-    assert gpu_states(3, True, False, gpus, nodes).gpu.total_bytes == pytest.approx(ds, abs=16)
+    assert gpu_states(3, True, False, gpus, nodes).gpu.total_bytes + buffer == pytest.approx(ds, abs=16)
     _, ds, _ = estimate_zero3_model_states_mem_needs(
         PSI, LARGEST, gpus, nodes, cpu_offload=True, cpu_offload_params=True
     )
-    assert gpu_states(3, True, True, gpus, nodes).gpu.total_bytes == ds
+    assert gpu_states(3, True, True, gpus, nodes).gpu.total_bytes + buffer == ds
 
 
 @pytest.mark.parametrize(
@@ -60,9 +69,7 @@ def test_zero3_matches_deepspeed_estimator(gpus, nodes):
 def test_offloaded_host_bytes_match_deepspeed_single_gpu(stage, offload_param, ds_bytes_per_param):
     # DeepSpeed (zero_init): cpu_mem = params * {16, 18} * 1.5 on one GPU.
     layout = Layout(stage, True, offload_param, 1, 1)
-    _, host = per_rank_estimate(
-        PSI, PSI, LARGEST, None, Precision.FP16, layout, 1, 1, False, Task.NER, 7, NO_BUFFERS
-    )
+    _, host = per_rank_estimate(Workload(PSI, PSI, LARGEST, None, Precision.FP16), layout, NO_BUFFERS)
     assert host.total_bytes == pytest.approx(PSI * ds_bytes_per_param * 1.5, rel=1e-6)
 
 
@@ -78,7 +85,7 @@ def test_zero_paper_partitioning_by_stage():
     assert s1.optimizer_bytes == 12 * PSI // n
     assert s1.gradients_bytes == 2 * PSI + 4 * PSI // n
     assert s2.gradients_bytes == 2 * PSI // n + 4 * PSI // n
-    assert s3.params_bytes == 2 * PSI // n + 4 * LARGEST
+    assert s3.params_bytes == 2 * PSI // n
     assert s0.total_bytes > s1.total_bytes > s2.total_bytes > s3.total_bytes
 
 
@@ -98,24 +105,92 @@ def test_lora_frozen_weights_have_no_gradients_or_optimizer():
 GPT2_LIKE = Architecture("gpt2", 1600, 48, 25, 25, 6400, 50257, 1024, gated_mlp=False)
 
 
-def test_activations_equal_korthikanti_per_layer():
+def test_stored_activations_are_korthikanti_per_layer_plus_one_layer_of_gradients():
+    """Korthikanti et al. 2022, eq. (1): sbh(34 + 5as/h) bytes per layer in 16 bits with the s×s
+    scores stored; NEXA adds one layer's activation gradients (the backward working set) and the
+    embedding output."""
     b, s, h, a, L = 4, 512, 1600, 25, 48
-    got = activation_bytes(
-        GPT2_LIKE, b, s, Precision.FP16, False, Task.CLASSIFICATION, 0, fused_attention=False
-    )
-    per_layer = s * b * h * (34 + 5 * a * s / h)
-    extras = 2 * s * b * h  # embedding output (a classifier with 0 labels adds nothing)
-    # stored activations of L layers + one layer's activation gradients during its backward
-    assert got == pytest.approx((L + 1) * per_layer + extras, rel=1e-9)
+    got = activation_bytes(GPT2_LIKE, b, s, Precision.FP16, False, Task.CLASSIFICATION, 0, keep_scores=True)
+    korthikanti = L * s * b * h * (34 + 5 * a * s / h)
+    one_layer_of_gradients = korthikanti / L
+    embedding_output = 2 * s * b * h  # (a classifier with 0 labels adds nothing)
+    assert got == pytest.approx(korthikanti + one_layer_of_gradients + embedding_output, rel=1e-9)
 
 
-def test_fused_attention_drops_the_score_matrix_and_fp32_doubles():
+def test_scores_dropped_without_them_and_fp32_doubles():
     args = (GPT2_LIKE, 2, 1024)
-    eager = activation_bytes(*args, Precision.FP16, False, Task.CLASSIFICATION, 0, fused_attention=False)
-    fused = activation_bytes(*args, Precision.FP16, False, Task.CLASSIFICATION, 0, fused_attention=True)
+    eager = activation_bytes(*args, Precision.FP16, False, Task.CLASSIFICATION, 0, keep_scores=True)
+    fused = activation_bytes(*args, Precision.FP16, False, Task.CLASSIFICATION, 0, keep_scores=False)
     assert eager - fused == pytest.approx((48 + 1) * 5 * 25 * 1024 * 1024 * 2, rel=1e-9)
     fp32 = activation_bytes(*args, Precision.FP32, False, Task.CLASSIFICATION, 0)
     assert fp32 == pytest.approx(2 * fused, rel=1e-9)
+
+
+# Llama-3.1-8B's shape (config.json on the hub): h 4096, 32 heads of 128, 8 key/value heads, I 14336.
+LLAMA_8B = Architecture(
+    "llama", 4096, 32, 32, 8, 14336, 128256, 131072, gated_mlp=True, head_dim=128, supports_sdpa=True
+)
+
+
+def test_grouped_query_attention_counts_key_value_heads_by_hand():
+    """One Llama-3.1-8B layer at b = 1, s = 2048 in bf16, counted tensor by tensor (bytes):
+    attention: norm output 2sbh, Q 2sbh, K and V 2·s·b·(8·128) each, attention output 2sbh, the
+    (zero-probability) dropout mask sbh; MLP: input 2sbh, gate, up, act(gate), act·up 2sbI each;
+    two RMSNorm inputs 2sbh each."""
+    b, s = 1, 2048
+    attention = 2 * s * 4096 + 2 * s * 4096 + 2 * (2 * s * 1024) + 2 * s * 4096 + s * 4096  # 67,108,864
+    mlp = 2 * s * 4096 + 4 * (2 * s * 14336)  # 251,658,240
+    norms = 2 * (2 * s * 4096)  # 33,554,432
+    per_layer = attention + mlp + norms
+    assert per_layer == 352_321_536
+    got = activation_bytes(LLAMA_8B, b, s, Precision.BF16, False, Task.CLASSIFICATION, 0, kv_heads=8)
+    assert got == 33 * per_layer + 2 * s * 4096  # 32 layers + one of gradients + embedding output
+    # counted as if every head had its own K/V (what NEXA did before): 2 · 2 · s · (4096 - 1024) more a layer
+    mha = activation_bytes(LLAMA_8B, b, s, Precision.BF16, False, Task.CLASSIFICATION, 0, kv_heads=32)
+    assert mha - got == 33 * 2 * 2 * s * (4096 - 1024)
+
+
+def test_which_key_value_heads_and_scores_each_attention_implementation_keeps():
+    # flash-attention and SDPA without a padding mask (micro-batch 1) take the 8 K/V heads as they
+    # are; eager, and SDPA with a padding mask, repeat them to 32 first (transformers repeat_kv)
+    assert kv_heads_stored(LLAMA_8B, Attention.FLASH, 8) == 8
+    assert kv_heads_stored(LLAMA_8B, Attention.SDPA, 1) == 8
+    assert kv_heads_stored(LLAMA_8B, Attention.SDPA, 8) == 32
+    assert kv_heads_stored(LLAMA_8B, Attention.EAGER, 1) == 32
+    assert kv_heads_stored(LLAMA_8B, Attention.AUTO, 1) == 8  # auto = sdpa for Llama
+    # s×s scores: eager always; SDPA only on CPU with attention dropout (its fused CPU kernel has none)
+    bert_like = replace(GPT2_LIKE, attention_dropout=0.1)
+    assert attention_keeps_scores(LLAMA_8B, Attention.EAGER, cpu_only=False)
+    assert not attention_keeps_scores(LLAMA_8B, Attention.SDPA, cpu_only=True)  # dropout 0
+    assert attention_keeps_scores(bert_like, Attention.SDPA, cpu_only=True)
+    assert not attention_keeps_scores(bert_like, Attention.SDPA, cpu_only=False)
+    assert not attention_keeps_scores(bert_like, Attention.FLASH, cpu_only=True)
+    no_sdpa = replace(bert_like, supports_sdpa=False)
+    assert attention_keeps_scores(no_sdpa, Attention.AUTO, cpu_only=False)  # auto falls back to eager
+
+
+def test_zero3_holds_up_to_max_live_parameters_gathered():
+    small = Workload(331_000_000, 331_000_000, 32_768_000, None, Precision.BF16)
+    big = Workload(70_000_000_000, 70_000_000_000, 1_050_673_152, None, Precision.BF16)
+    z3 = Layout(3, False, False, 8, 1)
+    assert zero3_gathered_bytes(small, z3) == 331_000_000 * 2  # below 1e9: the whole model
+    assert zero3_gathered_bytes(big, z3) == 1_050_673_152 * 4  # its largest layer's 4-byte buffer
+    assert zero3_gathered_bytes(replace(big, zero3_max_live_parameters=10**7), z3) == 1_050_673_152 * 4
+    assert zero3_gathered_bytes(replace(small, zero3_max_live_parameters=10**8), z3) == 10**8 * 2
+    assert zero3_gathered_bytes(small, Layout(2, False, False, 8, 1)) == 0
+
+
+def test_host_load_follows_the_loading_path():
+    llama = replace(LLAMA_8B, stored_dtype="bfloat16")
+    w = Workload(8_000_000_000, 8_000_000_000, 525_336_576, llama, Precision.BF16)
+    node = Layout(3, False, False, 8, 1)
+    # sharded: global rank 0 reads the bf16 checkpoint once; random init reads nothing
+    assert host_load_bytes(w, node) == 8_000_000_000 * 2
+    assert host_load_bytes(replace(w, weights=Weights.RANDOM), node) == 0
+    # not sharded: every rank of the node holds one copy in the load dtype (bf16 under DeepSpeed bf16)
+    assert host_load_bytes(replace(w, zero3_init=False), node) == 8 * 8_000_000_000 * 2
+    assert host_load_bytes(w, Layout(2, False, False, 8, 1)) == 8 * 8_000_000_000 * 2
+    assert host_load_bytes(replace(w, precision=Precision.FP32), Layout(2, False, False, 8, 1)) == 8 * 8 * 4 * 10**9
 
 
 def test_contrastive_pairs_keep_both_passes():
@@ -147,20 +222,13 @@ def test_layouts_cover_each_allowed_offload():
 
 def test_cpu_only_puts_everything_on_host():
     layout = Layout(0, False, False, 0, 1)
-    gpu, host = per_rank_estimate(
-        PSI, PSI, LARGEST, GPT2_LIKE, Precision.FP32, layout, 1, 128, False, Task.NER, 7
-    )
+    w = Workload(PSI, PSI, LARGEST, GPT2_LIKE, Precision.FP32, batch_size=1, seq_len=128)
+    gpu, host = per_rank_estimate(w, layout)
     assert gpu.total_bytes == 0
     assert host.params_bytes == 4 * PSI and host.activations_bytes > 0
 
 
-def test_seed_helper_kept():
-    assert [get_optimal_zero_stage(x) for x in (0.1, 1, 4, 20)] == [0, 1, 2, 3]
-
-
 def test_composite_gelu_keeps_four_more_mlp_tensors():
-    from dataclasses import replace
-
     gelu_new = replace(GPT2_LIKE, composite_activation=True)
     plain = activation_bytes(GPT2_LIKE, 2, 64, Precision.BF16, False, Task.CLASSIFICATION, 0)
     composite = activation_bytes(gelu_new, 2, 64, Precision.BF16, False, Task.CLASSIFICATION, 0)

@@ -7,7 +7,7 @@ import json
 import re
 
 from nexa_core.commands._output import print_result
-from nexa_core.enums import Precision, Task
+from nexa_core.enums import Attention, Precision, Task
 
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 
@@ -44,7 +44,34 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus", type=int, help="GPUs per node (default: detected; 0 = CPU-only training)")
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--gpu-memory-gb", type=float, help="memory per GPU (default: free memory detected)")
-    p.add_argument("--host-memory-gb", type=float, help="host RAM per node (default: available RAM)")
+    p.add_argument(
+        "--host-memory-gb",
+        type=float,
+        help="host RAM per node (default: this machine's available RAM; not checked when planning for another machine)",
+    )
+    p.add_argument(
+        "--hardware",
+        help="plan for a preset machine of deployment/hardware.yaml (GPUs, GPU memory and host RAM); "
+        "flags given beside it win",
+    )
+    p.add_argument("--list-hardware", action="store_true", help="list the hardware presets and exit")
+    p.add_argument(
+        "--cpu-ranks", type=int, default=1, help="processes per node of a CPU-only plan (--gpus 0)"
+    )
+    p.add_argument(
+        "--attention",
+        default=Attention.AUTO.value,
+        help=f"attention implementation the run uses: one of {', '.join(Attention.values())}",
+    )
+    p.add_argument(
+        "--random-init", action="store_true", help="the run starts from random weights (no checkpoint read)"
+    )
+    p.add_argument(
+        "--no-zero3-init",
+        dest="zero3_init",
+        action="store_false",
+        help="ZeRO-3 without DeepSpeed zero.Init: every rank builds the whole model before it is partitioned",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--list-models", action="store_true", help="list the catalogue and exit")
 
@@ -55,6 +82,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.list_models:
         for entry in models.catalogue().values():
             print(f"{entry.id:45s} {entry.family:8s} {entry.description}")
+        return 0
+    if args.list_hardware:
+        from nexa_core.targets import hardware_presets
+
+        for hw in hardware_presets().values():
+            print(
+                f"{hw.name:22s} {hw.gpus} × {hw.gpu_memory_gb:g} GiB, host {hw.host_memory_gb:g} GiB  {hw.description}"
+            )
         return 0
     config = planner.PlanConfig(
         model=args.model if args.params is None else None,
@@ -71,6 +106,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         nodes=args.nodes,
         gpu_memory_gb=args.gpu_memory_gb,
         host_memory_gb=args.host_memory_gb,
+        hardware=args.hardware,
+        cpu_ranks=args.cpu_ranks,
+        attention=args.attention,
+        random_init=args.random_init,
+        zero3_init=args.zero3_init,
     )
     plan = planner.make_plan(config)
     print_result(json.dumps(plan.to_dict(), indent=2) if args.json else report.plan_text(plan))
