@@ -44,6 +44,9 @@ class DeepSpeedSettings:
     cpu_checkpointing: bool = False
     precision: Precision | str | None = None  # None: bf16 (or fp16 without bf16 support) on GPU, fp32 on CPU
     gradient_accumulation_steps: int = 1
+    # ZeRO-3 only: build the model under deepspeed.zero.Init, so each rank creates just its 1/N of
+    # every parameter (Accelerate's zero3_init_flag; env ACCELERATE_DEEPSPEED_ZERO3_INIT)
+    zero3_init: bool = True
     config_file: str | None = None  # template; default deployment/deepspeed_config.json
     problems: list[str] = field(default_factory=list, repr=False)
 
@@ -119,6 +122,8 @@ class DeepSpeedSettings:
         ):
             if env.get(var):
                 values[key] = env[var]
+        if env.get("ACCELERATE_DEEPSPEED_ZERO3_INIT"):
+            values["zero3_init"] = env["ACCELERATE_DEEPSPEED_ZERO3_INIT"].lower() in _TRUE
         if env.get("DEEPSPEED_CPU_CHECKPOINTING"):
             values["cpu_checkpointing"] = env["DEEPSPEED_CPU_CHECKPOINTING"].lower() in _TRUE
         mixed = env.get("ENABLE_MIXED_PRECISION")
@@ -246,7 +251,11 @@ def get_accelerator(
             **accelerator_kwargs,
         )
     ensure_distributed_env()
-    plugin = DeepSpeedPlugin(hf_ds_config=settings.deepspeed_config(precision), zero3_init_flag=False)
+    stage, _, _ = settings.layout()
+    plugin = DeepSpeedPlugin(
+        hf_ds_config=settings.deepspeed_config(precision),
+        zero3_init_flag=stage == 3 and settings.zero3_init,
+    )
     if not gpu_available():
         # Without CUDA, Accelerate finds no backend for a launched rank and records a world of one
         # process, while DeepSpeed joins all ranks: train_batch_size is then computed for 1 process

@@ -63,7 +63,13 @@ def estimate_for(spec: RunSpec) -> dict[str, Any] | None:
 
 
 def measured(store: RunStore, run_id: str) -> dict[str, Any]:
-    """Peaks from the memory samples: host RSS summed over ranks, GPU per device."""
+    """Peaks: host RSS summed over ranks (each rank's kernel high-water mark when the run recorded it,
+    else the highest sample), GPU per device from the samples."""
+    from nexa_core.telemetry import PEAK_RSS_METRIC
+
+    kernel: dict[str, float] = {}
+    for name, value in store.metric_maxima(run_id, PEAK_RSS_METRIC).items():
+        kernel[name] = value
     rows = store.memory(run_id)
     per_rank: dict[tuple[str, int], int] = {}
     per_gpu: dict[int, int] = {}
@@ -73,8 +79,17 @@ def measured(store: RunStore, run_id: str) -> dict[str, Any]:
         if row.get("gpu_index") is not None:
             used = row.get("nvml_used_bytes") or row.get("gpu_reserved_bytes") or 0
             per_gpu[row["gpu_index"]] = max(per_gpu.get(row["gpu_index"], 0), used)
+    host = int(sum(kernel.values())) if kernel else (sum(per_rank.values()) if per_rank else None)
     return {
-        "peak_host_rss_bytes": sum(per_rank.values()) if per_rank else None,
+        "peak_host_rss_bytes": host,
+        "peak_host_rss_source": "kernel high-water mark per rank"
+        if kernel
+        else "sampled"
+        if per_rank
+        else None,
+        "peak_rss_bytes_per_rank": {
+            k.removeprefix(PEAK_RSS_METRIC): int(v) for k, v in sorted(kernel.items())
+        },
         "peak_gpu_bytes": {str(k): v for k, v in sorted(per_gpu.items())},
     }
 

@@ -256,6 +256,16 @@ class RunStore:
         return out
 
     # -------------------------------------------------------------- memory
+    def metric_maxima(self, run_id: str, prefix: str) -> dict[str, float]:
+        """The largest value of every metric whose name starts with ``prefix`` (e.g. per-rank peaks)."""
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT name, MAX(value) FROM metrics WHERE run_id = ? AND name LIKE ? ESCAPE '\\' GROUP BY name",
+                (run_id, escaped + "%"),
+            ).fetchall()
+        return {name: value for name, value in rows if value is not None}
+
     def log_memory(self, run_id: str, samples: list[dict[str, Any]]) -> None:
         """Append samples (dicts keyed by memory column names; missing keys are NULL) in one transaction."""
         if not samples:

@@ -186,6 +186,8 @@ def accelerate_config(
         return config
     ds = config.setdefault("deepspeed_config", {})
     ds["deepspeed_config_file"] = str(run_dir / DEEPSPEED_FILE)
+    # accelerate launch passes this on as ACCELERATE_DEEPSPEED_ZERO3_INIT (DeepSpeedSettings.from_env)
+    ds["zero3_init_flag"] = bool(spec.train.zero3_init)
     if spec.nodes > 1:
         ds["deepspeed_multinode_launcher"] = "pdsh" if spec.ssh_launcher else "standard"
         if spec.ssh_launcher:

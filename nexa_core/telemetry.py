@@ -103,6 +103,17 @@ def gpu_samples() -> list[dict[str, Any]]:
     return out
 
 
+PEAK_RSS_METRIC = "peak_rss_bytes/rank"
+
+
+def kernel_peak_rss_bytes() -> int:
+    """This process's peak resident set size (Linux ru_maxrss, in KiB: VmHWM). Children are not
+    included: each rank is its own process and records its own."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 class MemorySampler:
     """Samples this process every ``interval_s`` in a daemon thread and on ``sample_now()``.
     Store errors never stop training: the last one is kept in ``last_error``."""
@@ -113,7 +124,6 @@ class MemorySampler:
         self.rank = rank
         self.interval_s = interval_s
         self.host = socket.gethostname()
-        self.peak_rss_bytes = 0
         self.last_error: Exception | None = None
         self._step: int | None = None
         self._pending: list[dict[str, Any]] = []
@@ -127,18 +137,16 @@ class MemorySampler:
         self._step = step
 
     def sample_now(self) -> None:
-        """Called each step; more often than every 0.2 s it only updates the peak (nothing is queued).
-        Samples are written by the thread's next flush (or ``stop()``)."""
-        self._take(queue=time.monotonic() - self._last_sample >= MIN_SAMPLE_GAP_S)
+        """Called each step; nothing is queued within 0.2 s of the last sample (the exact peak comes
+        from the kernel at the end: ``peak_metric``). Samples are written by the thread's next flush
+        (or ``stop()``)."""
+        if time.monotonic() - self._last_sample >= MIN_SAMPLE_GAP_S:
+            self._take()
 
-    def _take(self, queue: bool = True) -> None:
-        """Update the peak and, when ``queue``, queue one row per GPU (one row without a GPU)."""
+    def _take(self) -> None:
+        """Queue one row per GPU (one row without a GPU)."""
         try:
             rss = process_tree_rss_bytes()
-            with self._lock:
-                self.peak_rss_bytes = max(self.peak_rss_bytes, rss)
-            if not queue:
-                return
             base = {
                 "t": time.time(),
                 "rank": self.rank,
@@ -189,6 +197,11 @@ class MemorySampler:
             self._thread.join(timeout=5)
         self._take()
         self.flush()
+
+    def peak_metric(self) -> dict[str, float]:
+        """This rank's peak RSS as the kernel counted it (every page ever resident at once, no
+        sampling gaps), named per rank for the metrics table: ``peak_rss_bytes/rank<N>``."""
+        return {f"{PEAK_RSS_METRIC}{self.rank}": float(kernel_peak_rss_bytes())}
 
     def __enter__(self) -> MemorySampler:
         return self.start()

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from nexa_core.device_manager import DeepSpeedSettings
-from nexa_core.enums import DeepSpeedMode, Offload, Precision, Task
+from nexa_core.enums import Attention, DeepSpeedMode, Offload, Precision, Task
 from nexa_core.errors import ConfigError, int_problems, raise_if
-from nexa_core.models import DEFAULT_MODEL, validate_model_name
+from nexa_core.models import DEFAULT_MODEL, seq_len_problems, validate_model_name
 from nexa_core.paths import text_problems
 
 # A run folder keeps its configuration in two halves: the training config and the launch fields.
@@ -53,13 +53,16 @@ class TrainConfig:
     eval: bool = True
     save: bool = True  # write checkpoints (a memory probe needs none)
     pad_to_seq_len: bool = False  # pad every batch to seq_len: memory probes measure the worst case
+    zero3_init: bool = True  # ZeRO-3: create the model sharded (DeepSpeed zero.Init); off: whole per rank
+    attention: Attention | str = Attention.AUTO  # transformers' attn_implementation; auto: its default
 
     def __post_init__(self) -> None:
         problems: list[str] = []
         # Text checks first: validate_model_name expects a str, and an existing folder named like an
         # option ('-x') must still be refused.
-        problems += text_problems("model (--model)", self.model, 1024) or validate_model_name(self.model)
-        for name, enum in (("task", Task), ("deepspeed", DeepSpeedMode)):
+        bad_model = text_problems("model (--model)", self.model, 1024) or validate_model_name(self.model)
+        problems += bad_model
+        for name, enum in (("task", Task), ("deepspeed", DeepSpeedMode), ("attention", Attention)):
             try:
                 setattr(self, name, enum.parse(getattr(self, name), f"{name} (--{name})"))
             except ValueError as exc:
@@ -74,6 +77,8 @@ class TrainConfig:
             ("warmup_steps", 0, 10**9),
         ):
             problems += int_problems(name, getattr(self, name), low, high)
+        if not bad_model and not int_problems("seq_len", self.seq_len, 8, 131_072):
+            problems += seq_len_problems(self.model, self.seq_len)
         for name, low, high in (("num_labels", 1, 10_000), ("max_steps", 1, 10**9), ("save_every", 1, 10**9)):
             if getattr(self, name) is not None:
                 problems += int_problems(name, getattr(self, name), low, high)
@@ -98,6 +103,7 @@ class TrainConfig:
             problems.append(
                 f"tracker (--tracker): {self.tracker} is not installed here; pip install {self.tracker}"
             )
+        problems += self._resolve_sample()
         for name in ("dataset", "eval_dataset"):
             value, flag = getattr(self, name), f"{name} (--{name.replace('_', '-')})"
             bad_text = text_problems(flag, value, 4096) if value is not None else []
@@ -110,6 +116,23 @@ class TrainConfig:
             problems += exc.problems
         raise_if(problems)
 
+    def _resolve_sample(self) -> list[str]:
+        """``--dataset sample:<name>``: a bundled sample's training file, and its validation file
+        unless one is given (datasets.SAMPLES)."""
+        from nexa_core.datasets import SAMPLE_PREFIX, bundled_paths, resolve_sample
+
+        if not isinstance(self.dataset, str) or not self.dataset.startswith(SAMPLE_PREFIX):
+            return []
+        name = self.dataset.removeprefix(SAMPLE_PREFIX)
+        path, problems = resolve_sample(self.dataset, self.task)
+        if path is None:
+            self.dataset = None
+            return problems
+        self.dataset = path
+        if self.eval_dataset is None:
+            self.eval_dataset = str(bundled_paths(self.task, name)[1])
+        return []
+
     def deepspeed_settings(self) -> DeepSpeedSettings:
         # auto defers to the seed's USE_DEEPSPEED when it is set (a deployment's default), else to
         # the hardware: on with a GPU, off on CPU.
@@ -120,6 +143,7 @@ class TrainConfig:
             offload_param=self.offload_param,
             precision=self.precision,
             gradient_accumulation_steps=self.gradient_accumulation,
+            zero3_init=None if self.zero3_init else False,  # off here wins; on defers to the environment
         )
 
     def to_dict(self) -> dict[str, Any]:

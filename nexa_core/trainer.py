@@ -18,7 +18,7 @@ import psutil
 from nexa_core import task_metrics
 from nexa_core.checkpoints import StepInfo, latest_checkpoint, load_latest_state, save_state
 from nexa_core.device_manager import DeepSpeedSettings, get_accelerator
-from nexa_core.enums import Offload, Precision, Task
+from nexa_core.enums import Attention, Offload, Precision, Task
 from nexa_core.errors import ConfigError
 from nexa_core.models import auto_class, lora_config, resolve_model, task_config
 
@@ -61,6 +61,8 @@ class DeepSpeedTrainer:
         tracker_dir: str | Path | None = None,
         progress: bool = False,
         save: bool = True,
+        zero3_init: bool = True,
+        attention: Attention | str = Attention.AUTO,
     ) -> None:
         from accelerate.utils import set_seed
 
@@ -84,6 +86,7 @@ class DeepSpeedTrainer:
         self.tracker = tracker
         self.progress = progress
         self.save = save
+        self.attention = Attention.parse(attention, "attention (--attention)")
         self.settings = DeepSpeedSettings.from_env(
             mode=None if use_deepspeed is None else ("on" if use_deepspeed else "off"),
             zero_stage=zero_stage,
@@ -91,6 +94,7 @@ class DeepSpeedTrainer:
             offload_param=_offload(offload_params),
             precision=precision,
             gradient_accumulation_steps=gradient_accumulation_steps,
+            zero3_init=None if zero3_init else False,
         )
         kwargs: dict[str, Any] = {}
         if tracker:
@@ -110,6 +114,22 @@ class DeepSpeedTrainer:
         self.stop_requested = False  # set from a signal handler; acted on at the next step boundary
 
     # ----------------------------------------------------------------- model
+    def load_dtype(self):
+        """The dtype the weights are created in, whatever the checkpoint stores: the 16-bit compute
+        dtype when DeepSpeed trains in it (its engine casts the module to it and keeps an fp32
+        master copy in the optimizer), else fp32 (plain fp32 training, or Accelerate's autocast,
+        which steps fp32 weights). memory.Workload.load_bytes_per_param makes the same choice."""
+        import torch
+
+        if self.use_deepspeed and self.precision is not Precision.FP32:
+            return {Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}[self.precision]
+        return torch.float32
+
+    def sharded_init(self) -> bool:
+        """ZeRO-3 with zero.Init: each rank creates only its partition of every parameter."""
+        stage, _, _ = self.settings.layout()
+        return self.use_deepspeed and stage == 3 and self.settings.zero3_init
+
     def _build_model(self):
         resolved = resolve_model(self.model_name)
         config = task_config(resolved, self.task, self.num_labels)
@@ -117,18 +137,32 @@ class DeepSpeedTrainer:
             config.id2label = dict(enumerate(self.label_names))
             config.label2id = {n: i for i, n in enumerate(self.label_names)}
         cls = auto_class(self.task)
-        if resolved.weights_dir is not None and not self.random_init:
-            model = cls.from_pretrained(resolved.weights_dir, config=config)
-        elif self.random_init:
-            log.warning("model %s: RANDOM-INITIALISED weights (random_init=True)", self.model_name)
-            model = cls.from_config(config)
-        else:
+        dtype = self.load_dtype()
+        # An explicit dtype: transformers' default ("auto") would keep the checkpoint's own dtype, so a
+        # bf16 checkpoint would train bf16 weights and bf16 Adam states under --precision fp32.
+        kwargs: dict[str, Any] = {"dtype": dtype}
+        if self.attention is not Attention.AUTO:
+            kwargs["attn_implementation"] = self.attention.value
+        pretrained = resolved.weights_dir is not None and not self.random_init
+        if not pretrained and not self.random_init:
             raise ConfigError(
                 [
                     f"model: no weights for {self.model_name!r} on this machine; give a local folder with weights, "
                     "the packaged sentence-transformers/all-MiniLM-L6-v2, or --random-init for a random-initialised test run"
                 ]
             )
+        if self.random_init:
+            log.warning("model %s: RANDOM-INITIALISED weights (random_init=True)", self.model_name)
+        with self._zero3_init_context():
+            if pretrained:
+                model = cls.from_pretrained(resolved.weights_dir, config=config, **kwargs)
+            else:
+                model = cls.from_config(config, **kwargs)
+        self._event(
+            f"model load: {'sharded at creation (DeepSpeed zero.Init), 1/N of each parameter per rank' if self.sharded_init() else 'one full copy per rank'}, "
+            f"{str(dtype).removeprefix('torch.')} weights, "
+            f"{'checkpoint ' + str(resolved.weights_dir) if pretrained else 'RANDOM-INITIALISED'}"
+        )
         if self.task is Task.CAUSAL_LM and model.config.pad_token_id is None:
             model.config.pad_token_id = model.config.eos_token_id
         if self.gradient_checkpointing:
@@ -138,6 +172,29 @@ class DeepSpeedTrainer:
 
             model = get_peft_model(model, lora_config(self.task, self.lora_rank))
         return model
+
+    def _zero3_init_context(self):
+        """transformers builds a model under deepspeed.zero.Init whenever a ZeRO-3 DeepSpeed config is
+        registered with it, and Accelerate registers one for every ZeRO-3 plugin whatever its
+        zero3_init_flag says (accelerate 1.15 DeepSpeedPlugin.set_deepspeed_weakref). So "off" has to
+        unregister it for the build, and register it again for what follows (saving, resizing)."""
+        import contextlib
+
+        stage, _, _ = self.settings.layout()
+        if not self.use_deepspeed or stage != 3 or self.settings.zero3_init:
+            return contextlib.nullcontext()
+
+        @contextlib.contextmanager
+        def unsharded():
+            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+            unset_hf_deepspeed_config()
+            try:
+                yield
+            finally:
+                self.accelerator.state.deepspeed_plugin.set_deepspeed_weakref()
+
+        return unsharded()
 
     # ----------------------------------------------------------- memory log
     def _log_memory_state(self, tag: str) -> dict[str, Any]:
@@ -290,6 +347,8 @@ class DeepSpeedTrainer:
                     }
                     window_start, window_samples, window_tokens = time.perf_counter(), 0, 0
                     self._record(step, row, sampler)
+                    if step == start.step + 1:  # optimizer states exist from the first step on
+                        self._event("precision: " + precision_text(precision_report(model, optimizer)))
                     if progress:
                         progress.update(1)
                         progress.set_postfix(loss=f"{loss_value:.4f}")
@@ -326,7 +385,7 @@ class DeepSpeedTrainer:
             if progress:
                 progress.close()
             if sampler:
-                sampler.stop()
+                sampler.stop(step)
             if self.tracker:
                 acc.end_training()
         return metrics
@@ -382,6 +441,41 @@ class DeepSpeedTrainer:
         return task_metrics.evaluate(self.task, self.model, eval_loader, self.accelerator, labels)
 
 
+def _dtype_name(dtype) -> str:
+    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(
+        str(dtype).removeprefix("torch."), str(dtype)
+    )
+
+
+def precision_report(model, optimizer) -> dict[str, list[str]]:
+    """The dtypes a run really holds: the model's weights (ZeRO-3: their partitions), the tensors the
+    optimizer steps (DeepSpeed's fp32 master copy, or the weights themselves) and its Adam states.
+    Read from the objects, not from the configuration, so a checkpoint's stored dtype or a launcher
+    default that overrode the chosen precision shows here."""
+    weights = {_dtype_name(getattr(p, "ds_tensor", p).dtype) for p in model.parameters()}
+    inner = optimizer
+    while hasattr(inner, "optimizer"):  # Accelerate's wrapper -> DeepSpeed's ZeRO optimizer -> torch's
+        inner = inner.optimizer
+    # ZeRO-3 empties the inner optimizer's param groups between steps; its state keeps the tensors
+    stepped = {_dtype_name(p.dtype) for g in inner.param_groups for p in g["params"] if p.numel()}
+    stepped |= {_dtype_name(p.dtype) for p in inner.state if hasattr(p, "dtype")}
+    states = {
+        _dtype_name(v.dtype)
+        for st in inner.state.values()
+        for k, v in st.items()
+        if k in ("exp_avg", "exp_avg_sq") and hasattr(v, "dtype")
+    }
+    return {
+        "weights": sorted(weights),
+        "optimizer_params": sorted(stepped),
+        "optimizer_states": sorted(states),
+    }
+
+
+def precision_text(report: dict[str, list[str]]) -> str:
+    return " ".join(f"{k}={'/'.join(v) or 'none'}" for k, v in report.items())
+
+
 def _offload(value: bool | str | None) -> str | None:
     if value is None:
         return None
@@ -405,5 +499,10 @@ class _Sampler:
         self._sampler.set_step(step)
         self._sampler.sample_now()
 
-    def stop(self) -> None:
+    def stop(self, step: int) -> None:
+        """Last samples, then this rank's kernel peak RSS as a metric (every rank writes its own)."""
         self._sampler.stop()
+        try:
+            self._sampler.store.log_metrics(self._sampler.run_id, step, self._sampler.peak_metric())
+        except Exception as exc:  # telemetry never fails a run (a busy or read-only store)
+            log.warning("peak RSS not recorded: %s", exc)

@@ -146,6 +146,8 @@ def run_training(
             tracker_dir=run_dir / "tracker",
             progress=progress,
             save=config.save,
+            zero3_init=config.zero3_init,
+            attention=config.attention,
         )
         _stop_on_signals(trainer)
         if main:

@@ -190,7 +190,10 @@ def test_host_load_follows_the_loading_path():
     # not sharded: every rank of the node holds one copy in the load dtype (bf16 under DeepSpeed bf16)
     assert host_load_bytes(replace(w, zero3_init=False), node) == 8 * 8_000_000_000 * 2
     assert host_load_bytes(w, Layout(2, False, False, 8, 1)) == 8 * 8_000_000_000 * 2
-    assert host_load_bytes(replace(w, precision=Precision.FP32), Layout(2, False, False, 8, 1)) == 8 * 8 * 4 * 10**9
+    assert (
+        host_load_bytes(replace(w, precision=Precision.FP32), Layout(2, False, False, 8, 1))
+        == 8 * 8 * 4 * 10**9
+    )
 
 
 def test_contrastive_pairs_keep_both_passes():

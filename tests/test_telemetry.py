@@ -85,7 +85,10 @@ def test_sampler_writes_to_the_store_while_running(tmp_path, no_torch):
     rows = store.memory("run")
     assert rows[-1]["step"] == 3 and rows[-1]["rank"] == 2 and rows[-1]["host"]
     assert all(r["rss_bytes"] > 0 and r["gpu_index"] is None for r in rows)
-    assert sampler.peak_rss_bytes >= max(r["rss_bytes"] for r in rows) > 0
+    # the kernel's high-water mark of this process is at least any RSS sampled from it (less the
+    # few pages the kernel's per-thread RSS counters may not have folded in yet)
+    ((name, peak),) = sampler.peak_metric().items()
+    assert name == "peak_rss_bytes/rank2" and peak >= max(r["rss_bytes"] for r in rows) - 2**20 > 0
     assert sampler.last_error is None
 
 
@@ -93,7 +96,7 @@ def test_sample_now_is_rate_limited_and_stop_flushes(tmp_path):
     store = RunStore(tmp_path / "runs.sqlite")
     sampler = telemetry.MemorySampler(store, "run", interval_s=60).start()  # the thread never flushes
     sampler.set_step(1)
-    sampler.sample_now()  # within 0.2 s of start's sample: peak only
+    sampler.sample_now()  # within 0.2 s of start's sample: nothing queued
     time.sleep(telemetry.MIN_SAMPLE_GAP_S + 0.05)
     sampler.set_step(2)
     sampler.sample_now()
@@ -107,7 +110,7 @@ def test_sampler_survives_a_broken_store(tmp_path):
     with sampler:
         sampler.sample_now()
         time.sleep(0.15)
-    assert isinstance(sampler.last_error, sqlite3.Error) and sampler.peak_rss_bytes > 0
+    assert isinstance(sampler.last_error, sqlite3.Error)
 
 
 def test_sampler_survives_a_locked_store_and_sampling_errors(monkeypatch):

@@ -224,8 +224,16 @@ def test_two_rank_zero3_run_completes_and_exports(nexa_home, tmp_path):
     run = RunStore(nexa_home / "runs.sqlite").get_run("two-ranks")
     assert run["state"] == "succeeded"
     assert len(metric_steps(nexa_home, "two-ranks")) == 2  # rank 0 alone writes metrics
-    ranks = {row["rank"] for row in RunStore(nexa_home / "runs.sqlite").memory("two-ranks")}
+    store = RunStore(nexa_home / "runs.sqlite")
+    ranks = {row["rank"] for row in store.memory("two-ranks")}
     assert ranks == {0, 1}
+    # ZeRO-3 built the model under zero.Init (each rank created only its partition), and every rank
+    # recorded its kernel peak RSS
+    assert any("sharded at creation (DeepSpeed zero.Init)" in e["message"] for e in store.events("two-ranks"))
+    assert set(store.metric_maxima("two-ranks", "peak_rss_bytes/rank")) == {
+        "peak_rss_bytes/rank0",
+        "peak_rss_bytes/rank1",
+    }
     exported = export_checkpoint("two-ranks", tmp_path / "export")
     AutoModelForTokenClassification.from_pretrained(exported)
 

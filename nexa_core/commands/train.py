@@ -9,7 +9,7 @@ import socket
 import sys
 
 from nexa_core.commands._output import print_result
-from nexa_core.enums import Precision, Task
+from nexa_core.enums import Attention, Precision, Task
 from nexa_core.errors import ConfigError
 
 
@@ -49,6 +49,14 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-eval", dest="eval", action="store_false", default=None)
     p.add_argument("--no-save", dest="save", action="store_false", default=None, help="write no checkpoint")
     p.add_argument("--pad-to-seq-len", action="store_true", default=None, help="pad every batch to --seq-len")
+    p.add_argument(
+        "--no-zero3-init",
+        dest="zero3_init",
+        action="store_false",
+        default=None,
+        help="ZeRO-3 without DeepSpeed zero.Init: every rank builds the whole model before it is partitioned",
+    )
+    p.add_argument("--attention", help=f"attention implementation: one of {', '.join(Attention.values())}")
     p.add_argument("--run-id", help="use this run id (the run manager passes it)")
     p.add_argument("--resume", metavar="RUN_ID", help="resume this run from its latest checkpoint")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
@@ -57,7 +65,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 TRAIN_FIELDS = (
     "model task num_labels dataset eval_dataset deepspeed zero_stage offload_optimizer offload_param precision "
     "batch_size seq_len gradient_accumulation lr epochs max_steps lora lora_rank gradient_checkpointing save_every "
-    "keep_last seed name random_init tracker eval save pad_to_seq_len"
+    "keep_last seed name random_init tracker eval save pad_to_seq_len zero3_init attention"
 ).split()
 
 
