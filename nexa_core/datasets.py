@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 import uuid
 from collections.abc import Iterator
@@ -18,6 +19,8 @@ from typing import Any
 
 from nexa_core.enums import Task
 from nexa_core.errors import ConfigError
+
+log = logging.getLogger("nexa.datasets")
 
 LIMIT_BYTES = 50 * 1024 * 1024
 MAX_LINE_BYTES = 1024 * 1024
@@ -33,16 +36,46 @@ REQUIRED_FIELDS: dict[Task, tuple[str, ...]] = {
     Task.EMBEDDING: ("anchor", "positive"),
     Task.CAUSAL_LM: ("text",),
 }
+# causal-lm takes three record formats; a file uses one. The loss covers every token of "text", and
+# only the completion (or the assistant turns) of the other two: the prompt's labels are -100.
+CAUSAL_LM_FORMATS: dict[str, tuple[str, ...]] = {
+    "text": ("text",),
+    "prompt-completion": ("prompt", "completion"),
+    "chat": ("messages",),
+}
+CHAT_ROLES = ("system", "user", "assistant")
+# Bundled samples beyond each task's default, named as --dataset sample:<name>.
+SAMPLES = {"instructions": (Task.CAUSAL_LM, "causal_lm_instructions")}
+SAMPLE_PREFIX = "sample:"
+
 # In memory and never from/to the ~/.cache/huggingface/datasets cache: uploads change under one name.
 _MAP_OPTIONS = {"batched": True, "keep_in_memory": True, "load_from_cache_file": False}
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _BRACKET = re.compile(r"[\[\]{}]")
 
 
-def bundled_paths(task: Task | str) -> tuple[Path, Path]:
-    """(train, validation) files shipped in ``nexa_core/data`` for a task."""
-    stem = _BUNDLED[Task.parse(task, "task")]
+def bundled_paths(task: Task | str, sample: str | None = None) -> tuple[Path, Path]:
+    """(train, validation) files shipped in ``nexa_core/data`` for a task, or for a named sample."""
+    stem = SAMPLES[sample][1] if sample else _BUNDLED[Task.parse(task, "task")]
     return DATA_DIR / f"{stem}_train.jsonl", DATA_DIR / f"{stem}_validation.jsonl"
+
+
+def resolve_sample(dataset: str | None, task: Task | str) -> tuple[str | None, list[str]]:
+    """``sample:<name>`` names a bundled sample: (its training file's path, problems). Other values
+    are returned unchanged."""
+    if dataset is None or not str(dataset).startswith(SAMPLE_PREFIX):
+        return dataset, []
+    name = str(dataset).removeprefix(SAMPLE_PREFIX)
+    allowed = ", ".join(SAMPLE_PREFIX + n for n in SAMPLES)
+    if name not in SAMPLES:
+        return None, [f"dataset (--dataset): {dataset!r} is not a bundled sample; choose one of {allowed}"]
+    try:
+        wrong_task = Task.parse(task, "task") is not SAMPLES[name][0]
+    except ValueError:
+        return None, []  # the task's own message says what is wrong
+    if wrong_task:
+        return None, [f"dataset (--dataset): {dataset} is for --task {SAMPLES[name][0]}, not {task}"]
+    return str(bundled_paths(task, name)[0]), []
 
 
 class _Problems:
@@ -94,8 +127,51 @@ def _too_deep(text: str) -> bool:
     return False
 
 
+def causal_lm_format(record: dict) -> str | None:
+    """Which causal-lm format a record is in (chat, then prompt-completion, then text), or None."""
+    for name in ("chat", "prompt-completion", "text"):
+        if all(f in record for f in CAUSAL_LM_FORMATS[name]):
+            return name
+    return None
+
+
+def _check_messages(messages: Any) -> list[str]:
+    if not isinstance(messages, list) or not messages:
+        return ['field \'messages\' must be a non-empty list of {"role", "content"} objects']
+    errs = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in CHAT_ROLES:
+            errs.append(f"messages[{i}]: 'role' must be one of {', '.join(CHAT_ROLES)}")
+        elif not isinstance(m.get("content"), str) or not m["content"].strip():
+            errs.append(f"messages[{i}]: 'content' must be a non-empty string")
+    if not errs and not any(m["role"] == "assistant" for m in messages):
+        errs.append("messages: no 'assistant' turn, so nothing to learn from")
+    return errs
+
+
+def _check_causal_lm(record: dict) -> tuple[dict | None, list[str]]:
+    form = causal_lm_format(record)
+    if form is None:
+        return None, ["needs a 'text' field, or 'prompt' and 'completion', or 'messages' (chat)"]
+    out = {f: record[f] for f in CAUSAL_LM_FORMATS[form]}
+    if form == "chat":
+        errs = _check_messages(out["messages"])
+        out["messages"] = (
+            [{"role": m["role"], "content": m["content"]} for m in out["messages"]] if not errs else []
+        )
+    else:
+        errs = [
+            f"field {k!r} must be a non-empty string"
+            for k, v in out.items()
+            if not isinstance(v, str) or not v.strip()
+        ]
+    return (None if errs else out), errs
+
+
 def _check_record(task: Task, record: dict, label_names: list[str] | None) -> tuple[dict | None, list[str]]:
     """Validate one record's fields; returns (record with only the required fields, problems)."""
+    if task is Task.CAUSAL_LM:
+        return _check_causal_lm(record)
     missing = [f for f in REQUIRED_FIELDS[task] if f not in record]
     if missing:
         return None, [f"missing field {f!r}" for f in missing]
@@ -168,6 +244,16 @@ def _csv_records(path: Path, task: Task, problems: _Problems) -> Iterator[tuple[
             continue
         if header is None:
             header = [cell.strip() for cell in row]
+            if task is Task.CAUSAL_LM:
+                form = causal_lm_format(dict.fromkeys(header))
+                if form is None or form == "chat":
+                    problems.add(
+                        "needs a 'text' column, or 'prompt' and 'completion' columns (chat 'messages' "
+                        f"only in JSONL) (header has: {', '.join(header)})",
+                        number,
+                    )
+                    return
+                continue
             missing = [f for f in REQUIRED_FIELDS[task] if f not in header]
             for name in missing:
                 problems.add(f"missing column {name!r} (header has: {', '.join(header)})", number)
@@ -207,6 +293,7 @@ def load_records(
         _csv_records(path, task, problems) if path.suffix.lower() == ".csv" else _json_records(path, problems)
     )
     records = []
+    first_format: str | None = None
     for number, value in raw:
         if len(records) >= max_rows:  # stop reading: the rest would only grow memory
             problems.add(f"more than {max_rows} records; split the file or sample it down", number)
@@ -214,6 +301,14 @@ def load_records(
         record, errs = _check_record(task, value, label_names)
         for err in errs:
             problems.add(err, number)
+        if record is not None and task is Task.CAUSAL_LM:
+            form = causal_lm_format(record)
+            first_format = first_format or form
+            if form != first_format:  # one Dataset needs one set of columns
+                problems.add(
+                    f"a {form!r} record in a file of {first_format!r} records; use one format", number
+                )
+                continue
         if record is not None:
             records.append(record)
     if not records and not problems.total:
@@ -265,11 +360,109 @@ def _encode(task: Task, tokenizer: Any, seq_len: int, label_ids: dict[str, int])
     def embedding(batch: dict[str, list]) -> dict[str, list]:
         return {f"{side}_{k}": v for side in ("anchor", "positive") for k, v in text(batch[side]).items()}
 
-    def causal_lm(batch: dict[str, list]) -> dict[str, list]:
-        return text(batch["text"])  # labels come from the collator (input_ids, padding -> -100)
-
     encoders = {Task.NER: ner, Task.CLASSIFICATION: classification, Task.EMBEDDING: embedding}
-    return encoders.get(task, causal_lm)
+    return encoders.get(task) or CausalLMEncoder(tokenizer, seq_len)
+
+
+# Used for "messages" when the tokenizer has no chat template of its own (docs/DATA.md).
+PLAIN_CHAT_HEADERS = {"system": "### System:\n", "user": "### User:\n", "assistant": "### Assistant:\n"}
+PLAIN_CHAT_SEPARATOR = "\n\n"
+
+
+def render_chat(tokenizer: Any, messages: list[dict]) -> tuple[str, list[tuple[int, int]], bool]:
+    """(text, character spans of the assistant turns, whether the tokenizer's own template rendered it).
+
+    With a chat template, each assistant span runs from the end of the conversation rendered up to
+    that turn with the generation prompt (its header) to the end of the conversation rendered
+    through that turn, so the end-of-turn marker is learned too. Without one, the plain template
+    above is used: a header line per message, messages separated by a blank line."""
+    if getattr(tokenizer, "chat_template", None):
+        full = tokenizer.apply_chat_template(messages, tokenize=False)
+        spans = []
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            before = (
+                tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+                if i
+                else ""
+            )
+            through = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+            if not (full.startswith(through) and through.startswith(before)):
+                raise ConfigError(
+                    ["messages: the tokenizer's chat template renders turns differently in context, so the "
+                     "assistant's tokens cannot be told apart; use 'prompt' and 'completion' instead"]
+                )  # fmt: skip
+            spans.append((len(before), len(through)))
+        return full, spans, True
+    parts, spans, at = [], [], 0
+    for message in messages:
+        header = PLAIN_CHAT_HEADERS[message["role"]]
+        if parts:
+            at += len(PLAIN_CHAT_SEPARATOR)
+        start = at + len(header)
+        parts.append(header + message["content"])
+        at += len(parts[-1])
+        if message["role"] == "assistant":
+            spans.append((start, at))
+    return PLAIN_CHAT_SEPARATOR.join(parts), spans, False
+
+
+class CausalLMEncoder:
+    """Tokenise causal-lm records into input_ids, attention_mask and labels.
+
+    "text": every token is a target. "prompt"/"completion" and "messages": only tokens that start
+    inside the completion or an assistant turn are targets; the rest get -100, which the loss
+    ignores. A completion that runs to its end gets the end-of-sequence token as a target (the model
+    learns to stop), unless a chat template already ends the turn. Sequences are cut at seq_len;
+    a record left with no target token is dropped (counted in ``dropped``)."""
+
+    def __init__(self, tokenizer: Any, seq_len: int) -> None:
+        self.tokenizer, self.seq_len, self.dropped = tokenizer, seq_len, 0
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        if "messages" in batch:
+            rendered = [render_chat(self.tokenizer, m) for m in batch["messages"]]
+        elif "prompt" in batch:
+            rendered = [
+                (p + c, [(len(p), len(p + c))], False) for p, c in zip(batch["prompt"], batch["completion"])
+            ]
+        else:
+            rendered = [(t, None, False) for t in batch["text"]]
+        out: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": []}
+        for text, spans, templated in rendered:
+            ids, labels = self._encode(text, spans, templated)
+            if spans is not None and all(x == -100 for x in labels):
+                self.dropped += 1
+                continue
+            out["input_ids"].append(ids)
+            out["attention_mask"].append([1] * len(ids))
+            out["labels"].append(labels)
+        return out
+
+    def _encode(self, text: str, spans: list[tuple[int, int]] | None, templated: bool) -> tuple[list, list]:
+        tok = self.tokenizer
+        if spans is None:
+            ids = tok(text, truncation=True, max_length=self.seq_len)["input_ids"]
+            return ids, list(ids)
+        if not getattr(tok, "is_fast", False):
+            raise ConfigError(["tokenizer: prompt/completion and chat data need a fast tokenizer (offsets)"])
+        # a chat template writes the special tokens (BOS, headers) itself
+        enc = tok(text, return_offsets_mapping=True, add_special_tokens=not templated)
+        ids = list(enc["input_ids"])
+        labels = [
+            t if end > start and any(a <= start < b for a, b in spans) else -100
+            for t, (start, end) in zip(ids, enc["offset_mapping"])
+        ]
+        eos = tok.eos_token_id
+        if len(ids) > self.seq_len:
+            return ids[: self.seq_len], labels[: self.seq_len]
+        if not templated and spans and spans[-1][1] == len(text):
+            if eos is not None and len(ids) < self.seq_len and ids[-1:] != [eos]:
+                ids, labels = ids + [eos], labels + [eos]
+            elif ids and ids[-1] in (eos, tok.sep_token_id):  # e.g. BERT's [SEP] closes the sequence
+                labels[-1] = ids[-1]
+        return ids, labels
 
 
 def build_datasets(
@@ -295,14 +488,24 @@ def build_datasets(
             raise ConfigError([f"label_names: missing {', '.join(sorted(used - label_ids.keys()))}"])
     encode = _encode(task, tokenizer, seq_len, label_ids)
 
-    def build(records: list[dict]):
+    def build(records: list[dict], split: str):
         ds = hf_datasets.Dataset.from_list(records)
         # A given fingerprint skips hashing (dill-pickling) the tokenizer, about a second per call.
         fingerprint = uuid.uuid4().hex
         options = {"new_fingerprint": fingerprint, "desc": f"Tokenising {task} data", **_MAP_OPTIONS}
-        return ds.map(encode, remove_columns=ds.column_names, **options)
+        dropped_before = getattr(encode, "dropped", 0)
+        out = ds.map(encode, remove_columns=ds.column_names, **options)
+        dropped = getattr(encode, "dropped", 0) - dropped_before
+        if dropped and not len(out):
+            raise ConfigError(
+                [f"seq_len (--seq-len): {seq_len} tokens leave no completion token in any {split} record; "
+                 "raise it or shorten the prompts"]
+            )  # fmt: skip
+        if dropped:
+            log.warning("%s: %d record(s) dropped: their prompt fills all %d tokens", split, dropped, seq_len)
+        return out
 
-    return build(train_records), build(eval_records)
+    return build(train_records, "training"), build(eval_records, "validation")
 
 
 @dataclass
@@ -338,8 +541,10 @@ def make_collator(task: Task | str, tokenizer: Any, pad_to: int | None = None):
         return transformers.DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=pad_to)
     if task is Task.CLASSIFICATION:
         return transformers.DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to)
-    if task is Task.CAUSAL_LM:  # labels = input_ids, padding -> -100 (the model shifts them itself)
-        return transformers.DataCollatorForLanguageModeling(tokenizer, mlm=False, pad_to_multiple_of=pad_to)
+    if task is Task.CAUSAL_LM:  # labels from CausalLMEncoder, padding -> -100 (the model shifts them itself)
+        return transformers.DataCollatorForSeq2Seq(
+            tokenizer, label_pad_token_id=-100, pad_to_multiple_of=pad_to
+        )
     return PairCollator(tokenizer, pad_to)
 
 
