@@ -40,7 +40,11 @@ def estimate_for(spec: RunSpec) -> dict[str, Any] | None:
                 lora=train.lora,
                 lora_rank=train.lora_rank,
                 gpus=min(gpus, spec.nproc) if gpus else 0,
+                cpu_ranks=spec.nproc if not gpus else 1,
                 nodes=spec.nodes,  # ZeRO shards over GPUs × nodes: per-GPU figures follow both
+                attention=train.attention,
+                random_init=train.random_init,
+                zero3_init=train.zero3_init and settings.zero3_init,
             )
         )
     except ConfigError:
