@@ -11,6 +11,7 @@ here: the rows check the formulas, they do not tune them.
 
     python benchmarks/gpu_published.py            # the table, per-source and overall medians
     python benchmarks/gpu_published.py --json     # the same as JSON
+    python benchmarks/gpu_published.py --markdown # the tables in docs/BENCHMARKS.md
 
 Offline: the models come from NEXA's catalogue (meta-device builds, no download).
 """
@@ -223,7 +224,7 @@ def evaluate_row(row: dict[str, Any], calibration=DEFAULT_CALIBRATION) -> Result
             activations_bytes=per_gpu.activations_bytes + extra,
             overhead_bytes=per_gpu.overhead_bytes + int(calibration.gpu_fragmentation * extra),
         )
-        note = f"+{extra / GIB:.2f} GiB eager s×s scores (planner has no attention field yet)"
+        note = f"+{extra / GIB:.2f} GiB eager s×s scores added here: the planner has no attention field yet"
     comparable = comparable_bytes(per_gpu, row["metric"], calibration)
     if row["seq_len_kind"] == "data-dependent":
         # Expressible but for the batch shapes: the estimate at the cap is an upper bound, reported as such.
@@ -317,12 +318,35 @@ def report(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def markdown(results: list[Result]) -> str:
+    """The docs/BENCHMARKS.md table: compared rows with their errors, then the rest with their reasons."""
+    lines = [
+        "| row | configuration | metric | published GiB | NEXA total GiB | NEXA comparable GiB | error |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        if r.comparable is None:
+            continue
+        err = f"{r.error:+.1%}" if r.expressible else "bound: " + ("holds" if r.error >= 0 else "violated")
+        note = f"; {r.added_note}" if r.added_note else ""
+        lines.append(
+            f"| `{r.row['id']}` | {summary(r.row)}{note} | {r.row['metric']} | {r.published_bytes / GIB:.2f} "
+            f"| {r.total_bytes / GIB:.2f} | {r.comparable / GIB:.2f} | {err} |"
+        )
+    lines += ["", "| row | published GiB | why NEXA cannot express it |", "| --- | ---: | --- |"]
+    for r in results:
+        if r.comparable is None:
+            lines.append(f"| `{r.row['id']}` | {r.published_bytes / GIB:.2f} | {r.reason} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data", type=Path, default=DATA, help="rows to check (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--markdown", action="store_true", help="print the docs/BENCHMARKS.md tables")
     args = parser.parse_args(argv)
     results = evaluate(load(args.data)["rows"])
     if args.json:
@@ -345,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
                 indent=1,
             )
         )
+    elif args.markdown:
+        print(markdown(results))
     else:
         print(report(results))
     return 0

@@ -58,6 +58,8 @@ def test_every_row_is_either_compared_or_says_why():
         else:
             assert r.reason and len(r.reason) > 20, r.row["id"]
     assert sum(r.expressible for r in results) >= 15
+    table = gp.markdown(results)  # the docs/BENCHMARKS.md tables: every row, once
+    assert all(table.count(f"`{r['id']}`") == 1 for r in ROWS)
 
 
 def test_script_prints_an_error_line_per_row_and_meets_the_goal(capsys, monkeypatch):
