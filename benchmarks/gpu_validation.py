@@ -1,8 +1,9 @@
 """GPU validation kit: measure real training peaks on one GPU and print the planner's error per case.
 
-Each case trains a random-initialised model (catalogue configs, some scaled down) for a few steps
-with NEXA's DeepSpeedTrainer in its own process (benchmarks/gpu_validation_worker.py), so peaks
-never mix. Measured: torch max allocated and max reserved per optimizer step (the figures are the
+Each case is a `nexa train` run (a TrainConfig through NEXA's run_training: bundled data padded to
+the sequence length, a random-initialised model from a catalogue config, some scaled down,
+DeepSpeedTrainer) for a few steps in its own process (benchmarks/gpu_validation_worker.py), so
+peaks never mix. Measured: torch max allocated and max reserved per optimizer step (the figures are the
 maximum over steps 2+, once the optimizer state exists), NVML used memory of the process and of
 the device (sampled every 20 ms), peak RSS. Compared with the planner's Estimate for the case's
 ZeRO layout (nexa_core.gpu_metrics): allocated vs the live terms, reserved vs the per-GPU total
@@ -29,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from nexa_core.gpu_metrics import GpuMetric, comparable_bytes  # noqa: E402
 from nexa_core.memory import GIB, MIB  # noqa: E402
 from nexa_core.models import catalogue  # noqa: E402
 from nexa_core.planner import PlanConfig, make_plan  # noqa: E402
+from nexa_core.train_config import TrainConfig  # noqa: E402
 
 WORKER = Path(__file__).with_name("gpu_validation_worker.py")
 RESULTS = ROOT / "benchmarks" / "results"
@@ -59,112 +61,122 @@ LLAMA_0_1B = {
     "head_dim": 64, "intermediate_size": 2048, "vocab_size": 32000, "tie_word_embeddings": False,
     "bos_token_id": 1, "eos_token_id": 2,
 }  # fmt: skip
-# --dry-run shrinks every model to this (per model_type) and trains 2 fp32 steps of batch 2 x 32.
+# --dry-run shrinks every model to this (per model_type) and trains 2 fp32 steps of batch 2 x 32. The
+# vocabulary stays at 30522: the bundled data is tokenised with the packaged MiniLM tokenizer.
 TINY = {
-    "gpt2": {"n_layer": 2, "n_embd": 64, "n_head": 2, "vocab_size": 1024, "bos_token_id": 0, "eos_token_id": 0},
+    "gpt2": {"n_layer": 2, "n_embd": 64, "n_head": 2, "vocab_size": 30522, "bos_token_id": 0, "eos_token_id": 0},
     "llama": {
         "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "head_dim": 16, "intermediate_size": 128, "vocab_size": 1024, "bos_token_id": 1, "eos_token_id": 2,
+        "head_dim": 16, "intermediate_size": 128, "vocab_size": 30522, "bos_token_id": 1, "eos_token_id": 2,
     },
-    "bert": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128, "vocab_size": 1024},
+    "bert": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128, "vocab_size": 30522},
 }  # fmt: skip
+# Every case is a `nexa train` run: bundled data padded to seq_len (fixed shapes), random weights,
+# no evaluation, no checkpoint; stage and offloads always explicit (the DeepSpeed template's own
+# offloads would otherwise apply to ZeRO-3).
+RUN_DEFAULTS: dict[str, Any] = {
+    "task": "causal-lm", "batch_size": 8, "seq_len": 1024, "precision": "bf16", "deepspeed": "on",
+    "zero_stage": 0, "offload_optimizer": "none", "offload_param": "none", "max_steps": 3,
+    "random_init": True, "eval": False, "save": False, "pad_to_seq_len": True,
+}  # fmt: skip
+DRY_RUN = {"precision": "fp32", "batch_size": 2, "seq_len": 32, "max_steps": 2}
 
 
 @dataclass
 class Case:
     name: str
-    model: str  # catalogue entry whose config is used (random weights)
-    overrides: dict[str, Any] = field(default_factory=dict)  # config changes: scaled-down variants
-    task: str = "causal-lm"
-    num_labels: int = 7
-    batch_size: int = 8
-    seq_len: int = 1024
-    precision: str = "bf16"
-    deepspeed: bool = True  # False: Accelerate alone (torch AdamW), as `nexa train --deepspeed off`
-    zero_stage: int = 0
-    offload_optimizer: bool = False
-    offload_param: bool = False
-    lora: bool = False
-    lora_rank: int = 8
-    gradient_checkpointing: bool = False
-    steps: int = 3  # the peaks are taken over steps 2+ (Adam's state exists from step 1)
+    train: TrainConfig  # what the worker runs (its model is replaced by a folder with the config below)
+    overrides: dict[str, Any] = field(default_factory=dict)  # model config changes: scaled-down variants
     dry_run: bool = False  # also run (tiny) by --dry-run
+
+
+def case(
+    name: str, model: str, overrides: dict[str, Any] | None = None, dry_run: bool = False, **train
+) -> Case:
+    config = TrainConfig(**{**RUN_DEFAULTS, "model": model, "name": name, **train})  # the run's name too
+    return Case(name, config, overrides or {}, dry_run)
 
 
 L1B = "meta-llama/Llama-3.2-1B"
 CASES = [
-    # ~0.1B: GPT-2 small through the precision and ZeRO paths
-    Case("gpt2 bf16 no-deepspeed", "gpt2", deepspeed=False, dry_run=True),
-    Case("gpt2 bf16 zero0", "gpt2"),
-    Case("gpt2 fp32 zero0", "gpt2", precision="fp32"),
-    Case("gpt2 bf16 zero2", "gpt2", zero_stage=2, dry_run=True),
+    # ~0.1B: GPT-2 small through the precision and ZeRO paths; max_steps 3: peaks over steps 2+
+    case("gpt2 bf16 no-deepspeed", "gpt2", deepspeed="off", dry_run=True),  # Accelerate alone, torch AdamW
+    case("gpt2 bf16 zero0", "gpt2"),
+    case("gpt2 fp32 zero0", "gpt2", precision="fp32"),
+    case("gpt2 bf16 zero2", "gpt2", zero_stage=2, dry_run=True),
     # ~0.1B Llama-style (SwiGLU, GQA 12/4): Llama 3.2 scaled down
-    Case("llama-0.1b bf16 zero2", L1B, LLAMA_0_1B, zero_stage=2),
-    # ~0.35B: GPT-2 medium (decoder) and BERT-large (encoder, token classification)
-    Case("gpt2-medium bf16 zero2", "gpt2-medium", zero_stage=2),
-    Case("gpt2-medium bf16 zero2 offload", "gpt2-medium", zero_stage=2, offload_optimizer=True),
-    Case("bert-large ner bf16 zero2", "bert-large-uncased", task="ner", batch_size=16, seq_len=512, zero_stage=2),
+    case("llama-0.1b bf16 zero2", L1B, LLAMA_0_1B, zero_stage=2),
+    # ~0.35B: GPT-2 medium (decoder) and BERT-large (encoder, token classification, 7 labels)
+    case("gpt2-medium bf16 zero2", "gpt2-medium", zero_stage=2),
+    case("gpt2-medium bf16 zero2 offload", "gpt2-medium", zero_stage=2, offload_optimizer="cpu"),
+    case("bert-large ner bf16 zero2", "bert-large-uncased", task="ner", batch_size=16, seq_len=512, zero_stage=2),
     # ~1B Llama (SwiGLU, GQA 32/8, vocabulary 128k)
-    Case("llama-3.2-1b bf16 zero2", L1B, batch_size=4, zero_stage=2),
-    Case("llama-3.2-1b bf16 zero3", L1B, batch_size=4, zero_stage=3),
-    Case("llama-3.2-1b bf16 zero3 offload both", L1B, batch_size=4, zero_stage=3, offload_optimizer=True, offload_param=True, dry_run=True),
-    Case("llama-3.2-1b bf16 zero2 ckpt s2048", L1B, batch_size=4, seq_len=2048, zero_stage=2, gradient_checkpointing=True),
-    Case("llama-3.2-1b bf16 lora16 ckpt", L1B, lora=True, lora_rank=16, gradient_checkpointing=True, dry_run=True),
+    case("llama-3.2-1b bf16 zero2", L1B, batch_size=4, zero_stage=2),
+    case("llama-3.2-1b bf16 zero3", L1B, batch_size=4, zero_stage=3),
+    case("llama-3.2-1b bf16 zero3 offload both", L1B, batch_size=4, zero_stage=3, offload_optimizer="cpu", offload_param="cpu", dry_run=True),
+    case("llama-3.2-1b bf16 zero2 ckpt s2048", L1B, batch_size=4, seq_len=2048, zero_stage=2, gradient_checkpointing=True),
+    case("llama-3.2-1b bf16 lora16 ckpt", L1B, lora=True, lora_rank=16, gradient_checkpointing=True, dry_run=True),
 ]  # fmt: skip
 
 
 def case_config(case: Case, dry_run: bool) -> dict[str, Any]:
-    config = dict(catalogue()[case.model].config, **case.overrides)
+    config = dict(catalogue()[case.train.model].config, **case.overrides)
     if dry_run:
         config.update(TINY[config["model_type"]])
     return config
 
 
-def run_settings(case: Case, dry_run: bool) -> dict[str, Any]:
-    """What the worker runs: the case, shrunk for --dry-run (fp32 on CPU, batch 2 x 32, 2 steps)."""
-    out = asdict(case)
-    out.pop("overrides")
-    if dry_run:
-        out.update(precision="fp32", batch_size=2, seq_len=32, steps=2)
-    return out
+def run_settings(case: Case, dry_run: bool) -> TrainConfig:
+    """What the worker runs: the case's TrainConfig, shrunk for --dry-run (fp32 on CPU, batch 2 x 32, 2 steps)."""
+    return TrainConfig.from_dict({**case.train.to_dict(), **(DRY_RUN if dry_run else {})})
+
+
+def layout_of(train: TrainConfig) -> tuple[int, bool, bool]:
+    """(ZeRO stage, optimizer offload, parameter offload) as the run's DeepSpeed settings resolve them."""
+    stage, off_opt, off_param = train.deepspeed_settings().layout()
+    return stage, str(off_opt) == "cpu", str(off_param) == "cpu"
 
 
 def estimated_seconds(case: Case, params: int, dry_run: bool) -> float:
     if dry_run:
         return STARTUP_S["cpu"]
-    tokens = case.batch_size * case.seq_len
-    flops = 6 * params * tokens * (4 / 3 if case.gradient_checkpointing else 1)
-    step = flops / EFFECTIVE_FLOPS + (params * 16 / CPU_ADAM_BYTES_PER_S if case.offload_optimizer else 0)
-    return STARTUP_S["gpu"] + case.steps * step
+    train = case.train
+    tokens = train.batch_size * train.seq_len
+    flops = 6 * params * tokens * (4 / 3 if train.gradient_checkpointing else 1)
+    offload = layout_of(train)[1]
+    step = flops / EFFECTIVE_FLOPS + (params * 16 / CPU_ADAM_BYTES_PER_S if offload else 0)
+    return STARTUP_S["gpu"] + (train.max_steps or 1) * step
 
 
 def jit_seconds(cases: list[Case], dry_run: bool) -> float:
     """DeepSpeed builds its fused GPU Adam and its CPU Adam on first use (cached afterwards)."""
     if dry_run:
         return 0.0
-    total = JIT_BUILD_S["fused_adam"] if any(c.deepspeed and not c.offload_optimizer for c in cases) else 0.0
-    return total + (JIT_BUILD_S["cpu_adam"] if any(c.offload_optimizer for c in cases) else 0.0)
+    deepspeed = [c for c in cases if str(c.train.deepspeed) == "on"]
+    offloads = [layout_of(c.train)[1] for c in deepspeed]
+    return JIT_BUILD_S["fused_adam"] * (not all(offloads) and bool(deepspeed)) + JIT_BUILD_S[
+        "cpu_adam"
+    ] * any(offloads)
 
 
 def plan_for(case: Case, model_dir: Path, dry_run: bool, gpu_memory_gb: float):
-    run = run_settings(case, dry_run)
+    train = run_settings(case, dry_run)
     config = PlanConfig(
         model=str(model_dir),
-        task=case.task,
-        num_labels=case.num_labels,
-        precision=run["precision"],
-        batch_size=run["batch_size"],
-        seq_len=run["seq_len"],
-        gradient_checkpointing=case.gradient_checkpointing,
-        lora=case.lora,
-        lora_rank=case.lora_rank,
+        task=train.task,
+        num_labels=train.num_labels or 7,  # the bundled NER data has 7 labels
+        precision=train.precision,
+        batch_size=train.batch_size,
+        seq_len=train.seq_len,
+        gradient_checkpointing=train.gradient_checkpointing,
+        lora=train.lora,
+        lora_rank=train.lora_rank,
         gpus=0 if dry_run else 1,
         gpu_memory_gb=gpu_memory_gb,
         host_memory_gb=HOST_MEMORY_GB,
     )
     plan = make_plan(config)
-    stage = case.zero_stage if case.deepspeed else 0
-    want = (stage, case.offload_optimizer, case.offload_param)
+    want = layout_of(train)
     est = next(
         e
         for e in plan.estimates
@@ -211,7 +223,7 @@ def environment(dry_run: bool) -> dict[str, Any]:
 def run_worker(case: Case, model_dir: Path, dry_run: bool, timeout_s: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        argv = [sys.executable, str(WORKER), "--case", json.dumps(run_settings(case, dry_run))]
+        argv = [sys.executable, str(WORKER), "--config", json.dumps(run_settings(case, dry_run).to_dict())]
         argv += ["--model-dir", str(model_dir), "--out", str(out)]
         env = dict(
             os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", NEXA_HOME=str(Path(tmp) / "home")
@@ -319,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     gpu_gb = env.get("gpu_memory_bytes", 80 * GIB) / GIB
-    if not dry and any(c.deepspeed for c in cases):
+    if not dry and any(str(c.train.deepspeed) == "on" for c in cases):
         # DeepSpeed builds FusedAdam / CPUAdam on first use unless installed prebuilt (DS_BUILD_OPS=1).
         tools = {t: shutil.which(t) or "MISSING" for t in ("nvcc", "ninja")}
         print(f"DeepSpeed JIT ops need nvcc and ninja: {tools}; a failed build shows as FAILED below")
@@ -361,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             errors = {} if "error" in result else compare(result, est, dry)
             rows.append(
                 {
-                    "case": run_settings(case, dry) | {"overrides": case.overrides},
+                    "case": {**run_settings(case, dry).to_dict(), "overrides": case.overrides},
                     "estimate": estimate,
                     "result": result,
                     "errors": errors,

@@ -1,10 +1,10 @@
 """One gpu_validation case, in a fresh process so that its peaks are its own.
 
-Trains a random-initialised model with NEXA's DeepSpeedTrainer (the same class `nexa train`
-drives) on fixed-shape random batches for a few optimizer steps and records, after every step,
-torch's peak allocated and reserved bytes for that step (then resets them), the process RSS, and,
-from a sampling thread, NVML's used memory for this process and for the device. Writes one JSON
-object to --out. Started by benchmarks/gpu_validation.py; not meant to be run by hand.
+Runs the case's TrainConfig through NEXA's own `run_training` (what `nexa train` runs: bundled data
+padded to seq_len, DeepSpeedTrainer, run store and memory telemetry) with a random-initialised
+model, and records after every optimizer step torch's peak allocated and reserved bytes for that
+step (then resets them) and the process RSS; a thread samples NVML's used memory for this process
+and for the device. Writes one JSON object to --out. Started by benchmarks/gpu_validation.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import json
 import os
 import resource
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -76,26 +75,6 @@ class NvmlSampler:
         self._sample()
 
 
-def synthetic_loader(task: str, vocab: int, batch: int, seq: int, steps: int, num_labels: int):
-    """Fixed-shape random batches (every batch batch × seq, as `--pad-to-seq-len` gives)."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    g = torch.Generator().manual_seed(0)
-    rows = []
-    for _ in range(batch * steps):
-        ids = torch.randint(0, vocab, (seq,), generator=g)
-        row = {"input_ids": ids, "attention_mask": torch.ones(seq, dtype=torch.long)}
-        if task == "causal-lm":
-            row["labels"] = ids.clone()
-        elif task == "ner":
-            row["labels"] = torch.randint(0, num_labels, (seq,), generator=g)
-        else:  # classification
-            row["labels"] = torch.randint(0, num_labels, (), generator=g)
-        rows.append(row)
-    return DataLoader(rows, batch_size=batch, shuffle=False)
-
-
 def _optimizer_chain(accelerator) -> list[str]:
     """Class names from Accelerate's wrapper down to the optimizer that steps (FusedAdam, AdamW...)."""
     names = []
@@ -108,49 +87,34 @@ def _optimizer_chain(accelerator) -> list[str]:
     return names
 
 
-def run_case(case: dict[str, Any], model_dir: str) -> dict[str, Any]:
+def run_case(config: dict[str, Any], model_dir: str) -> dict[str, Any]:
     nvml = NvmlSampler().start()  # before torch touches the GPU
     import torch
 
+    from nexa_core.train_config import TrainConfig
     from nexa_core.trainer import DeepSpeedTrainer
+    from nexa_core.training_run import run_training
 
     cuda = torch.cuda.is_available()
     steps_out: list[dict[str, int]] = []
+    seen: dict[str, Any] = {}
+    record = DeepSpeedTrainer._record
 
-    class MeasuringTrainer(DeepSpeedTrainer):
-        def _record(self, step, row, sampler):  # called once per optimizer step
-            super()._record(step, row, sampler)
-            rec = {"step": step, "rss_bytes": telemetry.process_tree_rss_bytes()}
-            if cuda:
-                rec["max_allocated_bytes"] = torch.cuda.max_memory_allocated()
-                rec["max_reserved_bytes"] = torch.cuda.max_memory_reserved()
-                torch.cuda.reset_peak_memory_stats()  # the next step's window starts here
-            steps_out.append(rec)
+    def measuring_record(self, step, row, sampler):  # the trainer calls it once per optimizer step
+        record(self, step, row, sampler)
+        seen["trainer"] = self
+        rec = {"step": step, "rss_bytes": telemetry.process_tree_rss_bytes()}
+        if cuda:
+            rec["max_allocated_bytes"] = torch.cuda.max_memory_allocated()
+            rec["max_reserved_bytes"] = torch.cuda.max_memory_reserved()
+            torch.cuda.reset_peak_memory_stats()  # the next step's window starts here
+        steps_out.append(rec)
 
+    DeepSpeedTrainer._record = measuring_record  # this process runs one case and exits
     start = time.perf_counter()
-    trainer = MeasuringTrainer(
-        model_dir,
-        task=case["task"],
-        num_labels=case["num_labels"],
-        zero_stage=case["zero_stage"],
-        offload_optimizer=case["offload_optimizer"],
-        offload_params=case["offload_param"],
-        gradient_checkpointing=case["gradient_checkpointing"],
-        use_lora=case["lora"],
-        lora_rank=case["lora_rank"],
-        precision=case["precision"],
-        use_deepspeed=case["deepspeed"],
-        max_steps=case["steps"],
-        random_init=True,
-        save=False,
-    )
-    vocab = int(trainer.model.config.vocab_size)
-    loader = synthetic_loader(
-        case["task"], vocab, case["batch_size"], case["seq_len"], case["steps"], case["num_labels"]
-    )
-    with tempfile.TemporaryDirectory() as out:
-        trainer.train(loader, output_dir=out)
+    run_training(TrainConfig.from_dict({**config, "model": model_dir}))
     nvml.stop()
+    trainer = seen["trainer"]
     later = [s for s in steps_out if s["step"] >= 2] or steps_out
     result: dict[str, Any] = {
         "steps": steps_out,
@@ -183,12 +147,12 @@ def run_case(case: dict[str, Any], model_dir: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--case", required=True, help="the case as JSON")
+    parser.add_argument("--config", required=True, help="the case's TrainConfig as JSON")
     parser.add_argument("--model-dir", required=True, help="folder holding the case's config.json")
     parser.add_argument("--out", required=True, help="file to write the result JSON to")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    result = run_case(json.loads(args.case), args.model_dir)
+    result = run_case(json.loads(args.config), args.model_dir)
     Path(args.out).write_text(json.dumps(result))
     return 0
 

@@ -14,10 +14,17 @@ from nexa_core.models import size_model
 def test_case_matrix_covers_the_layouts_techniques_and_sizes(tmp_path):
     names = [c.name for c in gv.CASES]
     assert len(set(names)) == len(names)
-    assert {c.zero_stage for c in gv.CASES if c.deepspeed} >= {0, 2, 3}
-    assert any(c.offload_optimizer for c in gv.CASES) and any(c.offload_param for c in gv.CASES)
-    assert any(c.lora for c in gv.CASES) and any(c.gradient_checkpointing for c in gv.CASES)
-    assert {c.precision for c in gv.CASES} >= {"bf16", "fp32"} and any(not c.deepspeed for c in gv.CASES)
+    layouts = [gv.layout_of(c.train) for c in gv.CASES]
+    deepspeed = [str(c.train.deepspeed) == "on" for c in gv.CASES]
+    assert {lay[0] for lay, on in zip(layouts, deepspeed) if on} >= {0, 2, 3}
+    assert any(lay[1] for lay in layouts) and any(lay[2] for lay in layouts)  # both offloads
+    assert (
+        sum(lay[1] or lay[2] for lay in layouts) < len(layouts) / 2
+    )  # the template's offloads do not leak in
+    trains = [c.train for c in gv.CASES]
+    assert any(t.lora for t in trains) and any(t.gradient_checkpointing for t in trains)
+    assert {str(t.precision) for t in trains} >= {"bf16", "fp32"} and not all(deepspeed)
+    assert all(t.random_init and t.pad_to_seq_len and not t.save and t.max_steps >= 3 for t in trains)
     params = {}
     for i, case in enumerate(gv.CASES):
         config = gv.case_config(case, dry_run=False)
@@ -38,7 +45,9 @@ def test_case_matrix_covers_the_layouts_techniques_and_sizes(tmp_path):
 def test_estimated_device_time_fits_the_budget():
     total = gv.jit_seconds(gv.CASES, False)
     for case in gv.CASES:
-        total += gv.estimated_seconds(case, size_model(case.model, Task.CAUSAL_LM, 7, None).params, False)
+        total += gv.estimated_seconds(
+            case, size_model(case.train.model, Task.CAUSAL_LM, 7, None).params, False
+        )
     assert total < gv.BUDGET_S
 
 
@@ -55,8 +64,8 @@ def test_dry_run_measures_every_case_and_compares_with_the_planner(tmp_path, cap
         assert "error" not in res, res
         assert [s["step"] for s in res["steps"]] == [1, 2]  # a measurement per optimizer step
         assert res["peak_rss_bytes"] > 100 * 2**20
-        assert res["deepspeed"] is case.deepspeed and res["optimizer"]
-        if case.offload_optimizer:
+        assert res["deepspeed"] is (str(case.train.deepspeed) == "on") and res["optimizer"]
+        if gv.layout_of(case.train)[1]:
             assert "DeepSpeedCPUAdam" in res["optimizer"]
         assert row["estimate"]["host_total_bytes"] > 0 and row["errors"]["host_rss"] is not None
     printed = capsys.readouterr().out
