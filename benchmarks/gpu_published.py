@@ -274,26 +274,26 @@ def _median_abs(results: list[Result]) -> float | None:
 
 def report(results: list[Result]) -> str:
     lines = [
-        f"{'row':58s} {'metric':20s} {'published':>9s} {'NEXA tot':>8s} {'NEXA cmp':>8s} {'error':>7s}  configuration",
-        f"{'':58s} {'':20s} {'GiB':>9s} {'GiB':>8s} {'GiB':>8s}",
+        f"{'row':72s} {'metric':20s} {'published':>9s} {'NEXA tot':>8s} {'NEXA cmp':>8s} {'error':>7s}  configuration",
+        f"{'':72s} {'':20s} {'GiB':>9s} {'GiB':>8s} {'GiB':>8s}",
     ]
     for r in results:
         row = r.row
         pub = f"{r.published_bytes / GIB:9.2f}"
         if r.expressible:
             lines.append(
-                f"{row['id']:58s} {row['metric']:20s} {pub} {r.total_bytes / GIB:8.2f} {r.comparable / GIB:8.2f} "
+                f"{row['id']:72s} {row['metric']:20s} {pub} {r.total_bytes / GIB:8.2f} {r.comparable / GIB:8.2f} "
                 f"{r.error:+7.1%}  {summary(row)}" + (f" [{r.added_note}]" if r.added_note else "")
             )
         elif r.comparable is not None:
             holds = "holds" if r.comparable >= r.published_bytes else "VIOLATED"
             lines.append(
-                f"{row['id']:58s} {row['metric']:20s} {pub} {r.total_bytes / GIB:8.2f} {r.comparable / GIB:8.2f} "
+                f"{row['id']:72s} {row['metric']:20s} {pub} {r.total_bytes / GIB:8.2f} {r.comparable / GIB:8.2f} "
                 f"{'bound':>7s}  {summary(row)}; not expressible: {r.reason}; estimate at the cap >= published: {holds}"
             )
         else:
             lines.append(
-                f"{row['id']:58s} {row['metric']:20s} {pub} {'-':>8s} {'-':>8s} {'-':>7s}  {summary(row)}; "
+                f"{row['id']:72s} {row['metric']:20s} {pub} {'-':>8s} {'-':>8s} {'-':>7s}  {summary(row)}; "
                 f"not expressible: {r.reason}"
             )
     lines.append("")

@@ -75,7 +75,7 @@ def test_script_prints_an_error_line_per_row_and_meets_the_goal(capsys, monkeypa
 
 
 def test_why_inexpressible_names_the_missing_feature():
-    base = next(r for r in ROWS if r["id"] == "litgpt-2024/llama-3.2-1b-lora")
+    base = next(r for r in ROWS if r["id"] == "litgpt-config-hub-2024/llama-3.2-1b-lora")
     assert gp.why_inexpressible(base) is None
     assert "nf4" in gp.why_inexpressible({**base, "quantization": "nf4"})
     assert "adafactor" in gp.why_inexpressible({**base, "optimizer": "adafactor"})
