@@ -25,9 +25,11 @@ class Calibration:
     short training runs on this project's reference machine (docs/MEMORY.md has the table).
     """
 
-    # CUDA context per process: 300-700 MB depending on lazy module loading (MEMORY-REFERENCES).
+    # CUDA context per process. Cited: 300-700 MB depending on lazy module loading (MEMORY-REFERENCES).
+    # Checked, not fitted (benchmarks/gpu_published.py): a 2022 stack loading kernels eagerly measured 1343 MB.
     cuda_context_bytes: int = 500 * MIB
-    # Allocator fragmentation and temporaries on GPU (ZeRO paper section 3.2); not measured here.
+    # Allocator fragmentation and temporaries on GPU. Assumed (ZeRO paper section 3.2), not fitted;
+    # the one published allocated/reserved pair (BERT-base fp32, gpu_published.json) has 1.14x.
     gpu_fragmentation: float = 0.10
     # Python + torch + transformers + accelerate imports, tokenizer and data, resident, per process.
     # Fitted (CPU, 2026-11-25): 525 MiB.

@@ -114,6 +114,25 @@ def kernel_peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def process_gpu_used_bytes(torch_index: int = 0, pid: int | None = None) -> int | None:
+    """GPU memory NVML attributes to one process on one device (context included, as nvidia-smi's
+    process list shows it). None without a driver, or when NVML does not list the process (a
+    container's PID namespace hides it from the host driver)."""
+    nvml = _nvml()
+    physical = physical_gpu_index(torch_index)
+    if nvml is None or physical is None:
+        return None
+    pid = os.getpid() if pid is None else pid
+    try:
+        procs = nvml.nvmlDeviceGetComputeRunningProcesses(nvml.nvmlDeviceGetHandleByIndex(physical))
+    except Exception:  # an old driver without this call, or a lost device
+        return None
+    for proc in procs:
+        if proc.pid == pid and proc.usedGpuMemory is not None:
+            return int(proc.usedGpuMemory)
+    return None
+
+
 class MemorySampler:
     """Samples this process every ``interval_s`` in a daemon thread and on ``sample_now()``.
     Store errors never stop training: the last one is kept in ``last_error``."""

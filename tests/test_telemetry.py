@@ -74,6 +74,20 @@ def test_gpu_samples_map_torch_devices_to_nvml(monkeypatch):
     assert [s["nvml_used_bytes"] for s in telemetry.gpu_samples()] == [None, None]
 
 
+def test_process_gpu_used_is_this_processs_row_of_nvml(monkeypatch):
+    row = types.SimpleNamespace
+    procs = {2: [row(pid=11, usedGpuMemory=5), row(pid=12, usedGpuMemory=700)]}
+    nvml = types.SimpleNamespace(
+        nvmlDeviceGetHandleByIndex=lambda i: i, nvmlDeviceGetComputeRunningProcesses=lambda h: procs[h]
+    )
+    monkeypatch.setattr(telemetry, "_nvml", lambda: nvml)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")
+    assert telemetry.process_gpu_used_bytes(0, pid=12) == 700
+    assert telemetry.process_gpu_used_bytes(0, pid=99) is None  # not listed (e.g. another PID namespace)
+    monkeypatch.setattr(telemetry, "_nvml", lambda: None)
+    assert telemetry.process_gpu_used_bytes(0, pid=12) is None  # no driver
+
+
 def test_sampler_writes_to_the_store_while_running(tmp_path, no_torch):
     store = RunStore(tmp_path / "runs.sqlite")
     with telemetry.MemorySampler(store, "run", rank=2, interval_s=0.05) as sampler:
