@@ -19,7 +19,6 @@ Offline: the models come from NEXA's catalogue (meta-device builds, no download)
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import sys
@@ -33,7 +32,7 @@ if str(ROOT) not in sys.path:
 
 from nexa_core.enums import Precision, Task  # noqa: E402
 from nexa_core.gpu_metrics import comparable_bytes  # noqa: E402
-from nexa_core.memory import DEFAULT_CALIBRATION, GIB, activation_bytes  # noqa: E402
+from nexa_core.memory import DEFAULT_CALIBRATION, GIB  # noqa: E402
 from nexa_core.models import catalogue  # noqa: E402
 from nexa_core.planner import Estimate, Plan, PlanConfig, make_plan  # noqa: E402
 
@@ -41,8 +40,6 @@ DATA = ROOT / "benchmarks" / "gpu_published.json"
 UNITS = {"B": 1, "MB": 1e6, "MiB": 2**20, "GB": 1e9, "GiB": 2**30}
 SEQ_LEN_KINDS = ("fixed", "longest", "cap-assumed-reached", "data-dependent")
 HOST_MEMORY_GB = 1024  # planning for the source's machine, not this one: host RAM is not what is checked
-# A planner field for the attention implementation, if the planner has one (the lead's change).
-_ATTENTION_FIELDS = ("attention", "attn_implementation", "attention_implementation")
 # peft's module names -> the projection they are; a fused qkv module adapts q, k and v at once.
 _TARGET_CONCEPTS = {
     "q_proj": {"q"}, "query": {"q"}, "k_proj": {"k"}, "key": {"k"}, "v_proj": {"v"}, "value": {"v"},
@@ -152,17 +149,10 @@ def _precision(row: dict[str, Any]) -> Precision:
     )
 
 
-def _attention_field() -> str | None:
-    """The planner's field for the attention implementation, once it has one."""
-    names = {f.name for f in dataclasses.fields(PlanConfig)}
-    return next((n for n in _ATTENTION_FIELDS if n in names), None)
-
-
 def plan_config(row: dict[str, Any]) -> PlanConfig:
     peft = row["peft"] or {}
     par = row["parallelism"]
-    field = _attention_field()
-    kwargs: dict[str, Any] = {field: row["attention"]} if field else {}
+    kwargs: dict[str, Any] = {"attention": row["attention"]}
     task = Task.CAUSAL_LM if row["task"] in ("causal-lm", "masked-lm") else Task(row["task"])
     return PlanConfig(
         model=row["model"],
@@ -196,16 +186,6 @@ def pick_estimate(plan: Plan, row: dict[str, Any]) -> Estimate:
     raise LookupError(f"{row['id']}: the plan has no ZeRO-{stage} layout with these offloads")
 
 
-def _eager_scores_bytes(plan: Plan, config: PlanConfig) -> int:
-    """The s×s attention scores an eager-attention run keeps, when the planner has no attention
-    field to say so: the planner's own activation formula with and without fused attention."""
-    arch = plan.size.architecture
-    assert arch is not None
-    args = (arch, config.batch_size, config.seq_len, plan.precision, config.gradient_checkpointing)
-    args += (config.task, config.num_labels)
-    return activation_bytes(*args, fused_attention=False) - activation_bytes(*args, fused_attention=True)
-
-
 def evaluate_row(row: dict[str, Any], calibration=DEFAULT_CALIBRATION) -> Result:
     published = published_bytes(row)
     reason = why_inexpressible(row)
@@ -216,15 +196,6 @@ def evaluate_row(row: dict[str, Any], calibration=DEFAULT_CALIBRATION) -> Result
     est = pick_estimate(plan, row)
     per_gpu = est.per_gpu
     note = ""
-    if row["attention"] == "eager" and _attention_field() is None:
-        extra = _eager_scores_bytes(plan, config)
-        # The scores are live activations: they also carry the fragmentation share.
-        per_gpu = dataclasses.replace(
-            per_gpu,
-            activations_bytes=per_gpu.activations_bytes + extra,
-            overhead_bytes=per_gpu.overhead_bytes + int(calibration.gpu_fragmentation * extra),
-        )
-        note = f"+{extra / GIB:.2f} GiB eager s×s scores added here: the planner has no attention field yet"
     comparable = comparable_bytes(per_gpu, row["metric"], calibration)
     if row["seq_len_kind"] == "data-dependent":
         # Expressible but for the batch shapes: the estimate at the cap is an upper bound, reported as such.

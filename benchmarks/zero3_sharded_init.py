@@ -99,7 +99,9 @@ def estimate_per_rank(model: Path, sharded: bool) -> tuple[int, int]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--hidden", type=int, default=2048)
     parser.add_argument("--layers", type=int, default=24)
     parser.add_argument("--max-live", type=int, default=10**7, help="stage3_max_live_parameters (and reuse)")
@@ -113,10 +115,15 @@ def main() -> int:
         for sharded, port in ((True, 29611), (False, 29612)):
             estimate, params = estimate_per_rank(model, sharded)
             measured = run(model, sharded, ds_config, port)
-            rows["sharded" if sharded else "whole"] = {"measured_per_rank": measured, "estimate_per_rank": estimate}
+            rows["sharded" if sharded else "whole"] = {
+                "measured_per_rank": measured,
+                "estimate_per_rank": estimate,
+            }
     print(f"2-rank ZeRO-3 + LoRA r8, fp32, random-initialised Llama-style decoder of {params:,} parameters; "
           f"stage3_max_live_parameters {args.max_live:.0e}")  # fmt: skip
-    print(f"{'creation':34s} {'rank 0 GiB':>10s} {'rank 1 GiB':>10s} {'estimate GiB':>12s} {'error (worst rank)':>19s}")
+    print(
+        f"{'creation':34s} {'rank 0 GiB':>10s} {'rank 1 GiB':>10s} {'estimate GiB':>12s} {'error (worst rank)':>19s}"
+    )
     for name, label in (("sharded", "sharded (zero.Init, NEXA default)"), ("whole", "whole model per rank")):
         r = rows[name]
         worst = max(abs(r["estimate_per_rank"] / m - 1) for m in r["measured_per_rank"])

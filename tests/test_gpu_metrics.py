@@ -2,7 +2,15 @@ import pytest
 
 from nexa_core.enums import Precision, Task
 from nexa_core.gpu_metrics import GpuMetric, comparable_bytes
-from nexa_core.memory import MIB, Breakdown, Calibration, Layout, deepspeed_buffer_bytes, per_rank_estimate
+from nexa_core.memory import (
+    MIB,
+    Breakdown,
+    Calibration,
+    Layout,
+    Workload,
+    deepspeed_buffer_bytes,
+    per_rank_estimate,
+)
 from nexa_core.models import size_model
 
 CAL = Calibration(cuda_context_bytes=500 * MIB, gpu_fragmentation=0.10)
@@ -22,10 +30,9 @@ def test_allocated_recovers_the_planners_live_terms():
     the allocated share must equal weights + gradients + optimizer + activations + buffers."""
     size = size_model("gpt2", Task.CAUSAL_LM, 7, None)
     layout = Layout(2, False, False, 2, 1)
-    gpu, _ = per_rank_estimate(
-        size.params, size.trainable_params, size.largest_layer_params, size.architecture,
-        Precision.BF16, layout, 4, 256, False, Task.CAUSAL_LM, 7, CAL,
-    )  # fmt: skip
+    workload = Workload(size.params, size.trainable_params, size.largest_layer_params, size.architecture,
+                        Precision.BF16, batch_size=4, seq_len=256, task=Task.CAUSAL_LM)  # fmt: skip
+    gpu, _ = per_rank_estimate(workload, layout, CAL)
     live = gpu.params_bytes + gpu.gradients_bytes + gpu.optimizer_bytes + gpu.activations_bytes
     buffers = deepspeed_buffer_bytes(size.architecture, Precision.BF16, layout)
     assert buffers > 0  # ZeRO-2 on 2 GPUs: the reduce buckets are live tensors too
