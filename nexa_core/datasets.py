@@ -556,6 +556,26 @@ class DataBundle:
     num_train_examples: int
 
 
+def holdout_split(records: list[dict], seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, validation): 10 % of ``records`` (at least one) held out in a seeded random order."""
+    import random
+
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    cut = max(1, len(order) // 10)
+    return [records[i] for i in order[cut:]], [records[i] for i in order[:cut]]
+
+
+def tokenise_records(
+    task: Task | str, tokenizer: Any, records: list[dict], *, seq_len: int, label_names: list[str]
+) -> dict[str, list]:
+    """The columns ``build_datasets`` makes of ``records`` (the same encoder, without a Dataset):
+    causal-lm records left with no target token are dropped, as there."""
+    task = Task.parse(task, "task")
+    encode = _encode(task, tokenizer, seq_len, {name: i for i, name in enumerate(label_names)})
+    return encode({key: [r[key] for r in records] for key in records[0]}) if records else {}
+
+
 def build_dataloaders(
     task: Task | str,
     tokenizer: Any,
@@ -591,13 +611,7 @@ def build_dataloaders(
     if train_path is not None and eval_path is None and len(train_records) >= 2:
         # The user's own data with no validation file: hold out 10 % of it (seeded), since the
         # bundled validation set has other labels.
-        import random
-
-        order = list(range(len(train_records)))
-        random.Random(seed).shuffle(order)
-        cut = max(1, len(order) // 10)
-        eval_records = [train_records[i] for i in order[:cut]]
-        train_records = [train_records[i] for i in order[cut:]]
+        train_records, eval_records = holdout_split(train_records, seed)
     label_names = label_names_for(task, train_records + eval_records)
     if not eval_records:
         try:  # eval labels must be ones the model is trained on

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 import shlex
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from nexa_core import hardware
+from nexa_core import hardware, learned
 from nexa_core.enums import Attention, Precision, Task, Weights
 from nexa_core.errors import ConfigError, int_problems, raise_if
+from nexa_core.learned import Outcome
 from nexa_core.memory import (
     DEFAULT_CALIBRATION,
     DEFAULT_MAX_LIVE_PARAMETERS,
@@ -60,6 +62,9 @@ class PlanConfig:
     attention: Attention | str = Attention.AUTO
     random_init: bool = False  # the run starts from random weights: no checkpoint is read
     zero3_init: bool = True  # ZeRO-3 creates the model sharded (DeepSpeed zero.Init)
+    # (rows, padded tokens) of the batches one rank will train on (data_shapes.DataProfile.shapes):
+    # each layout is then also planned for this data ("expected"); empty: only at the seq_len cap.
+    batch_shapes: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -119,17 +124,59 @@ class PlanConfig:
                 problems.append(
                     f"{name} (--{name.replace('_', '-')}): must be a positive, finite number of GiB, got {value!r}"
                 )
+        problems += self._shape_problems()
         raise_if(problems)
+
+    def _shape_problems(self) -> list[str]:
+        if int_problems("batch_size", self.batch_size, 1, 65_536) or int_problems(
+            "seq_len", self.seq_len, 1, 1 << 20
+        ):
+            return []  # reported above; the shapes cannot be checked against them
+        try:
+            self.batch_shapes = tuple(tuple(s) for s in self.batch_shapes)
+        except TypeError:
+            return [f"batch_shapes: a list of (rows, tokens) pairs, got {self.batch_shapes!r}"]
+        for shape in self.batch_shapes:
+            ok = len(shape) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in shape)
+            if not ok or not (1 <= shape[0] <= self.batch_size and 1 <= shape[1] <= self.seq_len):
+                return [
+                    f"batch_shapes: each must be (rows, tokens) with 1 <= rows <= batch_size ({self.batch_size}) "
+                    f"and 1 <= tokens <= seq_len ({self.seq_len}), got {shape!r}"
+                ]
+        return []
+
+
+@dataclass(frozen=True)
+class Expected:
+    """A layout planned for the batches the data will really give (PlanConfig.batch_shapes): the
+    estimate at the batch that needs the most."""
+
+    per_gpu: Breakdown
+    host: Breakdown
+    rows: int
+    tokens: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "per_gpu": self.per_gpu.to_dict(),
+            "host": self.host.to_dict(),
+            "batch_rows": self.rows,
+            "batch_tokens": self.tokens,
+        }
 
 
 @dataclass(frozen=True)
 class Estimate:
     layout: Layout
-    per_gpu: Breakdown
+    per_gpu: Breakdown  # at the cap: batch_size × seq_len
     host: Breakdown
     fits: bool
     fit_notes: tuple[str, ...] = ()
     load_path: str = ""  # how the weights reach the ranks under this layout (memory.load_path_text)
+    expected: Expected | None = None  # for this data, when PlanConfig.batch_shapes is given
+    # Corrections from the user's own runs on this machine, by term (learned.HOST, learned.GPU): each
+    # learned.Correction.apply()'d to this estimate; shown beside it, never in its place.
+    learned: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -146,6 +193,8 @@ class Estimate:
             "fits": self.fits,
             "fit_notes": list(self.fit_notes),
             "load_path": self.load_path,
+            "expected": self.expected.to_dict() if self.expected else None,
+            "learned": self.learned,
         }
 
 
@@ -179,6 +228,8 @@ class Plan:
     estimates: tuple[Estimate, ...]
     recommendation: Recommendation
     notes: tuple[str, ...] = field(default=())
+    # The past runs the corrections rest on: {"machine": Machine.id, "runs": how many}; None without history
+    learned_from: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         arch = self.size.architecture
@@ -214,6 +265,7 @@ class Plan:
             "recommendation": self.recommendation.to_dict(),
             "estimates": [e.to_dict() for e in self.estimates],
             "notes": list(self.notes),
+            "learned_from": self.learned_from,
             "command": plan_command(self.config),
         }
 
@@ -235,9 +287,16 @@ def speed_rank(layout: Layout) -> tuple[int, int]:
 
 
 def make_plan(
-    config: PlanConfig, hw: hardware.Hardware | None = None, calibration: Calibration | None = None
+    config: PlanConfig,
+    hw: hardware.Hardware | None = None,
+    calibration: Calibration | None = None,
+    history: Sequence[Outcome] | None = None,
 ) -> Plan:
-    """Estimate every layout and recommend the fastest that fits. Raises ConfigError on bad input."""
+    """Estimate every layout and recommend the fastest that fits. Raises ConfigError on bad input.
+
+    ``history``: outcomes of the user's finished runs on this machine (learned.history); each
+    estimate then carries the correction they give (Estimate.learned), unless the plan is for
+    another machine."""
     calibration = calibration or DEFAULT_CALIBRATION
     needs_hw = config.gpus is None or config.host_memory_gb is None or config.gpu_memory_gb is None
     hw = hw or (hardware.detect() if needs_hw else hardware.Hardware((), 0, 0))
@@ -278,22 +337,7 @@ def make_plan(
     if not gpus:
         notes.append("CPU-only training plan: every term sits in host RAM; per-GPU totals are 0")
 
-    workload = Workload(
-        params=size.params,
-        trainable=size.trainable_params,
-        largest_layer=size.largest_layer_params,
-        arch=size.architecture,
-        precision=precision,
-        batch_size=config.batch_size,
-        seq_len=config.seq_len,
-        gradient_checkpointing=config.gradient_checkpointing,
-        task=config.task,
-        num_labels=config.num_labels,
-        attention=config.attention,
-        weights=Weights.RANDOM if config.random_init else Weights.PRETRAINED,
-        zero3_init=config.zero3_init,
-        zero3_max_live_parameters=zero3_max_live_parameters(),
-    )
+    workload = plan_workload(config, size, precision)
     estimates = []
     for layout in layouts(gpus, config.nodes, config.cpu_ranks if not gpus else 1):
         gpu_b, host_b = per_rank_estimate(workload, layout, calibration)
@@ -306,9 +350,14 @@ def make_plan(
             fit_notes.append(
                 f"needs {_gib(host_b.total_bytes)} host RAM of {_gib(host_budget)} ({_largest(host_b)})"
             )
+        expected = expected_estimate(workload, layout, config.batch_shapes, calibration)
+        learned_terms = learned_for(history or (), layout, gpu_b, host_b, config) if not other_machine else {}
         estimates.append(
-            Estimate(layout, gpu_b, host_b, not fit_notes, tuple(fit_notes), load_path_text(workload, layout))
-        )
+            Estimate(layout, gpu_b, host_b, not fit_notes, tuple(fit_notes), load_path_text(workload, layout),
+                     expected, learned_terms)
+        )  # fmt: skip
+    if history and other_machine:
+        notes.append("no correction from your past runs: they ran on this machine, the plan is for another")
     return Plan(
         config,
         size,
@@ -319,7 +368,65 @@ def make_plan(
         tuple(estimates),
         recommend(estimates, gpus, config, host_budget is not None),
         tuple(notes),
+        {"machine": history[0].machine, "runs": len({o.run_id for o in history})} if history else None,
     )
+
+
+def plan_workload(config: PlanConfig, size: ModelSize, precision: Precision) -> Workload:
+    """What one rank computes under ``config``: the memory model's input besides the layout."""
+    return Workload(
+        params=size.params,
+        trainable=size.trainable_params,
+        largest_layer=size.largest_layer_params,
+        arch=size.architecture,
+        precision=precision,
+        batch_size=config.batch_size,
+        seq_len=config.seq_len,
+        gradient_checkpointing=config.gradient_checkpointing,
+        task=Task.parse(config.task, "task"),
+        num_labels=config.num_labels,
+        attention=Attention.parse(config.attention, "attention"),
+        weights=Weights.RANDOM if config.random_init else Weights.PRETRAINED,
+        zero3_init=config.zero3_init,
+        zero3_max_live_parameters=zero3_max_live_parameters(),
+    )
+
+
+def expected_estimate(
+    workload: Workload, layout: Layout, shapes: tuple[tuple[int, int], ...], calibration: Calibration
+) -> Expected | None:
+    """The layout's estimate at each batch shape the data gives; the largest one (per GPU on GPUs,
+    host on CPU) is the peak to expect. Every rank is planned at that batch (ranks' longest batches
+    differ little). None without shapes."""
+    best: Expected | None = None
+    for rows, tokens in shapes:
+        gpu_b, host_b = per_rank_estimate(
+            replace(workload, batch_size=rows, seq_len=tokens), layout, calibration
+        )
+        size = gpu_b.total_bytes if not layout.cpu_only else host_b.total_bytes
+        if best is None or size > (
+            best.per_gpu.total_bytes if not layout.cpu_only else best.host.total_bytes
+        ):
+            best = Expected(gpu_b, host_b, rows, tokens)
+    return best
+
+
+def learned_for(
+    history: Sequence[Outcome], layout: Layout, gpu_b: Breakdown, host_b: Breakdown, config: PlanConfig
+) -> dict[str, dict[str, Any]]:
+    """The corrections past runs give this layout's estimate, by term (learned.correction_for)."""
+    label = layout_label(layout)
+    precision = str(config.precision or (Precision.BF16 if layout.gpus_per_node else Precision.FP32))
+    technique = learned.technique_key(
+        label, config.lora, config.gradient_checkpointing, precision, layout.ranks
+    )
+    out = {}
+    for term, bytes_ in ((learned.HOST, host_b.total_bytes // layout.ranks_per_node),
+                         (learned.GPU, gpu_b.total_bytes)):  # fmt: skip
+        found = learned.correction_for(history, term, label, technique) if bytes_ else None
+        if found is not None:
+            out[term] = found.apply(bytes_)
+    return out
 
 
 def is_other_machine(config: PlanConfig, hw: hardware.Hardware) -> bool:

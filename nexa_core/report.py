@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from nexa_core import learned
 from nexa_core.memory import GIB
-from nexa_core.planner import Plan
+from nexa_core.planner import Estimate, Plan
 
 
 def gib(n: int) -> str:
@@ -26,9 +27,23 @@ def plan_rows(plan: Plan) -> list[dict[str, object]]:
                 "per-GPU total GiB": round(g.total_bytes / GIB, 3),
                 "host total GiB": round(h.total_bytes / GIB, 3),
                 "fits": "yes" if e.fits else "no",
+                "from your runs": learned_text(plan, e),
             }
         )
     return rows
+
+
+def learned_text(plan: Plan, e: Estimate) -> str | None:
+    """The estimate corrected by the user's past runs on this machine, with its band and how many
+    runs it rests on, for the memory the plan checks (per GPU, or host per node on CPU)."""
+    found = e.learned.get(learned.GPU if plan.gpus_per_node else learned.HOST)
+    if not found:
+        return None
+    per_node = 1 if plan.gpus_per_node else e.layout.ranks_per_node  # host: per rank × ranks
+    return (
+        f"{found['corrected_bytes'] * per_node / GIB:.2f} GiB ±{found['band'] * 100:.0f} % "
+        f"({found['runs']} runs, {found['scope']})"
+    )
 
 
 def plan_text(plan: Plan) -> str:
@@ -61,6 +76,13 @@ def plan_text(plan: Plan) -> str:
         )
     if not plan.gpus_per_node:
         lines.append("(CPU-only: the component columns show host bytes)")
+    corrected = [(e.label, learned_text(plan, e)) for e in plan.estimates]
+    if any(text for _, text in corrected):
+        lines += [
+            "",
+            "From your past runs on this machine (formula × median measured/estimated, 10-90 % band):",
+        ]
+        lines += [f"  {label:28s} {text}" for label, text in corrected if text]
     lines += ["", "Recommendation: " + plan.recommendation.reason]
     lines += [f"Note: {n}" for n in plan.notes]
     return "\n".join(lines)
