@@ -339,23 +339,42 @@ def _layout(fig: go.Figure, title: str, x: str, y: str, **extra: Any) -> go.Figu
     return fig
 
 
-def _estimate_line(fig: go.Figure, value_bytes: Any, what: str) -> None:
+def _estimate_line(
+    fig: go.Figure, value_bytes: Any, what: str, dash: str = "dash", color: str = "firebrick"
+) -> None:
     if isinstance(value_bytes, (int, float)) and value_bytes > 0:
         fig.add_hline(
             y=value_bytes / GIB,
-            line_dash="dash",
-            line_color="firebrick",
-            annotation_text=f"estimate {what} {value_bytes / GIB:.2f} GiB",
+            line_dash=dash,
+            line_color=color,
+            annotation_text=f"{what} {value_bytes / GIB:.2f} GiB",
             annotation_position="top left",
             name="estimate",
         )
+
+
+def _estimate_lines(fig: go.Figure, estimate: dict[str, Any], key: str, where: str) -> None:
+    """The estimate for this run's data (dashed), and the worst case at the --seq-len cap (dotted)
+    when it differs; runs recorded before data-aware estimates have only the cap (dashed)."""
+    cap, expected = estimate.get(f"{key}_total_bytes"), estimate.get(f"expected_{key}_total_bytes")
+    seq = estimate.get("seq_len")
+    cap_text = f"cap at --seq-len {seq}" if seq else "at the --seq-len cap"
+    if not expected:
+        _estimate_line(fig, cap, f"estimate {where} ({cap_text})")
+        return
+    shape = estimate.get("expected") or {}
+    batch = f", batch {shape['batch_rows']}×{shape['batch_tokens']}" if shape.get("batch_rows") else ""
+    _estimate_line(fig, expected, f"estimate {where} for this data{batch}")
+    if cap and cap != expected:
+        _estimate_line(fig, cap, f"{cap_text}", dash="dot", color="gray")
 
 
 def figures(
     series: dict[str, Any], estimate: dict[str, Any] | None, log_y: bool = False
 ) -> dict[str, go.Figure]:
     """loss, lr, throughput, host_memory and gpu_memory figures; memory in GiB against seconds, with
-    the planner's estimate as a dashed line so the user sees how close the measurement came."""
+    the planner's estimate for this run's data as a dashed line (and the --seq-len cap dotted) so the
+    user sees how close the measurement came."""
     estimate = estimate or {}
     loss = go.Figure()
     _line(loss, series.get("loss", []), "loss", line=dict(width=1), opacity=0.4)
@@ -378,7 +397,7 @@ def figures(
         _line(host, pts, f"{name} RSS", scale=GIB)
     if len(memory.get("host_rss") or {}) > 1:
         _line(host, memory.get("host_total", []), "all ranks", scale=GIB, line=dict(width=3))
-    _estimate_line(host, estimate.get("host_total_bytes"), "host")
+    _estimate_lines(host, estimate, "host", "host")
     _layout(host, "Host memory (RSS per rank)", "seconds", "GiB")
 
     gpu = go.Figure()
@@ -386,7 +405,7 @@ def figures(
         _line(gpu, pts, f"{name} used (NVML)", scale=GIB)
     for name, pts in (memory.get("gpu_allocated") or {}).items():
         _line(gpu, pts, f"{name} allocated (torch)", scale=GIB, line=dict(dash="dot"))
-    _estimate_line(gpu, estimate.get("per_gpu_total_bytes"), "per GPU")
+    _estimate_lines(gpu, estimate, "per_gpu", "per GPU")
     if not (memory.get("gpu_used") or memory.get("gpu_allocated")):
         gpu.add_annotation(text=NO_GPU_TEXT, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
     _layout(gpu, "GPU memory (per device)", "seconds", "GiB")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,12 @@ from nexa_core.memory import GIB
 from nexa_core.runstore import RunState, RunStore
 
 
-def estimate_for(spec: RunSpec) -> dict[str, Any] | None:
-    """The planner's figures for the layout this run will use (None when it cannot be planned)."""
-    from nexa_core import hardware
+def estimate_for(spec: RunSpec, lengths: Sequence[int] | None = None) -> dict[str, Any] | None:
+    """The planner's figures for the layout this run will use (None when it cannot be planned): at
+    the --seq-len cap, and expected for its data (the batches its loader will produce; ``lengths``:
+    tokens per training example when the caller has tokenised them already), with the resolved
+    layout and this machine's fingerprint (learned.py reads them back after the run)."""
+    from nexa_core import data_shapes, hardware, learned
     from nexa_core.planner import PlanConfig, make_plan
 
     train = spec.train
@@ -27,13 +30,34 @@ def estimate_for(spec: RunSpec) -> dict[str, Any] | None:
     gpus = len(spec.gpus) or len(hardware.list_gpus())
     use_ds = settings.deepspeed_enabled(has_gpu=bool(gpus))
     stage, off_opt, off_param = settings.layout() if use_ds else (0, None, None)
+    ranks_per_node = min(gpus, spec.nproc) if gpus else spec.nproc
+    profile, data_note = None, None
+    try:
+        profile = (
+            data_shapes.profile_for(train, ranks=ranks_per_node * spec.nodes)
+            if lengths is None
+            else data_shapes.profile(
+                lengths,
+                seq_len=train.seq_len,
+                batch_size=train.batch_size,
+                seed=train.seed,
+                ranks=ranks_per_node * spec.nodes,
+                max_steps=train.max_steps,
+                epochs=train.epochs,
+                gradient_accumulation=train.gradient_accumulation or 1,
+                pad_to_seq_len=train.pad_to_seq_len,
+            )  # fmt: skip
+        )
+    except (ConfigError, OSError, ValueError) as exc:  # the data cannot be read: the cap only
+        data_note = f"not planned for the data: {exc}"[:300]
+    precision = settings.resolved_precision(has_gpu=bool(gpus)).value
     try:
         plan = make_plan(
             PlanConfig(
                 model=train.model,
                 task=train.task,
                 num_labels=train.num_labels or 7,
-                precision=settings.resolved_precision(has_gpu=bool(gpus)).value,
+                precision=precision,
                 batch_size=train.batch_size,
                 seq_len=train.seq_len,
                 gradient_checkpointing=train.gradient_checkpointing,
@@ -45,6 +69,7 @@ def estimate_for(spec: RunSpec) -> dict[str, Any] | None:
                 attention=train.attention,
                 random_init=train.random_init,
                 zero3_init=train.zero3_init and settings.zero3_init,
+                batch_shapes=profile.shapes if profile else (),
             )
         )
     except ConfigError:
@@ -56,12 +81,28 @@ def estimate_for(spec: RunSpec) -> dict[str, Any] | None:
             and lay.offload_optimizer == (str(off_opt) == "cpu")
             and lay.offload_param == (str(off_param) == "cpu")
         ):
+            expected = e.expected
             return {
                 "label": e.label,
-                "per_gpu_total_bytes": e.per_gpu.total_bytes,
+                "per_gpu_total_bytes": e.per_gpu.total_bytes,  # at the cap: batch_size × seq_len
                 "host_total_bytes": e.host.total_bytes,
                 "per_gpu": e.per_gpu.to_dict(),
                 "host": e.host.to_dict(),
+                "seq_len": train.seq_len,
+                "batch_size": train.batch_size,
+                "expected_per_gpu_total_bytes": expected.per_gpu.total_bytes if expected else None,
+                "expected_host_total_bytes": expected.host.total_bytes if expected else None,
+                "expected": expected.to_dict() if expected else None,
+                "data": profile.to_dict() if profile else None,
+                "data_note": data_note,
+                "deepspeed": use_ds,
+                "zero_stage": stage,
+                "offload_optimizer": str(off_opt or "none"),
+                "offload_param": str(off_param or "none"),
+                "precision": precision,
+                "ranks_per_node": ranks_per_node,
+                "nodes": spec.nodes,
+                "machine": learned.this_machine().to_dict(),
             }
     return None
 
@@ -109,6 +150,11 @@ def summary(store: RunStore, run: dict[str, Any]) -> dict[str, Any]:
 
         duration = (run.get("ended_at") or time.time()) - run["started_at"]
     total_steps = run.get("total_steps") or spec.get("max_steps")
+    est = run.get("estimate") or {}
+
+    def resolved(key: str) -> Any:  # what the run used (its estimate resolved it), else what it asked for
+        return est[key] if est.get(key) is not None else spec.get(key)
+
     return {
         "run_id": run["id"],
         "name": run.get("name"),
@@ -121,9 +167,11 @@ def summary(store: RunStore, run: dict[str, Any]) -> dict[str, Any]:
         "total_steps": total_steps,
         "model": spec.get("model"),
         "task": spec.get("task"),
-        "zero_stage": spec.get("zero_stage"),
-        "offload_optimizer": spec.get("offload_optimizer"),
-        "offload_param": spec.get("offload_param"),
+        "deepspeed": est.get("deepspeed"),
+        "zero_stage": resolved("zero_stage"),
+        "offload_optimizer": resolved("offload_optimizer"),
+        "offload_param": resolved("offload_param"),
+        "precision": resolved("precision"),
         "launch_mode": spec.get("launch_mode"),
         "devices": run.get("gpus"),
         "created_at": run.get("created_at"),

@@ -77,6 +77,38 @@ def _shared_run_id(config: TrainConfig, run_id: str | None) -> str:
     return paths.new_run_id(config.name)
 
 
+def _launch_fields() -> dict[str, Any]:
+    """How a run started by hand was launched: one process, or the ranks of a launcher the user ran."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return {
+        "launch_mode": "foreground" if world == 1 else "foreground, external launcher",
+        "nproc": int(os.environ.get("LOCAL_WORLD_SIZE", world)),
+        "nodes": max(1, world // int(os.environ.get("LOCAL_WORLD_SIZE", world) or 1)),
+    }
+
+
+def _record_estimate(store: Any, run_id: str, config: TrainConfig, dataset: Any) -> None:
+    """The planner's estimate for a run started by hand, for its own tokenised data, as a launch
+    records it (runs.estimate_for): `nexa runs show`, Monitor and learned.py read it. Never fails a run."""
+    from nexa_core import data_shapes, runs
+    from nexa_core.launch import LaunchMode, RunSpec
+
+    try:
+        launch = _launch_fields()
+        spec = RunSpec(config, mode=LaunchMode.PYTHON if launch["nproc"] == 1 and launch["nodes"] == 1
+                       else LaunchMode.TORCHRUN, nproc=launch["nproc"])  # fmt: skip
+        columns = {c: dataset[c] for c in dataset.column_names if c.endswith("input_ids")}
+        lengths = data_shapes.example_lengths(columns, config.task)
+        estimate = runs.estimate_for(spec, lengths=lengths)
+        if launch["nodes"] > 1 and estimate is not None:
+            estimate["nodes_note"] = (
+                f"planned for this node's {launch['nproc']} ranks of {launch['nodes']} nodes"
+            )
+        store.update_run(run_id, estimate=estimate)
+    except Exception as exc:  # an estimate is information; the run goes on without it
+        log.warning("estimate not recorded: %s", exc)
+
+
 def run_training(
     config: TrainConfig, run_id: str | None = None, resume: bool = False, progress: bool = False
 ) -> dict[str, Any]:
@@ -92,16 +124,20 @@ def run_training(
     existing = store.get_run(run_id)
     if resume and existing is None:
         raise ConfigError([f"resume (--resume): no run {run_id!r} in {paths.store_path()}"])
+    # started or resumed by hand (`nexa train [--resume]`, also under a launcher the user ran): no
+    # launch recorded this run's launch fields or its estimate, so this process does
+    foreground = main and (existing is None or (resume and not os.environ.get("NEXA_RUN_ID")))
     if main:
-        if existing is None or (resume and not os.environ.get("NEXA_RUN_ID")):
-            # started or resumed by hand (`nexa train [--resume]`): this process is the run now, on
-            # the same one-run-per-device rule as a launch (a resumed row would otherwise keep the
-            # dead pid of the previous attempt, and runner.refresh would call the run vanished)
+        if foreground:
+            # this process is the run now, on the same one-run-per-device rule as a launch (a resumed
+            # row would otherwise keep the dead pid of the previous attempt, and runner.refresh would
+            # call the run vanished)
             from nexa_core.runner import register_foreground
 
             register_foreground(
-                store, run_id, name=config.name or run_id, spec=config.to_dict(), run_dir=run_dir
-            )
+                store, run_id, name=config.name or run_id, spec={**config.to_dict(), **_launch_fields()},
+                run_dir=run_dir,
+            )  # fmt: skip
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:  # (the run manager recorded its supervisor's pid, and a resume keeps its config)
             config.write(run_dir / RUN_CONFIG)
@@ -118,6 +154,8 @@ def run_training(
             seed=config.seed,
             pad_to_seq_len=config.pad_to_seq_len,
         )
+        if foreground and not (existing or {}).get("estimate"):
+            _record_estimate(store, run_id, config, data.train_loader.dataset)
         trainer = DeepSpeedTrainer(
             config.model,
             task=config.task,

@@ -155,6 +155,22 @@ def test_figures_draw_the_estimate_dashed_on_the_measured_memory(store):
     assert not any(monitor.NO_GPU_TEXT in (a.text or "") for a in figs["gpu_memory"].layout.annotations)
 
 
+def test_figures_draw_the_estimate_for_the_data_dashed_and_label_the_cap_dotted(store):
+    _run(store, "d1")
+    store.log_memory("d1", _memory_rows(1000.0))
+    estimate = {
+        "host_total_bytes": 3 * GIB, "expected_host_total_bytes": 2 * GIB, "seq_len": 256,
+        "expected": {"batch_rows": 8, "batch_tokens": 36}, "per_gpu_total_bytes": 0,
+    }  # fmt: skip
+    host = monitor.figures(monitor.run_series(store, "d1"), estimate)["host_memory"]
+    (expected,) = _dashed_estimates(host)
+    (cap,) = [s for s in host.layout.shapes if s.line.dash == "dot"]
+    assert expected.y0 == pytest.approx(2.0) and cap.y0 == pytest.approx(3.0)
+    texts = [a.text for a in host.layout.annotations]
+    assert any("for this data, batch 8×36" in t for t in texts)
+    assert any(t.startswith("cap at --seq-len 256") for t in texts)
+
+
 def test_figures_without_gpu_data_say_so_and_skip_a_zero_estimate(store):
     _run(store, "cpu")
     store.log_memory("cpu", [{"t": 1.0, "rank": 0, "host": "h", "rss_bytes": GIB}])
