@@ -187,6 +187,23 @@ def attention_keeps_scores(arch: Architecture, attention: Attention, cpu_only: b
     return False
 
 
+def attention_score_bytes(
+    arch: Architecture, attention: Attention, cpu_only: bool, precision: Precision
+) -> float:
+    """Bytes backward keeps per attention score (one of the a·s²·b), 0 when none are kept.
+
+    With dropout: Korthikanti et al.'s 5as²b for 2-byte values (softmax output 2, dropout mask 1,
+    dropout output 2), i.e. 2.5p per score. On CPU the dropout mask is a float tensor: measured with
+    saved-tensor hooks (torch 2.13 CPU, fp32, BERT layer, eager and SDPA's math fallback alike) 12
+    bytes per score, 3p. Without dropout only the softmax output stays (measured: 4 bytes in fp32)."""
+    if not attention_keeps_scores(arch, attention, cpu_only):
+        return 0.0
+    p = precision.bytes_per_value
+    if arch.attention_dropout <= 0:
+        return float(p)
+    return 3.0 * p if cpu_only else 2.5 * p
+
+
 def resolved_attention(arch: Architecture, attention: Attention) -> Attention:
     """auto is transformers' default: SDPA where the model class supports it, else eager."""
     if attention is Attention.AUTO:
@@ -219,6 +236,7 @@ def activation_bytes(
     num_labels: int,
     keep_scores: bool = False,
     kv_heads: int | None = None,
+    score_bytes: float | None = None,
 ) -> int:
     """Activations kept for backward on one rank.
 
@@ -229,19 +247,24 @@ def activation_bytes(
     what the attention implementation keeps, see ``kv_heads_stored``). We write the MLP as
     3sbh + 4sbI (input 2sbh, dropout mask sbh, pre- and post-activation 2sbI each), which is 19sbh
     for I = 4h, and 2sbh + 8sbI for gated (SwiGLU) MLPs that keep gate, up, act and product.
-    ``keep_scores`` adds 5as²b (see ``attention_keeps_scores``). fp32 compute doubles the 16-bit
+    ``keep_scores`` adds 5as²b (see ``attention_keeps_scores``); ``score_bytes`` (bytes per score,
+    ``attention_score_bytes``) replaces that figure when given. fp32 compute doubles the 16-bit
     figure (same reference). With full activation checkpointing each layer keeps its 16-bit input
     (2sbh) and one layer is recomputed at a time. During backward one layer's activation gradients
     coexist with the stored activations (one more layer's worth). The head: causal LM logits and
     loss in fp32, about 4bsV (MEMORY-REFERENCES); a classifier's logits are b·s·labels or b·labels
-    values, negligible but counted.
+    values, negligible but counted. The causal LM head keeps 3 × 4bsV in fp32 and 4 × 4bsV in 16 bits
+    (below).
     """
     b, s = batch_size, seq_len
     h, a, inter = arch.hidden_size, arch.num_heads, arch.intermediate_size
     q_width = a * arch.head_width  # = h for the usual configs
     kv_width = (arch.num_heads if kv_heads is None else kv_heads) * arch.head_width
     attention = s * b * (2 * h + 2 * q_width + 2 * 2 * kv_width + 2 * q_width + h)
-    attention += 5 * a * s * s * b if keep_scores else 0
+    scale = precision.bytes_per_value / 2  # the formula is for 2-byte values
+    if score_bytes is None:
+        score_bytes = 5 * scale if keep_scores else 0.0
+    attention += score_bytes / scale * a * s * s * b  # (in the formula's 2-byte units)
     mlp = 2 * s * b * h + 8 * s * b * inter if arch.gated_mlp else 3 * s * b * h + 4 * s * b * inter
     if arch.composite_activation:
         # gelu_new written as tensor ops (transformers' NewGELUActivation) saves tanh, 1 + tanh, 0.5x and
@@ -249,7 +272,6 @@ def activation_bytes(
         mlp += 4 * 2 * s * b * inter
     layer_norms = 4 * s * b * h
     per_layer = attention + mlp + layer_norms
-    scale = precision.bytes_per_value / 2  # the formula is for 2-byte values
     # Backward of a layer also holds the gradients of that layer's activations: one more layer's
     # worth on top of what is stored (recomputed first, under checkpointing).
     backward_working_set = per_layer * scale
@@ -259,10 +281,14 @@ def activation_bytes(
         layers = int(arch.num_layers * per_layer * scale + backward_working_set)
     embeddings = int(2 * s * b * h * scale)  # embedding output kept for the first layer norm
     if task is Task.CAUSAL_LM:
-        # fp32 logits (returned to the caller, so alive) and the log-softmax output cross-entropy
-        # keeps for backward, then the gradients of both during backward: 4 × 4bsV. MEMORY-REFERENCES'
-        # 4bsV counts the logits alone; measured on GPT-2 (V = 50257): 3.5 × 4bsV at the peak.
-        head = 4 * 4 * b * s * arch.vocab_size
+        # fp32 logits for the loss (transformers' ForCausalLMLoss upcasts them), the log-softmax output
+        # cross-entropy keeps for backward, and in backward the gradient arriving at the log-softmax and
+        # the one it returns. The trainer keeps only the loss (task_metrics.loss), so with fp32 logits
+        # they are freed once the log-softmax exists: 3 × 4bsV (measured: peak live tensor bytes of the
+        # LM head, loss and backward, torch 2.13 CPU fp32, 3.0 × 4bsV besides the weight gradient).
+        # 16-bit logits add their fp32 copy and its gradient: 4 × 4bsV. MEMORY-REFERENCES' 4bsV counts
+        # the logits alone.
+        head = (3 if precision is Precision.FP32 else 4) * 4 * b * s * arch.vocab_size
     elif task is Task.NER:
         head = 4 * b * s * num_labels
     elif task is Task.CLASSIFICATION:
@@ -365,11 +391,11 @@ def per_rank_estimate(
     gathered = zero3_gathered_bytes(w, layout)
     acts = 0
     if w.arch is not None:
-        keep_scores = attention_keeps_scores(w.arch, w.attention, layout.cpu_only)
+        scores = attention_score_bytes(w.arch, w.attention, layout.cpu_only, w.precision)
         kv = kv_heads_stored(w.arch, w.attention, w.batch_size)
         acts = activation_bytes(
             w.arch, w.batch_size, w.seq_len, w.precision, w.gradient_checkpointing, w.task,
-            w.num_labels, keep_scores, kv,
+            w.num_labels, kv_heads=kv, score_bytes=scores,
         )  # fmt: skip
     buffers = deepspeed_buffer_bytes(w.arch, w.precision, layout)
     k = layout.ranks_per_node
@@ -377,25 +403,7 @@ def per_rank_estimate(
 
     runtime = c.process_baseline_bytes + (c.deepspeed_host_bytes if layout.zero_stage >= 1 else 0)
     if layout.cpu_only:
-        on_host = _add(states.gpu, states.host)
-        params_held = on_host.params_bytes + gathered
-        acts = int(acts * c.cpu_activation_factor)
-        live = on_host.total_bytes - on_host.params_bytes + params_held + acts + buffers
-        step = Breakdown(
-            params_bytes=params_held,
-            gradients_bytes=on_host.gradients_bytes,
-            optimizer_bytes=on_host.optimizer_bytes,
-            activations_bytes=acts,
-            overhead_bytes=runtime + buffers + int(c.host_fragmentation * live),
-        )
-        # Before the first step, a ZeRO-3 rank that is not sharded at creation holds the whole model
-        # in fp32 until DeepSpeed partitions it (stages 0-2 keep the model whole anyway: counted above).
-        load_params = w.params * 4 if layout.zero_stage == 3 and not sharded_load(w, layout) else 0
-        load = Breakdown(
-            params_bytes=load_params, overhead_bytes=runtime + int(c.host_fragmentation * load_params)
-        )
-        phase = load if load.total_bytes > step.total_bytes else step
-        host = _scale(phase, k)
+        host = _scale(cpu_rank_peak(w, layout, states, gathered, acts, buffers, runtime, c), k)
         return Breakdown(), host
 
     gpu_params = states.gpu.params_bytes + gathered
@@ -418,6 +426,55 @@ def per_rank_estimate(
     load_phase = Breakdown(params_bytes=host_load_bytes(w, layout) + offloaded.params_bytes)
     phase = load_phase if load_phase.total_bytes > offloaded.total_bytes else offloaded
     return gpu, _add(phase, Breakdown(overhead_bytes=runtime * k))
+
+
+def cpu_rank_peak(
+    w: Workload,
+    layout: Layout,
+    states: ModelStates,
+    gathered: int,
+    acts: int,
+    buffers: int,
+    runtime: int,
+    c: Calibration,
+) -> Breakdown:
+    """One CPU rank's peak: the larger of three phases (each measured by ru_maxrss after it, on CPU).
+
+    Forward/backward: every stored activation. At stage 0 torch's zero_grad() has set the gradients
+    to None, so backward creates them as it frees the activations: both together never exceed the
+    larger of the two. DeepSpeed keeps its gradient buffers (stages 1-3). Optimizer step: all
+    gradients and states, no activations, plus the step's temporaries (optimizer_step_bytes).
+    Loading: a ZeRO-3 rank not sharded at creation holds the whole fp32 model until DeepSpeed
+    partitions it (stages 0-2 keep the model whole anyway: counted in the other phases).
+    Host fragmentation (fitted) is a share of what the phase holds live."""
+    on_host = _add(states.gpu, states.host)
+    params = on_host.params_bytes + gathered
+    grads, opt = on_host.gradients_bytes, on_host.optimizer_bytes
+    acts = int(acts * c.cpu_activation_factor)
+    grads_with_acts = max(0, grads - acts) if layout.zero_stage == 0 else grads
+    temps = optimizer_step_bytes(w, layout)
+    phases = [
+        Breakdown(params, grads_with_acts, opt, acts, buffers),  # forward/backward
+        Breakdown(params, grads, opt, 0, buffers + temps),  # optimizer step
+    ]
+    if layout.zero_stage == 3 and not sharded_load(w, layout):
+        phases.append(Breakdown(params_bytes=w.params * 4))  # loading
+    peak = max(phases, key=lambda b: b.total_bytes)
+    fragmentation = int(c.host_fragmentation * peak.total_bytes)
+    return _add(peak, Breakdown(overhead_bytes=runtime + fragmentation))
+
+
+def optimizer_step_bytes(workload: Workload, layout: Layout) -> int:
+    """Temporaries of torch's Adam/AdamW step on the CPU, where it steps one tensor at a time (no
+    foreach): ``denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)`` holds two fp32 tensors
+    the size of the tensor being stepped (torch/optim/adam.py, _single_tensor_adam). Stage 0 steps each
+    parameter (the largest counts); ZeRO 1-3 hand torch one flat fp32 partition per rank. With optimizer
+    offload DeepSpeed's CPU Adam (a C++ loop) steps in place."""
+    if layout.zero_stage >= 1 and layout.offload_optimizer:
+        return 0
+    w = workload
+    stepped = min(w.largest_layer, w.trainable) if layout.zero_stage == 0 else w.trainable // layout.ranks
+    return 2 * 4 * stepped
 
 
 def host_load_bytes(workload: Workload, layout: Layout) -> int:
