@@ -54,6 +54,25 @@ _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _BRACKET = re.compile(r"[\[\]{}]")
 
 
+def fields_help(task: Task | str) -> str:
+    """What a record of ``task`` must hold, in one line (upload help and error hints)."""
+    task = Task.parse(task, "task")
+    if task is Task.CAUSAL_LM:
+        return (
+            "'text'; or 'prompt' and 'completion' (loss on the completion only); or, in JSONL only, "
+            '\'messages\': a list of {"role": system|user|assistant, "content"} (loss on assistant turns)'
+        )
+    if task is Task.NER:
+        return "'tokens' and 'ner_tags' (JSON lists; in CSV, space-separated words and tags)"
+    return " and ".join(f"'{f}'" for f in REQUIRED_FIELDS[task])
+
+
+def sample_names(task: Task | str) -> list[str]:
+    """The bundled samples for a task beyond its default one, as --dataset values."""
+    task = Task.parse(task, "task")
+    return [SAMPLE_PREFIX + name for name, (t, _) in SAMPLES.items() if t is task]
+
+
 def bundled_paths(task: Task | str, sample: str | None = None) -> tuple[Path, Path]:
     """(train, validation) files shipped in ``nexa_core/data`` for a task, or for a named sample."""
     stem = SAMPLES[sample][1] if sample else _BUNDLED[Task.parse(task, "task")]

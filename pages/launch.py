@@ -95,10 +95,19 @@ with left:
     source = st.radio("Dataset", SOURCES, key="launch_source", horizontal=True)
     dataset, data_problems = None, []
     if source == SOURCES[0]:
-        st.caption(f"{datasets.bundled_paths(task)[0].name} (and its validation split), shipped with NEXA")
+        samples = datasets.sample_names(task)
+        sample = (
+            st.radio("Sample", ["default", *samples], key="launch_sample", horizontal=True,
+                     format_func=lambda s: "plain text" if s == "default" else s.removeprefix("sample:"))
+            if samples else "default"
+        )  # fmt: skip
+        dataset = None if sample == "default" else sample
+        shown = datasets.bundled_paths(task, None if dataset is None else dataset.removeprefix("sample:"))[0]
+        st.caption(f"{shown.name} (and its validation split), shipped with NEXA")
     elif source == SOURCES[1]:
         upload = st.file_uploader("CSV or JSONL (one record a line)", type=["csv", "jsonl", "json"],
-                                  max_upload_size=datasets.LIMIT_BYTES // 2**20, key="launch_upload")  # fmt: skip
+                                  max_upload_size=datasets.LIMIT_BYTES // 2**20, key="launch_upload",
+                                  help=f"Each record needs {datasets.fields_help(task)}.")  # fmt: skip
         if upload is None:
             data_problems.append("dataset: upload a CSV or JSONL file, or pick the bundled sample")
         elif upload.size > datasets.LIMIT_BYTES:

@@ -184,3 +184,23 @@ def test_a_bad_preset_name_or_file_is_a_message(page, home):
     page.button(key="launch_preset_load").click().run()
     assert not page.exception and "preset 'broken': cannot read" in page.error[0].value
     assert page.code  # the form is still there, nothing lost
+
+
+def test_a_sequence_longer_than_the_model_takes_is_refused_naming_the_limit(page, home):
+    page.number_input(key="launch_seq").set_value(100_000).run()
+    message = _errors(page)
+    assert "seq_len (--seq-len): 100000 is longer than sentence-transformers/all-MiniLM-L6-v2's limit of 512" in message
+    assert RunStore().list_runs() == []
+
+
+def test_causal_lm_offers_the_bundled_instruction_sample(page, home):
+    page.selectbox(key="launch_task").set_value("causal-lm").run()
+    assert page.radio(key="launch_sample").options == ["plain text", "instructions"]
+    page.radio(key="launch_sample").set_value("sample:instructions").run()
+    assert not page.exception and not page.error
+    assert any("causal_lm_instructions_train.jsonl" in c.value for c in page.caption)
+    page.text_input(key="launch_preset_name").input("instruct")
+    page.button(key="launch_preset_save").click().run()
+    train = presets.load("instruct").train
+    assert train.dataset.endswith("causal_lm_instructions_train.jsonl")
+    assert train.eval_dataset.endswith("causal_lm_instructions_validation.jsonl")
