@@ -13,6 +13,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,14 @@ REQUIRED_FIELDS: dict[Task, tuple[str, ...]] = {
 }
 # In memory and never from/to the ~/.cache/huggingface/datasets cache: uploads change under one name.
 _MAP_OPTIONS = {"batched": True, "keep_in_memory": True, "load_from_cache_file": False}
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
-_BRACKET = re.compile(r"[\[\]{}]")
+# The nesting pre-scan, three linear passes of single-character patterns (no nested repetition, so
+# neither backtracking nor a regex stack that grows with the line): drop escape pairs, so every
+# '"' left delimits a string; drop the strings (an unterminated one runs to the end of the line);
+# keep only the brackets.
+_ESCAPE = re.compile(r"\\.", re.DOTALL)
+_STRING = re.compile(r'"[^"]*"?')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 
 def bundled_paths(task: Task | str) -> tuple[Path, Path]:
@@ -83,15 +90,14 @@ def _lines(path: Path, problems: _Problems) -> Iterator[tuple[int, str]]:
 
 
 def _too_deep(text: str) -> bool:
-    """True if JSON nesting exceeds MAX_DEPTH; iterative, so "[" * 100000 cannot hit the recursion limit."""
+    """True if JSON nesting exceeds MAX_DEPTH. Linear in the line (a few copies of it at most, and
+    lines are capped at MAX_LINE_BYTES) and without recursion, so neither "[" * 100000 nor a line of
+    escaped quotes can stall the app. Exact for valid JSON; for invalid JSON it only decides which
+    message the line gets."""
     if text.count("[") + text.count("{") <= MAX_DEPTH:
         return False
-    depth = 0
-    for match in _BRACKET.finditer(_JSON_STRING.sub('""', text)):
-        depth += 1 if match.group() in "[{" else -1
-        if depth > MAX_DEPTH:
-            return True
-    return False
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", _ESCAPE.sub("", text)))
+    return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0) > MAX_DEPTH
 
 
 def _check_record(task: Task, record: dict, label_names: list[str] | None) -> tuple[dict | None, list[str]]:
@@ -134,6 +140,9 @@ def _json_records(path: Path, problems: _Problems) -> Iterator[tuple[int, Any]]:
             value = json.loads(text)
         except json.JSONDecodeError as exc:
             problems.add(f"malformed JSON ({exc.msg} at column {exc.colno})", number)
+            continue
+        except ValueError as exc:  # e.g. an integer of more than 4300 digits (sys.get_int_max_str_digits)
+            problems.add(f"malformed JSON ({exc})", number)
             continue
         except RecursionError:  # belt and braces; _too_deep should have caught it
             problems.add(f"JSON nested deeper than {MAX_DEPTH} levels", number)
