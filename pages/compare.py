@@ -23,10 +23,10 @@ from nexa_core.errors import ConfigError
 from nexa_core.memory import GIB
 from nexa_core.models import DEFAULT_MODEL, catalogue
 from nexa_core.planner import PlanConfig
-from pages._auth import require_access
-from pages._shared import hardware_sidebar, show_problems
+from nexa_ui.auth import require_access
+from nexa_ui.shared import hardware_sidebar, show_problems
 
-require_access()  # also when Streamlit runs this file without app.py (pages/_auth.py)
+require_access()  # also when Streamlit runs this file without app.py (nexa_ui/auth.py)
 
 DEFAULT_TECHNIQUES = ["baseline", "zero2", "zero3", "zero3-offload", "lora"]
 

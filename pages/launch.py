@@ -10,9 +10,9 @@ from nexa_core.launch import LaunchMode, RunSpec, build_launch, command_text
 from nexa_core.memory import GIB
 from nexa_core.models import catalogue
 from nexa_core.train_config import TrainConfig
-from pages._auth import require_access
-from pages._launch_form import SOURCES, extra_fields, form_state, spec_from_plan, uploads
-from pages._shared import (
+from nexa_ui.auth import require_access
+from nexa_ui.launch_form import SOURCES, extra_fields, form_state, spec_from_plan, uploads
+from nexa_ui.shared import (
     cached_estimate,
     check_dataset,
     detected_hardware,
@@ -21,7 +21,7 @@ from pages._shared import (
     show_problems,
 )
 
-require_access()  # also when Streamlit runs this file without app.py (pages/_auth.py)
+require_access()  # also when Streamlit runs this file without app.py (nexa_ui/auth.py)
 
 PREVIEW_ID = "preview"  # the command shown names this run id; the real one is assigned at launch
 

@@ -5,10 +5,10 @@ import streamlit as st
 
 from nexa_core import monitor, runner, runs
 from nexa_core.runstore import RunStore
-from pages._auth import require_access
-from pages._shared import export_form, hardware_sidebar, run_summary, series_reader
+from nexa_ui.auth import require_access
+from nexa_ui.shared import export_form, hardware_sidebar, run_summary, series_reader
 
-require_access()  # also when Streamlit runs this file without app.py (pages/_auth.py)
+require_access()  # also when Streamlit runs this file without app.py (nexa_ui/auth.py)
 
 ACTIVE = ("queued", "running")
 

@@ -113,6 +113,7 @@ def test_everything_the_dockerfile_copies_exists():
         "app.py",
         "nexa_core",
         "pages",
+        "nexa_ui",
         "deployment",
         ".streamlit",
     ):

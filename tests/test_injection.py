@@ -179,7 +179,7 @@ def test_web_supplied_paths_never_resolve_outside_nexa_home(planted, text):
 @FEW
 @given(name=hostile_paths)
 def test_uploaded_file_names_are_saved_inside_nexa_home_uploads(planted, name):
-    from pages._shared import save_upload
+    from nexa_ui.shared import save_upload
 
     saved = save_upload(name, b'{"text": "a", "label": "b"}\n')
     assert saved.parent == paths.nexa_home() / "uploads" and _inside(saved, paths.nexa_home() / "uploads")

@@ -213,7 +213,12 @@ def _calls_outside_guard(tree: ast.AST) -> list[int]:
 def test_no_unsafe_deserialisation_in_nexa_core():
     """No pickle-family module; torch.load only with weights_only=True; safetensors on save; every
     DeepSpeed/Accelerate checkpoint load inside the weights-only guard."""
-    sources = [*(ROOT / "nexa_core").rglob("*.py"), *(ROOT / "pages").glob("*.py"), ROOT / "app.py"]
+    sources = [
+        *(ROOT / "nexa_core").rglob("*.py"),
+        *(ROOT / "pages").glob("*.py"),
+        *(ROOT / "nexa_ui").glob("*.py"),
+        ROOT / "app.py",
+    ]
     for source in sources:
         tree = ast.parse(source.read_text(), str(source))
         for node in ast.walk(tree):

@@ -71,8 +71,12 @@ def test_repeated_wrong_tokens_are_slowed_down_even_for_the_right_one_next(home)
         st.cache_resource.clear()
 
 
-def test_a_page_run_without_app_py_is_gated_too(home):
-    at = AppTest.from_file(ROOT / "pages" / "launch.py", default_timeout=120).run()
+@pytest.mark.parametrize("page", sorted(p.name for p in (ROOT / "pages").glob("*.py")))
+def test_every_file_streamlit_can_route_in_pages_is_gated(home, page):
+    """Streamlit serves every .py under pages/ as a page (``?page=<name>``, and the URL path in its
+    pages-folder mode, which runs the file without app.py): each must show only the sign-in form.
+    Helpers live in nexa_ui/, outside the routable folder."""
+    at = AppTest.from_file(ROOT / "pages" / page, default_timeout=120).run()
     _shows_only_the_sign_in_form(at)
     assert not [b for b in at.button if b.key == "launch_go"]
 

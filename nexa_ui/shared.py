@@ -1,8 +1,8 @@
 """Helpers for pages only: Streamlit caching around nexa_core and common rendering. No business
 logic lives here; nexa_core never imports streamlit, so caching is done at this layer.
 
-The leading '_' keeps this module out of any pages/ auto-discovery; app.py lists its pages
-explicitly with st.navigation, so it never treats this file as a screen either way."""
+It lives in nexa_ui/, not pages/: Streamlit serves every file under pages/ as a page (by URL,
+without app.py or the sign-in gate), so only real screens sit there (docs/SECURITY.md)."""
 
 from __future__ import annotations
 
