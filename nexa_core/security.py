@@ -14,6 +14,7 @@ import ipaddress
 import os
 import re
 import threading
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,22 +137,31 @@ class SignInThrottle:
     """Slows online token guessing. A client (its address) gets ``free`` wrong tokens; after that it
     must wait ``base_s`` × 2^(extra failures) seconds, up to ``max_s``, before the next try is even
     checked. A right token clears its record. At most ``max_clients`` records are kept (oldest out),
-    so a flood of addresses cannot grow memory. Times are monotonic seconds, passed in for tests."""
+    so a flood of addresses cannot grow memory. Server-wide, at most ``global_limit`` wrong tokens
+    from all addresses together count per ``global_window_s``; beyond that every try waits until
+    the oldest leaves the window (guessing spread over many addresses, or many clients behind one
+    proxy). Times are monotonic seconds, passed in for tests."""
 
     free: int = 5
     base_s: float = 10.0
     max_s: float = 600.0
     max_clients: int = 10_000
+    global_limit: int = 30
+    global_window_s: float = 60.0
     _failures: dict[str, tuple[int, float]] = field(default_factory=dict, repr=False)
+    _recent: deque[float] = field(default_factory=deque, repr=False)  # the last global_limit failures
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def wait_s(self, client: str, now: float) -> float:
         """Seconds before ``client`` may try again (0: now)."""
         with self._lock:
             count, last = self._failures.get(client, (0, now))
+            full = len(self._recent) >= self.global_limit
+            server_wide = max(0.0, self._recent[0] + self.global_window_s - now) if full else 0.0
         if count < self.free:
-            return 0.0
-        return max(0.0, last + min(self.max_s, self.base_s * 2 ** (count - self.free)) - now)
+            return server_wide
+        own = last + min(self.max_s, self.base_s * 2 ** (count - self.free)) - now
+        return max(0.0, own, server_wide)
 
     def failed(self, client: str, now: float) -> None:
         with self._lock:
@@ -159,10 +169,18 @@ class SignInThrottle:
             self._failures[client] = (count + 1, now)  # re-inserted last: dicts keep insertion order
             while len(self._failures) > self.max_clients:
                 del self._failures[next(iter(self._failures))]
+            self._recent.append(now)
+            while len(self._recent) > self.global_limit:
+                self._recent.popleft()
 
     def succeeded(self, client: str) -> None:
         with self._lock:
             self._failures.pop(client, None)
+
+
+# One per server process, as module state: Streamlit's caches are no place for it, since any
+# client's clear_cache message empties st.cache_resource (and so would reset the brake).
+SIGN_IN_THROTTLE = SignInThrottle()
 
 
 # ------------------------------------------------------------------ settings for `nexa serve`

@@ -65,24 +65,16 @@ def _sign_in(settings: security.ServeSettings) -> None:
         submitted = st.form_submit_button("Sign in", key="nexa_sign_in_submit", type="primary")
     if submitted:
         client, now = _client(), time.monotonic()
-        wait = _throttle().wait_s(client, now)
+        wait = security.SIGN_IN_THROTTLE.wait_s(client, now)
         if wait > 0:  # not even checked: guessing from one address costs time
-            st.error(
-                f"access token: too many wrong tokens from this address; try again in {math.ceil(wait)} s"
-            )
+            st.error(f"access token: too many wrong tokens; try again in {math.ceil(wait)} s")
             return
         if security.token_matches(given, settings.token or ""):
-            _throttle().succeeded(client)
+            security.SIGN_IN_THROTTLE.succeeded(client)
             st.session_state[SIGNED_IN] = security.token_fingerprint(settings.token or "")
             st.rerun()
-        _throttle().failed(client, now)
+        security.SIGN_IN_THROTTLE.failed(client, now)
         st.error(f"access token: wrong token; use the {security.TOKEN_ENV} value the panel was started with")
-
-
-@st.cache_resource
-def _throttle() -> security.SignInThrottle:
-    """One throttle for the whole server: every session from an address shares its record."""
-    return security.SignInThrottle()
 
 
 def _client() -> str:

@@ -317,3 +317,17 @@ def test_sign_in_throttle_backs_off_per_client_and_forgets_on_success():
     for client in "cdef":  # memory stays bounded: the oldest records go first
         throttle.failed(client, 20.0)
     assert len(throttle._failures) == 3 and "c" not in throttle._failures
+
+
+def test_sign_in_throttle_also_brakes_guessing_spread_over_many_addresses():
+    """Per address is not enough: an attacker with many addresses (or behind a shared proxy, many
+    clients) gets ``global_limit`` wrong tokens per ``global_window_s`` in all, then every try waits."""
+    throttle = security.SignInThrottle(free=5, global_limit=10, global_window_s=60.0)
+    for n in range(10):  # ten addresses, one wrong token each: none reaches its own limit
+        assert throttle.wait_s(f"10.0.0.{n}", float(n)) == 0
+        throttle.failed(f"10.0.0.{n}", float(n))
+    assert throttle.wait_s("10.0.0.99", 9.0) == pytest.approx(51.0)  # until the oldest leaves the window
+    assert throttle.wait_s("10.0.0.99", 60.5) == 0  # one failure has aged out
+    throttle.succeeded("10.0.0.1")  # a right token clears that address only, not the server-wide count
+    assert throttle.wait_s("10.0.0.99", 59.0) > 0
+    assert len(throttle._recent) <= 10  # memory stays bounded

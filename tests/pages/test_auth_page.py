@@ -23,6 +23,14 @@ def home(tmp_path, monkeypatch):
     return tmp_path / "home"
 
 
+@pytest.fixture
+def fresh_throttle(monkeypatch):
+    """A fresh server's sign-in throttle (it is server-wide state that outlives sessions)."""
+    from nexa_core import security
+
+    monkeypatch.setattr(security, "SIGN_IN_THROTTLE", security.SignInThrottle(), raising=False)
+
+
 def _shows_only_the_sign_in_form(at: AppTest) -> None:
     assert not at.exception
     assert [t.value for t in at.title] == ["Sign in to NEXA"]
@@ -30,7 +38,9 @@ def _shows_only_the_sign_in_form(at: AppTest) -> None:
     assert not at.selectbox and not at.number_input and not at.code and not at.metric  # no page content
 
 
-def test_no_page_content_without_the_token_an_error_on_a_wrong_one_the_plan_after_the_right_one(home):
+def test_no_page_content_without_the_token_an_error_on_a_wrong_one_the_plan_after_the_right_one(
+    home, fresh_throttle
+):
     at = AppTest.from_file(ROOT / "app.py", default_timeout=120).run()
     _shows_only_the_sign_in_form(at)
     assert not at.error
@@ -47,28 +57,41 @@ def test_no_page_content_without_the_token_an_error_on_a_wrong_one_the_plan_afte
     _shows_only_the_sign_in_form(at)
 
 
-def test_repeated_wrong_tokens_are_slowed_down_even_for_the_right_one_next(home):
-    """After five wrong tokens from one address the next try is not even checked (the lockout
-    doubles with each further failure); the throttle is server-wide, so a new session is no way round."""
+def _wrong_tokens(at: AppTest, times: int) -> None:
+    for _ in range(times):
+        at.text_input(key="nexa_token").input("wrong-token-wrong-token")
+        at.button(key="nexa_sign_in_submit").click().run()
+        assert "access token: wrong token" in at.error[0].value
+
+
+def test_a_clients_clear_cache_message_does_not_reset_the_sign_in_throttle(home, fresh_throttle):
+    """Any client can send Streamlit's clear_cache message, which empties st.cache_data and
+    st.cache_resource (AppSession._handle_clear_cache_request): the throttle must not live there."""
     import streamlit as st
 
-    st.cache_resource.clear()  # a fresh server's throttle
-    try:
-        at = AppTest.from_file(ROOT / "app.py", default_timeout=120).run()
-        for _ in range(5):
-            at.text_input(key="nexa_token").input("wrong-token-wrong-token")
-            at.button(key="nexa_sign_in_submit").click().run()
-            assert "access token: wrong token" in at.error[0].value
-        fresh = AppTest.from_file(ROOT / "app.py", default_timeout=120).run()
-        fresh.text_input(key="nexa_token").input(TOKEN)
-        fresh.button(key="nexa_sign_in_submit").click().run()
-        _shows_only_the_sign_in_form(fresh)
-        assert re.search(
-            r"too many wrong tokens from this address; try again in (10|9|8) s", fresh.error[0].value
-        )
-        assert "nexa_signed_in" not in fresh.session_state
-    finally:
-        st.cache_resource.clear()
+    at = AppTest.from_file(ROOT / "app.py", default_timeout=120).run()
+    _wrong_tokens(at, 5)
+    st.cache_data.clear()  # what the clear_cache message runs
+    st.cache_resource.clear()
+    fresh = AppTest.from_file(ROOT / "app.py", default_timeout=120).run()
+    fresh.text_input(key="nexa_token").input(TOKEN)
+    fresh.button(key="nexa_sign_in_submit").click().run()
+    _shows_only_the_sign_in_form(fresh)
+    assert "too many wrong tokens; try again in" in fresh.error[0].value
+    assert "nexa_signed_in" not in fresh.session_state
+
+
+def test_repeated_wrong_tokens_are_slowed_down_even_for_the_right_one_next(home, fresh_throttle):
+    """After five wrong tokens from one address the next try is not even checked (the lockout
+    doubles with each further failure); the throttle is server-wide, so a new session is no way round."""
+    at = AppTest.from_file(ROOT / "app.py", default_timeout=120).run()
+    _wrong_tokens(at, 5)
+    fresh = AppTest.from_file(ROOT / "app.py", default_timeout=120).run()
+    fresh.text_input(key="nexa_token").input(TOKEN)
+    fresh.button(key="nexa_sign_in_submit").click().run()
+    _shows_only_the_sign_in_form(fresh)
+    assert re.search(r"too many wrong tokens; try again in (10|9|8) s", fresh.error[0].value)
+    assert "nexa_signed_in" not in fresh.session_state
 
 
 @pytest.mark.parametrize("page", sorted(p.name for p in (ROOT / "pages").glob("*.py")))
