@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import math
 import os
 import re
 import threading
@@ -29,13 +30,17 @@ TOKEN_ENV = "NEXA_ACCESS_TOKEN"
 DEFAULT_ADDRESS = "127.0.0.1"
 DEFAULT_PORT = 8501
 MIN_TOKEN_CHARS = 16  # ~96 bits from token_urlsafe(12); shorter secrets are guessable online
+MIN_TOKEN_DISTINCT = 8  # 16 × "a", "abab…", a word typed twice: long, but guessed at once
+MIN_TOKEN_BITS = 64  # length × log2(size of the character classes it uses)
+# letters, digits, then everything else printable: the pools a guesser would try
+_TOKEN_CLASSES = ((str.islower, 26), (str.isupper, 26), (str.isdigit, 10))
+MAKE_TOKEN = 'python -c "import secrets; print(secrets.token_urlsafe(32))" or openssl rand -base64 32'
 UNIX_SOCKET_PREFIX = "unix://"  # Streamlit binds a unix socket for such an address
 # An IP literal or a host name: what may follow --server.address on the command line.
 _HOST = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:%-]{0,252}$")
 _SOCKET_PATH = re.compile(r"^/[A-Za-z0-9._/-]{1,200}$")
 HOW_TO_EXPOSE = (
-    f"set {TOKEN_ENV} to a long random secret "
-    "(python -c 'import secrets; print(secrets.token_urlsafe(32))'), or configure OIDC "
+    f"set {TOKEN_ENV} to a long random secret ({MAKE_TOKEN}), or configure OIDC "
     "([auth] in .streamlit/secrets.toml, used by st.login), or bind 127.0.0.1 "
     f"({ADDRESS_ENV}=127.0.0.1) and reach it through an SSH tunnel or a TLS reverse proxy; "
     "see docs/SECURITY.md"
@@ -90,6 +95,28 @@ def address_problems(address: str | None, port: object) -> list[str]:
     return problems
 
 
+def token_problems(token: str) -> list[str]:
+    """Why ``token`` is too weak to guard a panel beyond loopback ([] if it will do): too short, too
+    few different characters, or too few bits for the character classes it draws on (a 16-digit
+    number is ~53 bits). Never repeats the token itself."""
+    length, distinct = len(token), len(set(token))
+    if length < MIN_TOKEN_CHARS:
+        return [
+            f"access token ({TOKEN_ENV}): {length} characters is too short to expose the panel; use at "
+            f"least {MIN_TOKEN_CHARS} random characters ({MAKE_TOKEN})"
+        ]
+    pool = sum(size for test, size in _TOKEN_CLASSES if any(test(c) for c in token))
+    pool += 33 if any(not c.isalnum() for c in token) else 0  # punctuation, space and the rest
+    bits = length * math.log2(pool)
+    if distinct < MIN_TOKEN_DISTINCT or bits < MIN_TOKEN_BITS:
+        return [
+            f"access token ({TOKEN_ENV}): too predictable to expose the panel ({length} characters but "
+            f"{distinct} different, about {bits:.0f} bits; at least {MIN_TOKEN_DISTINCT} different and "
+            f"{MIN_TOKEN_BITS} bits are needed); use a random one: {MAKE_TOKEN}"
+        ]
+    return []
+
+
 def exposure_problems(settings: ServeSettings) -> list[str]:
     """Why the panel must not start as configured; [] when it may. On loopback anything goes (only
     local users can connect); beyond it, a sign-in and XSRF/CORS protection are required."""
@@ -102,12 +129,8 @@ def exposure_problems(settings: ServeSettings) -> list[str]:
             f"address ({ADDRESS_ENV}): the panel would listen on {where}, beyond this machine, "
             f"with no sign-in; {HOW_TO_EXPOSE}"
         )
-    elif not settings.oidc and len(settings.token or "") < MIN_TOKEN_CHARS:
-        problems.append(
-            f"access token ({TOKEN_ENV}): {len(settings.token or '')} characters is too short to expose "
-            f"the panel; use at least {MIN_TOKEN_CHARS} random characters "
-            "(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
-        )
+    elif not settings.oidc:
+        problems += token_problems(settings.token or "")
     for option, on, env, what in (
         ("server.enableXsrfProtection", settings.xsrf_protection, "STREAMLIT_SERVER_ENABLE_XSRF_PROTECTION",
          "cross-site request forgery protection"),

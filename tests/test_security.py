@@ -56,6 +56,26 @@ def test_a_long_token_or_oidc_allows_exposure_a_short_token_does_not():
     assert "secret" not in repr(ServeSettings("0.0.0.0", token="secret"))  # never printed
 
 
+@pytest.mark.parametrize(
+    "token",
+    [" " * 16, "a" * 16, "t" * 40, "abababababababab", "passwordpassword", "1234567812345678", "\t" * 20],
+    ids=["16-spaces", "16-a", "40-t", "abab", "word-twice", "digits-only", "tabs"],
+)
+def test_long_but_predictable_tokens_are_refused_with_how_to_make_one(token):
+    (problem,) = exposure_problems(ServeSettings("0.0.0.0", token=token))
+    assert problem.startswith("access token (NEXA_ACCESS_TOKEN): too predictable")
+    assert "secrets.token_urlsafe(32)" in problem and "openssl rand -base64 32" in problem
+    assert token not in problem  # never echoed
+
+
+def test_generated_tokens_are_accepted():
+    import secrets
+
+    tokens = [secrets.token_urlsafe(n) for n in (12, 16, 32) for _ in range(300)]
+    tokens += [secrets.token_hex(16) for _ in range(300)] + [TOKEN]
+    assert [t for t in tokens if exposure_problems(ServeSettings("0.0.0.0", token=t))] == []
+
+
 def test_xsrf_or_cors_off_beyond_loopback_is_refused_even_with_auth():
     problems = exposure_problems(
         ServeSettings("0.0.0.0", token=TOKEN, xsrf_protection=False, cors_protection=False)
