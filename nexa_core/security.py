@@ -22,6 +22,7 @@ from pathlib import Path
 
 import tomllib
 
+from nexa_core.datasets import LIMIT_BYTES
 from nexa_core.errors import ConfigError
 
 ADDRESS_ENV = "NEXA_ADDRESS"
@@ -36,6 +37,13 @@ MIN_TOKEN_BITS = 64  # length × log2(size of the character classes it uses)
 _TOKEN_CLASSES = ((str.islower, 26), (str.isupper, 26), (str.isdigit, 10))
 MAKE_TOKEN = 'python -c "import secrets; print(secrets.token_urlsafe(32))" or openssl rand -base64 32'
 UNIX_SOCKET_PREFIX = "unix://"  # Streamlit binds a unix socket for such an address
+# Streamlit's own request limits (MB; its defaults are 200), set to NEXA's upload limit: the most
+# one request (an upload, a websocket frame) can make the server hold before anyone has signed in.
+UPLOAD_LIMIT_MB = LIMIT_BYTES // (1024 * 1024)  # server.maxUploadSize counts MiB, as LIMIT_BYTES does
+SIZE_OPTIONS = {  # option -> (ServeSettings field, environment variable, NEXA's limit in MB)
+    "server.maxUploadSize": ("max_upload_mb", "STREAMLIT_SERVER_MAX_UPLOAD_SIZE", UPLOAD_LIMIT_MB),
+    "server.maxMessageSize": ("max_message_mb", "STREAMLIT_SERVER_MAX_MESSAGE_SIZE", UPLOAD_LIMIT_MB),
+}
 # An IP literal or a host name: what may follow --server.address on the command line.
 _HOST = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:%-]{0,252}$")
 _SOCKET_PATH = re.compile(r"^/[A-Za-z0-9._/-]{1,200}$")
@@ -57,6 +65,9 @@ class ServeSettings:
     cors_protection: bool = True  # server.enableCORS (True = cross-origin requests refused)
     token: str | None = field(default=None, repr=False)  # NEXA_ACCESS_TOKEN; never printed
     oidc: bool = False  # an [auth] section in secrets.toml: st.login signs users in
+    max_upload_mb: int = UPLOAD_LIMIT_MB  # server.maxUploadSize
+    max_message_mb: int = UPLOAD_LIMIT_MB  # server.maxMessageSize
+    guarded: bool = True  # NEXA's guard (nexa_ui/guard.py) stands in front of Streamlit's endpoints
 
     @property
     def auth_required(self) -> bool:
@@ -131,6 +142,20 @@ def exposure_problems(settings: ServeSettings) -> list[str]:
         )
     elif not settings.oidc:
         problems += token_problems(settings.token or "")
+    for option, (name, env, limit) in SIZE_OPTIONS.items():
+        if getattr(settings, name) > limit:
+            problems.append(
+                f"{option}: {getattr(settings, name)} MB is above NEXA's {limit} MB limit while listening "
+                f"on {where}, so one request could make the server hold that much before anyone signs in; "
+                f"remove {option.split('.')[1]} from .streamlit/config.toml (and unset {env}), or bind "
+                "127.0.0.1"
+            )
+    if not settings.guarded:
+        problems.append(
+            f"server: started without NEXA's guard while listening on {where} (Streamlit would take "
+            "uploads before sign-in and show /_stcore/metrics to anyone); start the panel with "
+            "`nexa serve` (scripts/app.sh), not `streamlit run app.py`, or bind 127.0.0.1"
+        )
     for option, on, env, what in (
         ("server.enableXsrfProtection", settings.xsrf_protection, "STREAMLIT_SERVER_ENABLE_XSRF_PROTECTION",
          "cross-site request forgery protection"),
@@ -206,6 +231,40 @@ class SignInThrottle:
 SIGN_IN_THROTTLE = SignInThrottle()
 
 
+class SessionGate:
+    """The Streamlit sessions the sign-in gate has let in, by session id, so that NEXA's guard in
+    front of Streamlit's HTTP endpoints (nexa_ui/guard.py) takes uploads from those sessions only:
+    Streamlit's upload endpoint asks for nothing but a live session id. Bounded (oldest out); ids
+    are random UUIDs that only their own browser is told."""
+
+    def __init__(self, max_sessions: int = 10_000) -> None:
+        self.max_sessions = max_sessions
+        self.enforced = False  # set by the guard when the server is built with it
+        self._admitted: dict[str, None] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, session_id: str) -> None:
+        with self._lock:
+            self._admitted.pop(session_id, None)
+            self._admitted[session_id] = None  # re-inserted last: the oldest go first
+            while len(self._admitted) > self.max_sessions:
+                del self._admitted[next(iter(self._admitted))]
+
+    def revoke(self, session_id: str) -> None:
+        with self._lock:
+            self._admitted.pop(session_id, None)
+
+    def admitted(self, session_id: str) -> bool:
+        with self._lock:
+            return session_id in self._admitted
+
+    def __len__(self) -> int:
+        return len(self._admitted)
+
+
+SESSIONS = SessionGate()  # one per server process, like the throttle
+
+
 # ------------------------------------------------------------------ settings for `nexa serve`
 def _read_toml(path: Path) -> dict:
     if not path.is_file():
@@ -244,12 +303,27 @@ def serve_settings(
     port_text = env.get(PORT_ENV) or str(DEFAULT_PORT)
     port = int(port_text) if port_text.strip().isdecimal() else None
     problems = address_problems(address, port if port is not None else port_text)
+    sizes: dict[str, int] = {}
+    for option, (name, variable, limit) in SIZE_OPTIONS.items():
+        text = str(env.get(variable, server.get(option.split(".")[1], limit))).strip()
+        if text.isdecimal() and int(text) > 0:
+            sizes[name] = int(text)
+        else:
+            problems.append(f"{option} ({variable}): must be a whole number of MB, got {text!r}")
     if problems or port is None:
         raise ConfigError(problems)
-    return ServeSettings(address, port, xsrf, cors, env.get(TOKEN_ENV) or None, oidc)
+    unix = address.startswith(UNIX_SOCKET_PREFIX)  # st.App cannot bind one: served unguarded (serve_argv)
+    return ServeSettings(
+        address, port, xsrf, cors, env.get(TOKEN_ENV) or None, oidc, **sizes, guarded=not unix
+    )
 
 
-def serve_argv(settings: ServeSettings, app_path: Path, python: str) -> list[str]:
-    """``streamlit run app.py --server.address A --server.port P`` as an argv list (no shell)."""
-    return [python, "-m", "streamlit", "run", str(app_path),
-            "--server.address", str(settings.address), "--server.port", str(settings.port)]  # fmt: skip
+def serve_argv(settings: ServeSettings, project_root: Path, python: str) -> list[str]:
+    """``streamlit run nexa_ui/server.py --server.address A --server.port P`` and the size limits,
+    as an argv list (no shell). nexa_ui/server.py is app.py inside NEXA's guard (st.App with its
+    middleware); st.App cannot bind a unix socket, so for one app.py runs as it is (loopback only)."""
+    script = project_root / ("app.py" if not settings.guarded else "nexa_ui/server.py")
+    return [python, "-m", "streamlit", "run", str(script),
+            "--server.address", str(settings.address), "--server.port", str(settings.port),
+            "--server.maxUploadSize", str(settings.max_upload_mb),
+            "--server.maxMessageSize", str(settings.max_message_mb)]  # fmt: skip

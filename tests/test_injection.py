@@ -195,7 +195,7 @@ def test_serve_address_and_port_are_refused_or_one_argv_element_each(tmp_path, a
     except ConfigError as exc:
         assert all(p.startswith(("address (NEXA_ADDRESS", "port (NEXA_PORT")) for p in exc.problems)
         return
-    argv = security.serve_argv(settings, PROJECT_ROOT / "app.py", sys.executable)
+    argv = security.serve_argv(settings, PROJECT_ROOT, sys.executable)
     assert argv[argv.index("--server.address") + 1] == (address or security.DEFAULT_ADDRESS)
     assert not settings.address.startswith("-") and 1 <= int(argv[argv.index("--server.port") + 1]) <= 65535
 

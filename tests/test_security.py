@@ -10,13 +10,14 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
 import pytest
 import tomllib
 
-from nexa_core import cli, security
+from nexa_core import cli, datasets, security
 from nexa_core.errors import ConfigError
 from nexa_core.security import ServeSettings, exposure_problems
 
@@ -107,6 +108,46 @@ def test_shipped_streamlit_config_binds_loopback_with_protections_on():
     server = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["server"]
     assert server["address"] == "127.0.0.1"
     assert server["enableXsrfProtection"] is True and server["enableCORS"] is True
+    # Streamlit's endpoints enforce NEXA's upload limit, not their 200 MB default
+    assert server["maxUploadSize"] == server["maxMessageSize"] == security.UPLOAD_LIMIT_MB == 50
+    assert security.UPLOAD_LIMIT_MB * 1024 * 1024 == datasets.LIMIT_BYTES
+
+
+@pytest.mark.parametrize("option", ["maxUploadSize", "maxMessageSize"])
+def test_request_sizes_above_nexas_limit_are_refused_beyond_loopback_only(tmp_path, option):
+    (tmp_path / ".streamlit").mkdir()
+    (tmp_path / ".streamlit" / "config.toml").write_text(f"[server]\n{option} = 200\n")
+    raised = security.serve_settings(
+        tmp_path, {"NEXA_ADDRESS": "0.0.0.0", "NEXA_ACCESS_TOKEN": TOKEN}, tmp_path
+    )
+    (problem,) = exposure_problems(raised)
+    assert problem.startswith(f"server.{option}: 200 MB is above NEXA's 50 MB limit")
+    assert "bind 127.0.0.1" in problem
+    assert exposure_problems(replace(raised, address="127.0.0.1")) == []  # a local choice on loopback
+    variable = security.SIZE_OPTIONS[f"server.{option}"][1]
+    env = {"NEXA_ADDRESS": "0.0.0.0", "NEXA_ACCESS_TOKEN": TOKEN, variable: "40"}
+    assert exposure_problems(security.serve_settings(tmp_path, env, tmp_path)) == []  # the variable wins
+    with pytest.raises(ConfigError, match=rf"server.{option} \({variable}\): must be a whole number"):
+        security.serve_settings(tmp_path, {variable: "lots"}, tmp_path)
+
+
+def test_beyond_loopback_the_app_needs_nexas_guard():
+    """A plain `streamlit run app.py --server.address 0.0.0.0` (no guard in front of the upload and
+    metrics endpoints) is refused even with a token; `nexa serve` runs the guarded server."""
+    (problem,) = exposure_problems(ServeSettings("0.0.0.0", token=TOKEN, guarded=False))
+    assert problem.startswith("server: started without NEXA's guard") and "nexa serve" in problem
+    assert exposure_problems(ServeSettings("127.0.0.1", guarded=False)) == []
+
+
+def test_serve_argv_runs_the_guarded_server_with_nexas_limits(tmp_path):
+    settings = security.serve_settings(ROOT, {"NEXA_PORT": "9001"}, tmp_path)
+    argv = security.serve_argv(settings, ROOT, "python")
+    assert argv[:5] == ["python", "-m", "streamlit", "run", str(ROOT / "nexa_ui" / "server.py")]
+    assert argv[argv.index("--server.maxUploadSize") + 1] == "50"
+    assert argv[argv.index("--server.maxMessageSize") + 1] == "50"
+    assert argv[argv.index("--server.port") + 1] == "9001"
+    unix = security.serve_settings(ROOT, {"NEXA_ADDRESS": "unix:///tmp/nexa.sock"}, tmp_path)
+    assert security.serve_argv(unix, ROOT, "python")[4] == str(ROOT / "app.py")  # st.App binds no socket
 
 
 def test_serve_settings_read_streamlit_files_then_environment(tmp_path):
@@ -152,6 +193,13 @@ def test_serve_refuses_xsrf_off_and_bad_port_without_traceback(tmp_path, monkeyp
     assert "nexa serve: error: server.enableXsrfProtection" in err and "Traceback" not in err
     assert cli.main(["serve", "--port", "http"]) == 2
     assert "port (NEXA_PORT / --port)" in capsys.readouterr().err
+    monkeypatch.delenv("STREAMLIT_SERVER_ENABLE_XSRF_PROTECTION")
+    monkeypatch.setenv("STREAMLIT_SERVER_MAX_UPLOAD_SIZE", "500")
+    assert cli.main(["serve"]) == 2
+    assert (
+        "nexa serve: error: server.maxUploadSize: 500 MB is above NEXA's 50 MB limit"
+        in capsys.readouterr().err
+    )
 
 
 def test_serve_beyond_loopback_without_auth_exits_2_and_never_listens(tmp_path):

@@ -94,6 +94,24 @@ def test_repeated_wrong_tokens_are_slowed_down_even_for_the_right_one_next(home,
     assert "nexa_signed_in" not in fresh.session_state
 
 
+def test_the_gate_admits_a_session_to_upload_only_while_it_is_signed_in(home, fresh_throttle, monkeypatch):
+    """NEXA's guard takes uploads only from the sessions in security.SESSIONS (nexa_ui/guard.py):
+    the gate adds a session when it signs in and removes it when it signs out."""
+    from nexa_core import security
+
+    sessions = security.SessionGate()
+    monkeypatch.setattr(security, "SESSIONS", sessions)
+    at = AppTest.from_file(ROOT / "app.py", default_timeout=120).run()
+    _shows_only_the_sign_in_form(at)
+    assert len(sessions) == 0
+    at.text_input(key="nexa_token").input(TOKEN)
+    at.button(key="nexa_sign_in_submit").click().run()
+    assert not at.exception and len(sessions) == 1
+    at.button(key="nexa_sign_out").click().run()
+    _shows_only_the_sign_in_form(at)
+    assert len(sessions) == 0
+
+
 @pytest.mark.parametrize("page", sorted(p.name for p in (ROOT / "pages").glob("*.py")))
 def test_every_file_streamlit_can_route_in_pages_is_gated(home, page):
     """Streamlit serves every .py under pages/ as a page (``?page=<name>``, and the URL path in its
