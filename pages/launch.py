@@ -17,6 +17,7 @@ from nexa_ui.shared import (
     check_dataset,
     detected_hardware,
     hardware_sidebar,
+    open_store,
     save_upload,
     show_problems,
 )
@@ -27,6 +28,7 @@ PREVIEW_ID = "preview"  # the command shown names this run id; the real one is a
 
 st.title("Launch a training run")
 hardware_sidebar()
+open_store()  # a damaged or unusable NEXA_HOME is a message here, before a form that could not launch
 hw = detected_hardware()
 ids = list(catalogue())
 gpu_ids = [g.index for g in hw.gpus]
@@ -68,7 +70,11 @@ if "launch_task" not in st.session_state:
         }
 
 with st.expander("Presets: load a saved configuration", expanded=False):
-    saved = presets.names()
+    try:
+        saved = presets.names()
+    except ConfigError as exc:  # e.g. NEXA_HOME/presets is a file
+        saved = []
+        show_problems(exc.problems)
     p1, p2 = st.columns([4, 1], vertical_alignment="bottom")
     p1.selectbox("Saved presets", saved, index=None, key="launch_preset_pick",
                  placeholder="pick one" if saved else "none saved yet: save one below the form")  # fmt: skip

@@ -134,10 +134,8 @@ def add_runs_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     from nexa_core import runner, runs
-    from nexa_core.runstore import RunStore
 
-    store = RunStore()
-    runner.refresh(store)
+    store = runner.open_store()
     if args.action == "list":
         rows = [runs.summary(store, r) for r in store.list_runs()]
         if args.json:
