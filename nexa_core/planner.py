@@ -3,6 +3,7 @@ fit-based recommendation out. Used by `nexa plan` and the Plan page alike."""
 
 from __future__ import annotations
 
+import math
 import shlex
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,10 +80,13 @@ class PlanConfig:
         for name in ("gpu_memory_gb", "host_memory_gb"):
             value = getattr(self, name)
             if value is not None and (
-                not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0
+                not isinstance(value, (int, float))
+                or isinstance(value, bool)
+                or not math.isfinite(value)  # float() takes "nan" and "inf"; nan is not <= 0 either
+                or value <= 0
             ):
                 problems.append(
-                    f"{name} (--{name.replace('_', '-')}): must be a positive number of GiB, got {value!r}"
+                    f"{name} (--{name.replace('_', '-')}): must be a positive, finite number of GiB, got {value!r}"
                 )
         raise_if(problems)
 
