@@ -193,5 +193,7 @@ def export_form(run: dict[str, Any], key: str) -> None:
                     folder = export_checkpoint(run["id"], paths.inside_home(out, "out"), merge_lora=merge)
             except ConfigError as exc:
                 show_problems(exc.problems)
+            except OSError as exc:  # writing the model folder failed (a full disk, permissions)
+                show_problems([f"out: writing the export failed ({exc})"])
             else:
                 st.success(f"Exported to {folder}")
