@@ -352,6 +352,49 @@ def make_collator(task: Task | str, tokenizer: Any, pad_to: int | None = None):
     return PairCollator(tokenizer, pad_to)
 
 
+def load_run_records(
+    task: Task | str,
+    train_path: str | Path | None = None,
+    eval_path: str | Path | None = None,
+    *,
+    seed: int = 0,
+    max_bytes: int = LIMIT_BYTES,
+) -> tuple[list[dict], list[dict]]:
+    """(train, eval) records as a run takes them: the files given, else the bundled samples; without
+    an eval file the user's own data gives 10 % of itself (seeded), since the bundled validation set
+    has other labels; eval labels must be ones the model is trained on. One ConfigError lists every
+    problem of both files: `nexa launch` calls this before it starts anything."""
+    task = Task.parse(task, "task")
+    default_train, default_eval = bundled_paths(task)
+    problems: list[str] = []
+    train_records: list[dict] = []
+    eval_records: list[dict] = []
+    try:
+        train_records = load_records(train_path or default_train, task, max_bytes=max_bytes)
+    except ConfigError as exc:
+        problems += exc.problems
+    if train_path is not None and eval_path is None and len(train_records) >= 2:
+        import random
+
+        order = list(range(len(train_records)))
+        random.Random(seed).shuffle(order)
+        cut = max(1, len(order) // 10)
+        eval_records = [train_records[i] for i in order[:cut]]
+        train_records = [train_records[i] for i in order[cut:]]
+    if not eval_records:
+        labels = label_names_for(task, train_records)
+        known = labels if train_records and task in (Task.NER, Task.CLASSIFICATION) else None
+        try:
+            eval_records = load_records(
+                eval_path or default_eval, task, max_bytes=max_bytes, label_names=known
+            )
+        except ConfigError as exc:
+            problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
+    return train_records, eval_records
+
+
 @dataclass
 class DataBundle:
     train_loader: Any  # torch.utils.data.DataLoader
@@ -380,39 +423,20 @@ def build_dataloaders(
     from torch.utils.data import DataLoader
 
     task = Task.parse(task, "task")
-    default_train, default_eval = bundled_paths(task)
     problems: list[str] = []
     if batch_size < 1:
         problems.append(f"batch_size: must be at least 1, got {batch_size}")
     if seq_len < 2:
         problems.append(f"seq_len: must be at least 2, got {seq_len}")
-    train_records: list[dict] = []
-    eval_records: list[dict] = []
     try:
-        train_records = load_records(train_path or default_train, task, max_bytes=max_bytes)
+        train_records, eval_records = load_run_records(
+            task, train_path, eval_path, seed=seed, max_bytes=max_bytes
+        )
     except ConfigError as exc:
         problems += exc.problems
-    if train_path is not None and eval_path is None and len(train_records) >= 2:
-        # The user's own data with no validation file: hold out 10 % of it (seeded), since the
-        # bundled validation set has other labels.
-        import random
-
-        order = list(range(len(train_records)))
-        random.Random(seed).shuffle(order)
-        cut = max(1, len(order) // 10)
-        eval_records = [train_records[i] for i in order[:cut]]
-        train_records = [train_records[i] for i in order[cut:]]
-    label_names = label_names_for(task, train_records + eval_records)
-    if not eval_records:
-        try:  # eval labels must be ones the model is trained on
-            known = label_names if train_records and task in (Task.NER, Task.CLASSIFICATION) else None
-            eval_records = load_records(
-                eval_path or default_eval, task, max_bytes=max_bytes, label_names=known
-            )
-        except ConfigError as exc:
-            problems += exc.problems
     if problems:
         raise ConfigError(problems)
+    label_names = label_names_for(task, train_records + eval_records)
     train_ds, eval_ds = build_datasets(
         task, tokenizer, train_records, eval_records, seq_len=seq_len, label_names=label_names
     )
