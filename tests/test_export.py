@@ -5,7 +5,6 @@ BERT saved as the trainer saves it), so the check runs where the old code failed
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from streamlit.testing.v1 import AppTest
 from nexa_core import cli, paths
 from nexa_core.checkpoints import COMPLETE_MARKER
 from nexa_core.train_config import TrainConfig
+from tests.run_helpers import tiny_bert
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = "20260101-000000-tiny-abcdef"
@@ -27,12 +27,7 @@ def run_with_checkpoint(nexa_home, tmp_path) -> str:
     from nexa_core.models import auto_class, resolve_model, task_config
     from nexa_core.runstore import RunStore
 
-    model = tmp_path / "tiny-bert"
-    model.mkdir()
-    (model / "config.json").write_text(json.dumps({
-        "model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-        "intermediate_size": 64, "vocab_size": 128, "max_position_embeddings": 64,
-    }))  # fmt: skip
+    model = tiny_bert(tmp_path / "tiny-bert", vocab_size=128)
     config = TrainConfig(model=str(model), task="classification", num_labels=2, deepspeed="off")
     run_dir = paths.run_dir(RUN)
     ckpt = run_dir / "checkpoints" / "step-1"

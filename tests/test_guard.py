@@ -23,6 +23,7 @@ import pytest
 import requests
 
 from nexa_core import datasets, security
+from tests.run_helpers import end_process
 
 pytestmark = pytest.mark.slow
 
@@ -127,12 +128,7 @@ def _serve(tmp: Path, **env: str) -> Iterator[Server]:
         yield server
         server.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        end_process(proc)
         log.close()
 
 

@@ -20,6 +20,7 @@ import tomllib
 from nexa_core import cli, datasets, security
 from nexa_core.errors import ConfigError
 from nexa_core.security import ServeSettings, exposure_problems
+from tests.run_helpers import end_process, tiny_bert
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "correct-horse-battery-staple-42"
@@ -248,12 +249,7 @@ def test_serve_with_defaults_listens_on_loopback_only(tmp_path):
             with pytest.raises(OSError), socket.create_connection((outside, port), timeout=2):
                 pass
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        end_process(proc)
 
 
 # ------------------------------------------------------------------ no pickle from user input
@@ -340,12 +336,7 @@ def test_deepspeed_checkpoint_loading_refuses_pickled_code(tmp_path, monkeypatch
 def test_checkpoints_and_exports_hold_safetensors_only(nexa_home, tmp_path):
     from nexa_core.export import export_checkpoint
 
-    model = tmp_path / "tiny-bert"
-    model.mkdir()
-    (model / "config.json").write_text(json.dumps({
-        "model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-        "intermediate_size": 64, "vocab_size": 30522, "max_position_embeddings": 64,
-    }))  # fmt: skip
+    model = tiny_bert(tmp_path / "tiny-bert")
     done = subprocess.run(
         [sys.executable, "-m", "nexa_core", "train", "--model", str(model), "--random-init", "--task", "classification",
          "--max-steps", "1", "--batch-size", "2", "--seq-len", "16", "--deepspeed", "off", "--no-eval", "--json"],

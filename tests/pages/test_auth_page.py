@@ -122,9 +122,9 @@ def test_every_file_streamlit_can_route_in_pages_is_gated(home, page):
     assert not [b for b in at.button if b.key == "launch_go"]
 
 
-def test_listening_beyond_loopback_without_auth_shows_only_the_fix(home, monkeypatch):
-    """As after a plain `streamlit run app.py --server.address 0.0.0.0` with no token set."""
-    monkeypatch.delenv("NEXA_ACCESS_TOKEN")
+def _refused_beyond_loopback() -> str:
+    """app.py as after a plain `streamlit run app.py --server.address 0.0.0.0`: only the refusal
+    shows; its message."""
     before = config.get_option("server.address")
     config.set_option("server.address", "0.0.0.0")
     try:
@@ -133,21 +133,19 @@ def test_listening_beyond_loopback_without_auth_shows_only_the_fix(home, monkeyp
         config.set_option("server.address", before)
     assert not at.exception
     assert [t.value for t in at.title] == ["NEXA will not serve pages like this"]
-    message = at.error[0].value
-    assert "NEXA_ACCESS_TOKEN" in message and "127.0.0.1" in message and "st.login" in message
     assert not at.text_input and not at.selectbox and not at.code
+    return at.error[0].value
+
+
+def test_listening_beyond_loopback_without_auth_shows_only_the_fix(home, monkeypatch):
+    """As after a plain `streamlit run app.py --server.address 0.0.0.0` with no token set."""
+    monkeypatch.delenv("NEXA_ACCESS_TOKEN")
+    message = _refused_beyond_loopback()
+    assert "NEXA_ACCESS_TOKEN" in message and "127.0.0.1" in message and "st.login" in message
 
 
 def test_beyond_loopback_without_nexas_guard_even_a_token_shows_only_the_fix(home):
     """A plain `streamlit run app.py --server.address 0.0.0.0` with a token: no guard in front of the
     upload and metrics endpoints (nexa_ui/guard.py), so the app serves only the fix."""
-    before = config.get_option("server.address")
-    config.set_option("server.address", "0.0.0.0")
-    try:
-        at = AppTest.from_file(ROOT / "app.py", default_timeout=120).run()
-    finally:
-        config.set_option("server.address", before)
-    assert not at.exception
-    assert [t.value for t in at.title] == ["NEXA will not serve pages like this"]
-    assert "without NEXA's guard" in at.error[0].value and "nexa serve" in at.error[0].value
-    assert not at.text_input
+    message = _refused_beyond_loopback()
+    assert "without NEXA's guard" in message and "nexa serve" in message
