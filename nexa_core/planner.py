@@ -114,7 +114,7 @@ class PlanConfig:
             if value is not None and (
                 not isinstance(value, (int, float))
                 or isinstance(value, bool)
-                or not math.isfinite(value)
+                or not math.isfinite(value)  # float() takes "nan" and "inf"; nan is not <= 0 either
                 or not 0 < value <= 1 << 30
             ):
                 problems.append(

@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 
 from nexa_core import paths, scaling
-from nexa_core.errors import ConfigError
+from nexa_core.errors import ConfigError, raise_if
 from nexa_core.exits import LOG_FILE, log_tail
 from nexa_core.launch import DEEPSPEED_FILE, PROJECT_ROOT, RUN_CONFIG, RunSpec, build_launch
 from nexa_core.runstore import TERMINAL, RunState, RunStore
@@ -51,7 +51,18 @@ def _launch_lock(timeout_s: float = 60.0) -> Iterator[None]:
     launcher killed mid-launch never leaves the lock behind; the file is opened close-on-exec and
     Popen closes fds, so a started run never inherits it."""
     path = paths.nexa_home() / LAUNCH_LOCK
-    with open(path, "a+") as handle:
+    try:
+        handle = open(path, "a+")  # noqa: SIM115 (closed by the with below)
+    except IsADirectoryError:
+        raise ConfigError(
+            [f"launch lock ({path}): is a folder, not a file; remove it (rmdir {path})"]
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            [f"launch lock ({path}): cannot open it ({exc.strerror}); launching, stopping or changing runs "
+             f"needs NEXA_HOME ({path.parent}) writable"]
+        ) from None  # fmt: skip
+    with handle:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -74,8 +85,30 @@ def refresh(store: RunStore | None = None) -> list[str]:
     failed with their last step. Returns the ids it changed. Safe to call from every app rerun
     and CLI start; it waits for a launch in progress, so it never judges a half-started run."""
     store = store or RunStore()
+    if store.read_only:  # nothing can be marked here; the runs are shown as recorded
+        return []
     with _launch_lock():
         return _refresh(store)
+
+
+def open_store() -> RunStore:
+    """The run store, refreshed, once NEXA_HOME's layout is checked: one ConfigError naming every
+    part that cannot be used (the home, the runs folder, the store, the launch lock), for `nexa runs`
+    and the panel's pages, so a damaged home is a message before anything else is read."""
+    paths.nexa_home()  # a home that is a file, or cannot be made, says so alone
+    problems: list[str] = []
+    try:
+        paths.home_folder("runs", create=False)
+    except ConfigError as exc:
+        problems += exc.problems
+    store = RunStore()
+    try:
+        refresh(store)
+        store.list_runs(limit=1)  # a read-only store is not refreshed: read it once all the same
+    except ConfigError as exc:
+        problems += exc.problems
+    raise_if(problems)
+    return store
 
 
 def _refresh(store: RunStore) -> list[str]:

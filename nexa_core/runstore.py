@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -16,8 +17,10 @@ from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from nexa_core import paths
+from nexa_core.errors import ConfigError
 
 SCHEMA_VERSION = 2
 SCHEMA = """
@@ -69,25 +72,39 @@ class RunStore:
     def __init__(self, path: Path | str | None = None) -> None:
         self.path = Path(path) if path is not None else paths.store_path()
 
+    @property
+    def read_only(self) -> bool:
+        """Whether this process can read the store but not write it (a read-only NEXA_HOME or file):
+        runs can then be listed and shown, not started or changed."""
+        return self.path.is_file() and not (
+            os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK)
+        )
+
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        """A short-lived connection in WAL mode; creates the schema when the file lacks it."""
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        """A short-lived connection in WAL mode; creates the schema when the file lacks it. A store
+        that cannot be used (damaged, a folder, read-only for a write) is a ConfigError saying so."""
+        if self.path.is_dir():
+            raise ConfigError([f"run store ({self.path}): is a folder, not a file; move it away"])
+        read_only = self.read_only
+        try:
+            conn = (
+                _open_read_only(self.path)
+                if read_only
+                else sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            )
+        except sqlite3.Error as exc:
+            raise ConfigError([_store_problem(self.path, exc) or f"run store ({self.path}): {exc}"]) from None
         try:
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA busy_timeout=30000")
-            _enter_wal(conn)
-            conn.execute("PRAGMA synchronous=NORMAL")
-            if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                with _transaction(conn):  # re-checked under the write lock: racing creators both succeed
-                    version = conn.execute("PRAGMA user_version").fetchone()[0]
-                    if version < SCHEMA_VERSION:
-                        for statement in filter(str.strip, SCHEMA.split(";")):
-                            conn.execute(statement)
-                        if version == 1:  # v2 added runs.total_steps (and an index, created above)
-                            conn.execute("ALTER TABLE runs ADD COLUMN total_steps INTEGER")
-                        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if not read_only:
+                _prepare(conn)
             yield conn
+        except sqlite3.DatabaseError as exc:
+            problem = _store_problem(self.path, exc)
+            if problem is None:  # an integrity error, a lock held too long: the caller's business
+                raise
+            raise ConfigError([problem]) from None
         finally:
             conn.close()
 
@@ -325,6 +342,56 @@ class RunStore:
             return [
                 dict(r) for r in conn.execute("SELECT * FROM events WHERE run_id = ? ORDER BY t", (run_id,))
             ]
+
+
+def _prepare(conn: sqlite3.Connection) -> None:
+    """WAL mode, the busy timeout, and the schema when the file lacks it (or has an older one)."""
+    conn.execute("PRAGMA busy_timeout=30000")
+    _enter_wal(conn)
+    conn.execute("PRAGMA synchronous=NORMAL")
+    if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+        with _transaction(conn):  # re-checked under the write lock: racing creators both succeed
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version < SCHEMA_VERSION:
+                for statement in filter(str.strip, SCHEMA.split(";")):
+                    conn.execute(statement)
+                if version == 1:  # v2 added runs.total_steps (and an index, created above)
+                    conn.execute("ALTER TABLE runs ADD COLUMN total_steps INTEGER")
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """A store this process may not write. WAL readers need the -shm file, which a read-only folder
+    cannot get once the last writer removed it: then the file is read as immutable (nobody can be
+    writing it here anyway)."""
+    uri = "file:" + quote(str(path))
+    conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30, isolation_level=None)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError:
+        conn.close()
+        return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None)
+
+
+def _store_problem(path: Path, exc: sqlite3.Error) -> str | None:
+    """One line for a store that cannot be used as it is, with the fix; None for other errors."""
+    text = str(exc)
+    if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError | sqlite3.InterfaceError):
+        return None
+    if "not a database" in text or "malformed" in text:
+        return (
+            f"run store ({path}): damaged ({text}); move it aside (mv {path} {path}.damaged) and NEXA "
+            "starts an empty one, or restore it from a backup"
+        )
+    if "readonly" in text or "read-only" in text:
+        return (
+            f"run store ({path}): read-only here ({text}); runs can be listed and shown, but starting, "
+            f"stopping or changing them needs NEXA_HOME ({path.parent}) writable"
+        )
+    if "unable to open" in text or "disk I/O" in text:
+        return f"run store ({path}): cannot be opened ({text}); NEXA_HOME ({path.parent}) must be a writable folder"
+    return None
 
 
 def _enter_wal(conn: sqlite3.Connection, timeout_s: float = 30.0) -> None:

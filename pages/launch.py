@@ -10,23 +10,25 @@ from nexa_core.launch import LaunchMode, RunSpec, build_launch, command_text
 from nexa_core.memory import GIB
 from nexa_core.models import catalogue
 from nexa_core.train_config import TrainConfig
-from pages._auth import require_access
-from pages._launch_form import SOURCES, extra_fields, form_state, spec_from_plan, uploads
-from pages._shared import (
+from nexa_ui.auth import require_access
+from nexa_ui.launch_form import SOURCES, extra_fields, form_state, spec_from_plan, uploads
+from nexa_ui.shared import (
     cached_estimate,
     check_dataset,
     detected_hardware,
     hardware_sidebar,
+    open_store,
     save_upload,
     show_problems,
 )
 
-require_access()  # also when Streamlit runs this file without app.py (pages/_auth.py)
+require_access()  # also when Streamlit runs this file without app.py (nexa_ui/auth.py)
 
 PREVIEW_ID = "preview"  # the command shown names this run id; the real one is assigned at launch
 
 st.title("Launch a training run")
 hardware_sidebar()
+open_store()  # a damaged or unusable NEXA_HOME is a message here, before a form that could not launch
 hw = detected_hardware()
 ids = list(catalogue())
 gpu_ids = [g.index for g in hw.gpus]
@@ -68,7 +70,11 @@ if "launch_task" not in st.session_state:
         }
 
 with st.expander("Presets: load a saved configuration", expanded=False):
-    saved = presets.names()
+    try:
+        saved = presets.names()
+    except ConfigError as exc:  # e.g. NEXA_HOME/presets is a file
+        saved = []
+        show_problems(exc.problems)
     p1, p2 = st.columns([4, 1], vertical_alignment="bottom")
     p1.selectbox("Saved presets", saved, index=None, key="launch_preset_pick",
                  placeholder="pick one" if saved else "none saved yet: save one below the form")  # fmt: skip

@@ -4,18 +4,16 @@ live while it runs (read from the run store, so a closed tab loses nothing); sto
 import streamlit as st
 
 from nexa_core import monitor, runner, runs
-from nexa_core.runstore import RunStore
-from pages._auth import require_access
-from pages._shared import export_form, hardware_sidebar, run_summary, series_reader
+from nexa_ui.auth import require_access
+from nexa_ui.shared import export_form, hardware_sidebar, open_store, run_summary, series_reader
 
-require_access()  # also when Streamlit runs this file without app.py (pages/_auth.py)
+require_access()  # also when Streamlit runs this file without app.py (nexa_ui/auth.py)
 
 ACTIVE = ("queued", "running")
 
 st.title("Monitor a run")
 hardware_sidebar()
-store = RunStore()
-runner.refresh(store)  # runs whose process vanished (a restart, a kill) are marked failed first
+store = open_store()  # refreshed: runs whose process vanished are marked failed first
 listed = store.list_runs()
 if not listed:
     st.info("No runs yet: start one on the Launch page.")

@@ -12,10 +12,10 @@ from nexa_core.probe import PROBE_STEPS, find_batch_size, probe
 from nexa_core.report import plan_rows
 from nexa_core.targets import hardware_presets
 from nexa_core.train_config import TrainConfig
-from pages._auth import require_access
-from pages._shared import cached_plan, detected_hardware, hardware_sidebar, refresh_hardware, show_problems
+from nexa_ui.auth import require_access
+from nexa_ui.shared import cached_plan, detected_hardware, hardware_sidebar, refresh_hardware, show_problems
 
-require_access()  # also when Streamlit runs this file without app.py (pages/_auth.py)
+require_access()  # also when Streamlit runs this file without app.py (nexa_ui/auth.py)
 
 st.title("Plan memory before a run")
 hw = detected_hardware()

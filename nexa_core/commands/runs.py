@@ -75,7 +75,13 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if args.resume:
         run_id = runner.resume(args.resume)
     else:
+        from nexa_core.datasets import load_run_records
+
         spec = _spec_from_args(args)
+        if spec.train.dataset or spec.train.eval_dataset:  # as the run will read them, before it starts
+            load_run_records(
+                spec.train.task, spec.train.dataset, spec.train.eval_dataset, seed=spec.train.seed
+            )
         run_id = runner.launch(spec, run_id=args.run_id, estimate=runs.estimate_for(spec))
         from nexa_core import paths, scaling
 
@@ -134,10 +140,8 @@ def add_runs_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     from nexa_core import runner, runs
-    from nexa_core.runstore import RunStore
 
-    store = RunStore()
-    runner.refresh(store)
+    store = runner.open_store()
     if args.action == "list":
         rows = [runs.summary(store, r) for r in store.list_runs()]
         if args.json:
