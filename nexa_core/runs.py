@@ -133,9 +133,9 @@ def slurm_job(store: RunStore, run_id: str) -> dict[str, Any] | None:
             "request": job.get("request")}  # fmt: skip
 
 
-def job_label(summary: dict[str, Any]) -> str | None:
-    """The "Slurm 123 · gpu · 2 node(s) (node[01-02])" label of a Slurm run; None for a local one."""
-    job = summary.get("slurm")
+def job_label(job: dict[str, Any] | None) -> str | None:
+    """The "Slurm 123 · gpu · 2 node(s) (node[01-02])" label of a Slurm job (``slurm_job``); None for
+    a local run."""
     if not job:
         return None
     nodes = f"{job.get('nodes')} node(s)" + (f" ({job['node_list']})" if job.get("node_list") else "")
@@ -167,7 +167,7 @@ def history_rows(summaries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                 "stage": f"ZeRO-{stage}" if stage is not None else est.get("label", "default"),
                 "offload": f"opt {s.get('offload_optimizer') or 'default'} / param {s.get('offload_param') or 'default'}",
                 "state": s.get("state"),
-                "where": job_label(s) or "this machine",
+                "where": job_label(s.get("slurm")) or "this machine",
                 "step": s.get("step"),
                 "duration s": round(s["duration_s"], 1) if s.get("duration_s") is not None else None,
                 "host peak GiB": _gib(meas.get("peak_host_rss_bytes")),

@@ -210,6 +210,21 @@ def test_a_signal_delivered_twice_at_once_is_one_stop_request_and_a_later_one_en
     assert done.stdout.split() == ["alive", "True"] and done.returncode == -15, done.stderr[-2000:]
 
 
+def test_runs_table_and_summary_show_the_job_id_partition_and_nodes(nexa_home):
+    from nexa_core import runs
+
+    store = RunStore()
+    store.create_run("s", name="s", spec={}, run_dir="", kind="slurm", state=RunState.SUCCEEDED)
+    store.record_job("s", scheduler="slurm", job_id="42", partition="gpu", nodes=2, node_list="gpu[01-02]",
+                     sched_state="COMPLETED")  # fmt: skip
+    store.create_run("l", name="l", spec={}, run_dir="", state=RunState.SUCCEEDED)
+    summaries = [runs.summary(store, r) for r in store.list_runs()]
+    assert [s["slurm"] and s["slurm"]["job_id"] for s in summaries] == [None, "42"]
+    assert [row["where"] for row in runs.history_rows(summaries)] == [
+        "this machine", "Slurm 42 · gpu · 2 node(s) (gpu[01-02])",
+    ]  # fmt: skip
+
+
 def test_cli_refuses_a_bad_slurm_launch_in_one_go(nexa_home, capsys):
     code = main(
         ["launch", "--backend", "slurm", "--time", "1h", "--mode", "deepspeed", "--gpus-per-node", "2"]

@@ -192,7 +192,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
             print_result(json.dumps(rows, default=str))
         else:
             for r in rows:
-                where = runs.job_label(r)
+                where = runs.job_label(r.get("slurm"))
                 print(
                     f"{r['run_id']:45s} {r['state']:10s} step {r['step']:>6} {r['model'] or ''} {r['task'] or ''}"
                     + (f"  [{where}]" if where else "")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from nexa_core import presets, runner
+from nexa_core import presets, runner, slurm_jobs
 from nexa_core.hardware import list_gpus
 from nexa_core.runstore import RunState, RunStore
 
@@ -141,6 +141,26 @@ def test_nodes_section_shows_files_and_the_command_for_each_node(page, home):
     page.text_area(key="launch_hosts").input("-oProxyCommand=x slots=1").run()
     message = _errors(page)
     assert "hosts (--host)" in message and "RFC 1123" in message
+
+
+def test_slurm_mode_previews_the_batch_script_and_submits_the_request(page, home, monkeypatch):
+    page.radio(key="launch_backend").set_value("slurm").run()
+    assert "partition (--partition): required" in _errors(page)
+    page.text_input(key="launch_partition").input("gpu")
+    page.number_input(key="launch_job_nodes").set_value(2)
+    page.text_input(key="launch_time").input("00:30:00").run()
+    assert not page.exception and not page.error
+    script = page.code[0].value
+    assert (
+        "#SBATCH --partition=gpu" in script and "#SBATCH --nodes=2" in script and "#SBATCH --mem=" in script
+    )
+    assert "srun --kill-on-bad-exit=1" in script and page.button(key="launch_go").label == "Submit to Slurm"
+    submitted = []
+    monkeypatch.setattr(slurm_jobs, "submit", lambda *args: submitted.append(args) or "r")
+    page.button(key="launch_go").click().run()
+    ((spec, request, estimate),) = submitted
+    assert (request.partition, request.nodes, request.time) == ("gpu", 2, "00:30:00")
+    assert str(spec.mode) == "torchrun" and estimate["host_total_bytes"] > 0
 
 
 def test_a_saved_preset_fills_a_fresh_form_and_keeps_hidden_fields(page, home, monkeypatch):
