@@ -116,6 +116,31 @@ def test_each_task_gets_its_rank_from_slurms_variables(tmp_path):
     assert out.split() == ["5", "1", "8", "2"]
 
 
+EXAMPLE = Path(__file__).resolve().parents[1] / "deployment" / "slurm" / "nexa-example.sbatch"
+
+
+def test_the_documented_example_is_the_script_nexa_writes():
+    """deployment/slurm/nexa-example.sbatch: its "## " lines are notes for the reader; the rest is what
+    `nexa launch --backend slurm --partition gpu --nodes 2 --gpus-per-node 8 --time 04:00:00 --account
+    my-project --mem 256G --deepspeed on --zero-stage 3` writes (this checkout's path shown as
+    /shared/nexa). NEXA_UPDATE_EXAMPLES=1 rewrites it after a change to build_sbatch."""
+    from nexa_core.launch import PROJECT_ROOT
+
+    run, home = "20261203-120000-llama-8b-3f2a1c", Path("/shared/nexa-home")
+    spec = RunSpec(TrainConfig(deepspeed="on", zero_stage=3), "torchrun", 8)
+    request = SlurmRequest("gpu", 2, 8, "04:00:00", "my-project", None, "256G")
+    script = slurm.build_sbatch(spec, request, run, home / "runs" / run, home, "/shared/nexa/.venv/bin/python")
+    script = script.replace(str(PROJECT_ROOT), "/shared/nexa")
+    lines = EXAMPLE.read_text().splitlines(keepends=True)
+    notes = [line for line in lines if line.startswith("## ")]
+    if os.environ.get("NEXA_UPDATE_EXAMPLES"):
+        first, rest = script.split("\n", 1)
+        EXAMPLE.write_text(first + "\n" + "".join(notes) + rest)
+        lines = EXAMPLE.read_text().splitlines(keepends=True)
+    assert "".join(line for line in lines if not line.startswith("## ")) == script
+    assert len(notes) > 10 and subprocess.run(["bash", "-n", str(EXAMPLE)]).returncode == 0
+
+
 def test_command_lines():
     assert slurm.sbatch_argv(Path("/r/job.sbatch")) == ["sbatch", "--parsable", "/r/job.sbatch"]
     assert slurm.scancel_argv("42", "TERM") == ["scancel", "--signal=TERM", "42"]
