@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -43,11 +44,12 @@ class RelayStore:
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / f"{socket.gethostname()}-{os.getpid()}.jsonl"
+        self._lock = threading.Lock()  # the trainer and its memory sampler thread share the file
 
     def _append(self, op: str, **args: Any) -> None:
         line = json.dumps({"op": op, **args}, default=str) + "\n"
-        # one write of one line in append mode, then close: on NFS close() sends it to the server
-        with open(self.path, "a", encoding="utf-8") as f:
+        # one whole line in append mode, then close: on NFS close() sends it to the server
+        with self._lock, open(self.path, "a", encoding="utf-8") as f:
             f.write(line)
 
     def get_run(self, run_id: str) -> dict[str, Any]:

@@ -129,7 +129,9 @@ def test_the_documented_example_is_the_script_nexa_writes():
     run, home = "20261203-120000-llama-8b-3f2a1c", Path("/shared/nexa-home")
     spec = RunSpec(TrainConfig(deepspeed="on", zero_stage=3), "torchrun", 8)
     request = SlurmRequest("gpu", 2, 8, "04:00:00", "my-project", None, "256G")
-    script = slurm.build_sbatch(spec, request, run, home / "runs" / run, home, "/shared/nexa/.venv/bin/python")
+    script = slurm.build_sbatch(
+        spec, request, run, home / "runs" / run, home, "/shared/nexa/.venv/bin/python"
+    )
     script = script.replace(str(PROJECT_ROOT), "/shared/nexa")
     lines = EXAMPLE.read_text().splitlines(keepends=True)
     notes = [line for line in lines if line.startswith("## ")]
@@ -260,6 +262,8 @@ def test_cli_refuses_a_bad_slurm_launch_in_one_go(nexa_home, capsys):
     assert (
         main(["launch", "--backend", "pbs"]) == 2 and "choose one of local, slurm" in capsys.readouterr().err
     )
+    assert main(["presets", "save", "p", "--backend", "slurm"]) == 2  # presets keep local settings only
+    assert "backend (--backend): presets keep" in capsys.readouterr().err
     assert RunStore().list_runs() == []
 
 

@@ -104,7 +104,13 @@ def _launch_on_slurm(args: argparse.Namespace) -> str:
     if problems or request is None or spec is None:
         raise ConfigError(problems)
     estimate = runs.estimate_for(spec, gpus_per_node=request.gpus_per_node, nodes=request.nodes)
-    return slurm_jobs.submit(spec, request, estimate=estimate, run_id=args.run_id)
+    run_id = slurm_jobs.submit(spec, request, estimate=estimate, run_id=args.run_id)
+    from nexa_core.runstore import RunStore
+
+    job = RunStore().job(run_id) or {}
+    print(f"submitted as Slurm job {job.get('job_id')} (partition {request.partition}, {request.nodes} "
+          f"node(s), --mem {(job.get('request') or {}).get('mem_mb')}M)", file=sys.stderr)  # fmt: skip
+    return run_id
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
