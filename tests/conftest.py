@@ -32,6 +32,13 @@ def nexa_home(tmp_path, monkeypatch):
 SLURM_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "slurm_local.sh"
 
 
+def pytest_configure(config):
+    # registered beside the fixture it belongs to (the other markers are in pyproject.toml)
+    config.addinivalue_line(
+        "markers", "slurm: submits jobs to a private Slurm cluster on this machine (scripts/slurm_local.sh)"
+    )
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
     """A private two-node Slurm cluster on this machine for the whole session (scripts/slurm_local.sh:
