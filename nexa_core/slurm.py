@@ -183,7 +183,9 @@ def build_sbatch(
     train, env = build_launch(
         replace(spec, mode=LaunchMode.PYTHON, nproc=1, master_port=None), run_id, run_dir, python
     )
-    env.update(NEXA_HOME=str(nexa_home), **{RELAY_ENV: str(run_dir / RELAY_DIR)})
+    # NEXA_HOME as given (not this process's), always in the same place in the script
+    env = {"NEXA_HOME": str(nexa_home), **{k: v for k, v in env.items() if k != "NEXA_HOME"}}
+    env[RELAY_ENV] = str(run_dir / RELAY_DIR)
     if str(spec.train.deepspeed) == "on":
         env["USE_DEEPSPEED"] = "true"
     q = shlex.quote
