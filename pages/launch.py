@@ -175,8 +175,10 @@ if on_slurm:  # the cluster places the ranks: a job request instead of this mach
                    "every rank. NEXA_HOME must be on a file system all nodes share (docs/SCALING.md, Slurm).")  # fmt: skip
         s1, s2, s3, s4 = st.columns(4)
         partition = s1.text_input("Partition", key="launch_partition", placeholder="sinfo -s lists them")
-        job_nodes = s2.number_input("Nodes", 1, 1024, key="launch_job_nodes")
-        gpus_per_node = s3.number_input("GPUs per node (0: CPU)", 0, 64, key="launch_gpus_per_node")
+        # the Plan page's GPUs and nodes, whose estimate also sizes the memory request
+        job_nodes = s2.number_input("Nodes", 1, 1024, int(plan.get("nodes") or 1), key="launch_job_nodes")
+        gpus_per_node = s3.number_input("GPUs per node (0: CPU)", 0, 64, int(plan.get("gpus") or 0),
+                                        key="launch_gpus_per_node")  # fmt: skip
         time_limit = s4.text_input("Time limit ([D-]HH:MM:SS)", DEFAULT_TIME, key="launch_time")
         s5, s6, s7 = st.columns(3)
         account = s5.text_input("Account (optional)", key="launch_account")

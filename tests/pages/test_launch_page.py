@@ -143,8 +143,12 @@ def test_nodes_section_shows_files_and_the_command_for_each_node(page, home):
     assert "hosts (--host)" in message and "RFC 1123" in message
 
 
-def test_slurm_mode_previews_the_batch_script_and_submits_the_request(page, home, monkeypatch):
+def test_slurm_mode_previews_the_batch_script_and_submits_the_request(home, monkeypatch):
+    page = AppTest.from_file(ROOT / "pages" / "launch.py", default_timeout=120)
+    page.session_state["plan_choices"] = {"gpus": 0, "nodes": 3}  # the planned nodes carry over
+    page.run()
     page.radio(key="launch_backend").set_value("slurm").run()
+    assert page.number_input(key="launch_job_nodes").value == 3
     assert "partition (--partition): required" in _errors(page)
     page.text_input(key="launch_partition").input("gpu")
     page.number_input(key="launch_job_nodes").set_value(2)
