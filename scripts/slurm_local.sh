@@ -160,6 +160,35 @@ CONF
   echo "export SLURM_CONF=$SLURM_CONF"
 }
 
+alive() {  # a process that exists and is not a zombie (a container's init may never reap one)
+  grep -qs '^State:[[:space:]]*[^Z]' "/proc/$1/status"
+}
+
+stop_daemons() {  # SIGTERM to the daemons of these pid files, SIGKILL to any left after 5 s
+  local pidfile pid pids=() waited=0
+  for pidfile in "$@"; do
+    [ -f "$pidfile" ] || continue
+    pid="$(cat "$pidfile")"
+    pids+=("$pid")
+    as_root kill "$pid" 2>/dev/null || true
+  done
+  while [ "$waited" -lt 50 ]; do
+    for pid in "${pids[@]}"; do
+      alive "$pid" && break
+      pid=""
+    done
+    [ -z "${pid:-}" ] && break  # none left
+    sleep 0.1
+    waited=$((waited + 1))
+  done
+  for pid in "${pids[@]}"; do
+    if alive "$pid"; then as_root kill -9 "$pid" 2>/dev/null || true; fi
+  done
+  for pidfile in "$@"; do
+    as_root rm -f "$pidfile"
+  done
+}
+
 stop() {
   [ -n "$dir" ] || { echo "usage: $0 stop DIR" >&2; exit 2; }
   local pidfile pid jobs node controller
@@ -176,17 +205,9 @@ stop() {
       done
     fi
   fi
-  for pidfile in "$dir"/slurmd-*.pid "$dir/slurmctld.pid" "$dir/munge/munged.pid"; do
-    [ -f "$pidfile" ] || continue
-    pid="$(cat "$pidfile")"
-    as_root kill "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do
-      as_root kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    as_root kill -9 "$pid" 2>/dev/null || true
-    as_root rm -f "$pidfile"
-  done
+  # the Slurm daemons together (each takes a second or two to shut down), munged after them
+  stop_daemons "$dir"/slurmd-*.pid "$dir/slurmctld.pid"
+  stop_daemons "$dir/munge/munged.pid"
   # the (empty) cgroup folders slurmd made for its nodes
   for node in $(sed -n 's/^NodeName=\([^ ]*\) .*/\1/p' "$dir/slurm.conf" 2>/dev/null); do
     for controller in /sys/fs/cgroup/*/; do
