@@ -140,8 +140,16 @@ def main() -> int:
     print(f"peak per rank, sharded / whole: {ratio:.2f} (the larger rank of each run)")
     if args.json_out:
         Path(args.json_out).write_text(
-            json.dumps({"params": params, "max_live": args.max_live, "malloc_mmap_threshold": args.malloc_mmap_threshold,
-                        "ratio": ratio, **rows}, indent=2)  # fmt: skip
+            json.dumps(
+                {
+                    "params": params,
+                    "max_live": args.max_live,
+                    "malloc_mmap_threshold": args.malloc_mmap_threshold,
+                    "ratio": ratio,
+                    **rows,
+                },
+                indent=2,
+            )  # fmt: skip
         )
     return 0
 

@@ -80,15 +80,19 @@ def _launch_lock(timeout_s: float = 60.0) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def refresh(store: RunStore | None = None) -> list[str]:
+def refresh(store: RunStore | None = None, poll_scheduler: bool = False) -> list[str]:
     """Reattach: runs recorded as active whose process is gone (kill -9, a reboot) are marked
-    failed with their last step. Returns the ids it changed. Safe to call from every app rerun
-    and CLI start; it waits for a launch in progress, so it never judges a half-started run."""
+    failed with their last step; Slurm runs take the scheduler's state and their ranks' relayed
+    metrics (slurm_jobs.refresh; ``poll_scheduler`` asks squeue now rather than at most every few
+    seconds). Returns the ids it changed. Safe to call from every app rerun and CLI start; it waits
+    for a launch in progress, so it never judges a half-started run."""
+    from nexa_core import slurm_jobs
+
     store = store or RunStore()
     if store.read_only:  # nothing can be marked here; the runs are shown as recorded
         return []
     with _launch_lock():
-        return _refresh(store)
+        return _refresh(store) + slurm_jobs.refresh(store, force=poll_scheduler)
 
 
 def open_store() -> RunStore:
@@ -114,8 +118,8 @@ def open_store() -> RunStore:
 def _refresh(store: RunStore) -> list[str]:
     changed = []
     for run in store.list_runs(limit=1000):
-        if RunState(run["state"]) not in ACTIVE or run.get("kind") == "bench":
-            continue
+        if RunState(run["state"]) not in ACTIVE or run.get("kind") in ("bench", "slurm"):
+            continue  # a Slurm run has no local process: the scheduler reports its state
         if _same_process(run.get("pid"), run.get("pid_create_time")):
             continue
         if not run.get("pid") and time.time() - (run.get("created_at") or 0) < LAUNCH_GRACE_S:
@@ -139,7 +143,7 @@ def busy_devices(store: RunStore) -> dict[str, str]:
     busy = {}
     now = time.time()
     for run in store.list_runs(limit=1000):
-        if RunState(run["state"]) not in ACTIVE:
+        if RunState(run["state"]) not in ACTIVE or run.get("kind") == "slurm":  # on the cluster's nodes
             continue
         starting = not run.get("pid") and now - (run.get("created_at") or 0) < LAUNCH_GRACE_S
         if starting or _same_process(run.get("pid"), run.get("pid_create_time")):
@@ -186,7 +190,8 @@ def register_foreground(
         store.update_run(run_id, pid=os.getpid(), pid_create_time=psutil.Process().create_time())
 
 
-def _write_run_files(spec: RunSpec, run_dir: Path) -> None:
+def write_run_files(spec: RunSpec, run_dir: Path) -> None:
+    """run_config.json, deepspeed_config.json, accelerate_config.yaml, spec.json (and the hostfile)."""
     spec.train.write(run_dir / RUN_CONFIG)
     settings = spec.train.deepspeed_settings()
     (run_dir / DEEPSPEED_FILE).write_text(
@@ -245,7 +250,7 @@ def _launch_locked(
     run_dir = paths.run_dir(run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resuming:
-        _write_run_files(spec, run_dir)
+        write_run_files(spec, run_dir)
     argv, extra_env = build_launch(spec, run_id, run_dir)
     env = {**os.environ, **extra_env, "NEXA_HOME": str(paths.nexa_home())}
     supervised = [sys.executable, "-m", "nexa_core.supervise", run_id, "--", *argv]
@@ -288,6 +293,10 @@ def resume(run_id: str, store: RunStore | None = None) -> str:
     run = store.get_run(run_id)
     if run is None:
         raise ConfigError([f"run_id: no run {run_id!r}"])
+    if run.get("kind") == "slurm":
+        from nexa_core import slurm_jobs
+
+        return slurm_jobs.resume(run_id, store)
     from nexa_core import presets
 
     spec = presets.of_run(Path(run["run_dir"]), run_id, resume=True)
@@ -331,6 +340,10 @@ def stop(
         raise ConfigError([f"run_id: no run {run_id!r}"])
     if RunState(run["state"]) in TERMINAL:
         return run["state"]
+    if run.get("kind") == "slurm":
+        from nexa_core import slurm_jobs
+
+        return slurm_jobs.stop(run_id, grace_s, by, store)
     store.update_run(run_id, stopped_by=by)
     procs = run_processes(run)
     for proc in procs:
@@ -358,6 +371,10 @@ def _signal(proc: psutil.Process, sig: int) -> None:
 def wait(run_id: str, timeout_s: float = 600, store: RunStore | None = None) -> dict[str, Any]:
     """Block until the run is in a terminal state and its processes are gone (for CLI and tests)."""
     store = store or RunStore()
+    if (store.get_run(run_id) or {}).get("kind") == "slurm":
+        from nexa_core import slurm_jobs
+
+        return slurm_jobs.wait(run_id, timeout_s, store)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         run = store.get_run(run_id) or {}

@@ -17,14 +17,17 @@ from nexa_core.memory import GIB
 from nexa_core.runstore import RunState, RunStore
 
 
-def estimate_for(spec: RunSpec) -> dict[str, Any] | None:
-    """The planner's figures for the layout this run will use (None when it cannot be planned)."""
+def estimate_for(
+    spec: RunSpec, gpus_per_node: int | None = None, nodes: int | None = None
+) -> dict[str, Any] | None:
+    """The planner's figures for the layout this run will use (None when it cannot be planned).
+    ``gpus_per_node`` / ``nodes`` describe a cluster job's nodes instead of this machine's GPUs."""
     from nexa_core import hardware
     from nexa_core.planner import PlanConfig, make_plan
 
     train = spec.train
     settings = train.deepspeed_settings()
-    gpus = len(spec.gpus) or len(hardware.list_gpus())
+    gpus = gpus_per_node if gpus_per_node is not None else len(spec.gpus) or len(hardware.list_gpus())
     use_ds = settings.deepspeed_enabled(has_gpu=bool(gpus))
     stage, off_opt, off_param = settings.layout() if use_ds else (0, None, None)
     try:
@@ -39,9 +42,9 @@ def estimate_for(spec: RunSpec) -> dict[str, Any] | None:
                 gradient_checkpointing=train.gradient_checkpointing,
                 lora=train.lora,
                 lora_rank=train.lora_rank,
-                gpus=min(gpus, spec.nproc) if gpus else 0,
+                gpus=(gpus if gpus_per_node is not None else min(gpus, spec.nproc)) if gpus else 0,
                 cpu_ranks=spec.nproc if not gpus else 1,
-                nodes=spec.nodes,  # ZeRO shards over GPUs × nodes: per-GPU figures follow both
+                nodes=nodes or spec.nodes,  # ZeRO shards over GPUs × nodes: per-GPU figures follow both
                 attention=train.attention,
                 random_init=train.random_init,
                 zero3_init=train.zero3_init and settings.zero3_init,
@@ -135,7 +138,27 @@ def summary(store: RunStore, run: dict[str, Any]) -> dict[str, Any]:
         "measured": measured(store, run["id"]),
         "command": run.get("command"),
         "run_dir": run.get("run_dir"),
+        "slurm": slurm_job(store, run["id"]) if run.get("kind") == "slurm" else None,
     }
+
+
+def slurm_job(store: RunStore, run_id: str) -> dict[str, Any] | None:
+    """A Slurm run's job: id, partition, nodes (count and list), the scheduler's state and reason."""
+    job = store.job(run_id)
+    if job is None:
+        return None
+    return {"job_id": job.get("job_id"), "partition": job.get("partition"), "nodes": job.get("nodes"),
+            "node_list": job.get("node_list"), "state": job.get("sched_state"), "reason": job.get("sched_reason"),
+            "request": job.get("request")}  # fmt: skip
+
+
+def job_label(job: dict[str, Any] | None) -> str | None:
+    """The "Slurm 123 · gpu · 2 node(s) (node[01-02])" label of a Slurm job (``slurm_job``); None for
+    a local run."""
+    if not job:
+        return None
+    nodes = f"{job.get('nodes')} node(s)" + (f" ({job['node_list']})" if job.get("node_list") else "")
+    return f"Slurm {job.get('job_id') or '(submitting)'} · {job.get('partition')} · {nodes}"
 
 
 def _clean(value: Any) -> float | None:
@@ -163,6 +186,7 @@ def history_rows(summaries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                 "stage": f"ZeRO-{stage}" if stage is not None else est.get("label", "default"),
                 "offload": f"opt {s.get('offload_optimizer') or 'default'} / param {s.get('offload_param') or 'default'}",
                 "state": s.get("state"),
+                "where": job_label(s.get("slurm")) or "this machine",
                 "step": s.get("step"),
                 "duration s": round(s["duration_s"], 1) if s.get("duration_s") is not None else None,
                 "host peak GiB": _gib(meas.get("peak_host_rss_bytes")),

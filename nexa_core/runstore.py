@@ -11,6 +11,7 @@ import json
 import math
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ from urllib.parse import quote
 from nexa_core import paths
 from nexa_core.errors import ConfigError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, name TEXT, kind TEXT DEFAULT 'train', state TEXT NOT NULL,
@@ -43,12 +44,25 @@ CREATE INDEX IF NOT EXISTS memory_run_t ON memory (run_id, t);
 CREATE INDEX IF NOT EXISTS metrics_run_name ON metrics (run_id, name, step, value, wall_time);
 CREATE TABLE IF NOT EXISTS events (run_id TEXT, t REAL, level TEXT, message TEXT);
 CREATE INDEX IF NOT EXISTS events_run ON events (run_id, t);
+-- v3: runs submitted to a cluster scheduler (nexa_core/slurm.py), and how far each relay file of a
+-- job's ranks has been folded into this store (nexa_core/relay.py)
+CREATE TABLE IF NOT EXISTS jobs (
+    run_id TEXT PRIMARY KEY, scheduler TEXT, job_id TEXT, partition TEXT, nodes INTEGER, node_list TEXT,
+    sched_state TEXT, sched_reason TEXT, request_json TEXT, submitted_at REAL, polled_at REAL
+);
+CREATE TABLE IF NOT EXISTS relay_offsets (
+    run_id TEXT, source TEXT, offset INTEGER, PRIMARY KEY (run_id, source)
+);
 """
 _RUN_COLUMNS = {
     "name", "kind", "state", "spec", "command", "run_dir", "pid", "pid_create_time", "created_at", "started_at",
     "ended_at", "exit_code", "reason", "stopped_by", "estimate", "gpus", "last_step", "total_steps",
 }  # fmt: skip
 _JSON_COLUMNS = {"spec", "command", "estimate", "gpus"}
+_JOB_COLUMNS = {
+    "scheduler", "job_id", "partition", "nodes", "node_list", "sched_state", "sched_reason", "request",
+    "submitted_at", "polled_at",
+}  # fmt: skip
 _MEMORY_COLUMNS = "run_id t rank host step rss_bytes gpu_index gpu_allocated_bytes gpu_reserved_bytes nvml_used_bytes".split()
 
 
@@ -71,6 +85,18 @@ class RunStore:
 
     def __init__(self, path: Path | str | None = None) -> None:
         self.path = Path(path) if path is not None else paths.store_path()
+        self._batch = threading.local()  # the connection of a batch() in progress, per thread
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Every call in the block (in this thread) shares one connection and one write transaction:
+        all of its writes land, or none do (the relay's fold of a file and its new offset)."""
+        with self._connect() as conn, _transaction(conn):
+            self._batch.conn = conn
+            try:
+                yield
+            finally:
+                self._batch.conn = None
 
     @property
     def read_only(self) -> bool:
@@ -83,7 +109,12 @@ class RunStore:
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         """A short-lived connection in WAL mode; creates the schema when the file lacks it. A store
-        that cannot be used (damaged, a folder, read-only for a write) is a ConfigError saying so."""
+        that cannot be used (damaged, a folder, read-only for a write) is a ConfigError saying so.
+        Inside ``batch()`` the batch's connection is reused."""
+        batch = getattr(self._batch, "conn", None)
+        if batch is not None:
+            yield batch
+            return
         if self.path.is_dir():
             raise ConfigError([f"run store ({self.path}): is a folder, not a file; move it away"])
         read_only = self.read_only
@@ -110,6 +141,10 @@ class RunStore:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        if getattr(self._batch, "conn", None) is not None:  # already inside batch()'s transaction
+            with self._connect() as conn:
+                yield conn
+            return
         with self._connect() as conn, _transaction(conn):
             yield conn
 
@@ -220,6 +255,8 @@ class RunStore:
                 ("metrics", "run_id"),
                 ("memory", "run_id"),
                 ("events", "run_id"),
+                ("jobs", "run_id"),
+                ("relay_offsets", "run_id"),
             ):
                 conn.execute(f"DELETE FROM {table} WHERE {key} = ?", (run_id,))
 
@@ -331,10 +368,13 @@ class RunStore:
         }
 
     # -------------------------------------------------------------- events
-    def add_event(self, run_id: str, message: str, level: str = "info") -> None:
-        """Append a timestamped message to the run's log."""
+    def add_event(self, run_id: str, message: str, level: str = "info", t: float | None = None) -> None:
+        """Append a timestamped message (``t``: when it happened, default now) to the run's log."""
         with self._write() as conn:
-            conn.execute("INSERT INTO events VALUES (?, ?, ?, ?)", (run_id, time.time(), level, message))
+            conn.execute(
+                "INSERT INTO events VALUES (?, ?, ?, ?)",
+                (run_id, time.time() if t is None else t, level, message),
+            )
 
     def events(self, run_id: str) -> list[dict[str, Any]]:
         """The run's events, oldest first."""
@@ -342,6 +382,43 @@ class RunStore:
             return [
                 dict(r) for r in conn.execute("SELECT * FROM events WHERE run_id = ? ORDER BY t", (run_id,))
             ]
+
+    # ---------------------------------------------------- scheduler jobs
+    def record_job(self, run_id: str, **fields: Any) -> None:
+        """Insert or update the run's scheduler job (columns in ``_JOB_COLUMNS``; ``request`` is JSON)."""
+        unknown = set(fields) - _JOB_COLUMNS
+        if unknown:
+            raise ValueError(f"unknown job field(s): {sorted(unknown)}")
+        cols = ["request_json" if k == "request" else k for k in fields]
+        values = [_dump(v) if k == "request" else v for k, v in fields.items()]
+        with self._write() as conn:
+            conn.execute("INSERT OR IGNORE INTO jobs (run_id) VALUES (?)", (run_id,))
+            if cols:
+                conn.execute(
+                    f"UPDATE jobs SET {', '.join(c + ' = ?' for c in cols)} WHERE run_id = ?",
+                    (*values, run_id),
+                )
+
+    def job(self, run_id: str) -> dict[str, Any] | None:
+        """The run's scheduler job (``request`` decoded), or None for a run started on this machine."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT * FROM jobs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            return None
+        out = dict(row)
+        raw = out.pop("request_json", None)
+        out["request"] = json.loads(raw) if raw else None
+        return out
+
+    def relay_offsets(self, run_id: str) -> dict[str, int]:
+        """source -> bytes of that relay file already folded into the store."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT source, offset FROM relay_offsets WHERE run_id = ?", (run_id,))
+            return {source: offset for source, offset in rows}
+
+    def set_relay_offset(self, run_id: str, source: str, offset: int) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT OR REPLACE INTO relay_offsets VALUES (?, ?, ?)", (run_id, source, offset))
 
 
 def _prepare(conn: sqlite3.Connection) -> None:
@@ -357,6 +434,7 @@ def _prepare(conn: sqlite3.Connection) -> None:
                     conn.execute(statement)
                 if version == 1:  # v2 added runs.total_steps (and an index, created above)
                     conn.execute("ALTER TABLE runs ADD COLUMN total_steps INTEGER")
+                # v3 added the jobs and relay_offsets tables: created above, nothing to alter
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 

@@ -125,9 +125,12 @@ def _spec_key(spec: RunSpec) -> str:
 
 
 @st.cache_data(max_entries=64, show_spinner="Estimating memory…", hash_funcs={RunSpec: _spec_key})
-def cached_estimate(spec: RunSpec) -> dict[str, Any] | None:
-    """runs.estimate_for, once per distinct spec (the first one builds the model on the meta device)."""
-    return runs.estimate_for(spec)
+def cached_estimate(
+    spec: RunSpec, gpus_per_node: int | None = None, nodes: int | None = None
+) -> dict[str, Any] | None:
+    """runs.estimate_for, once per distinct spec (the first one builds the model on the meta device);
+    ``gpus_per_node`` / ``nodes`` for a Slurm job's nodes."""
+    return runs.estimate_for(spec, gpus_per_node, nodes)
 
 
 def save_upload(name: str, data: bytes) -> Path:
