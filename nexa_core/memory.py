@@ -129,7 +129,8 @@ def model_states_bytes(
     p = precision.bytes_per_value
     n = layout.ranks
     stage = layout.zero_stage
-    mixed = precision is not Precision.FP32
+    mixed = precision in (Precision.FP16, Precision.BF16)
+    m = precision.master_bytes_per_value  # 4, or 2 in bf16-true
     n_opt = n if stage >= 1 else 1  # optimizer states partitioned from stage 1
     n_grad = n if stage >= 2 else 1  # gradients from stage 2
     n_param = n if stage >= 3 else 1  # parameters from stage 3
@@ -139,11 +140,13 @@ def model_states_bytes(
     # DeepSpeed keeps an fp32 master copy of the trainable partition (stage 1-3 clone it even for
     # fp32 models: stage_1_and_2.py single_partition_of_fp32_groups, stage3.py
     # fp32_partitioned_groups_flat), plus fp32 gradients of that partition for the optimizer step.
-    # Stage 0 in fp32 steps the model's own tensors: no copy, no separate fp32 gradients.
+    # Stage 0 in fp32 (and bf16-true without DeepSpeed) steps the model's own tensors: no copy, no
+    # separate gradients. bf16-true under ZeRO 1-3 is DeepSpeed's bf16_master_weights_and_grads +
+    # bf16_optimizer_states: the same copies, in bf16 (deepspeed/runtime/config.py).
     keeps_fp32_copy = stage >= 1 or mixed
-    master = trainable * 4 // n_opt if keeps_fp32_copy else 0
-    fp32_grads = trainable * 4 // n_opt if keeps_fp32_copy else 0
-    adam_moments = trainable * 8 // n_opt  # Adam momentum + variance, fp32 (ZeRO paper K=12 incl. master)
+    master = trainable * m // n_opt if keeps_fp32_copy else 0
+    fp32_grads = trainable * m // n_opt if keeps_fp32_copy else 0
+    adam_moments = trainable * 2 * m // n_opt  # Adam momentum + variance (ZeRO paper K=12 incl. master)
 
     host = Breakdown()
     if layout.offload_optimizer:
@@ -323,8 +326,11 @@ class Workload:
 
     def load_bytes_per_param(self, layout: Layout, deepspeed: bool = True) -> int:
         """The dtype the weights are materialised in: the compute dtype when DeepSpeed runs in 16 bits
-        (its engine casts the module to it anyway), else fp32 (the fp32 weights that autocast or
-        plain fp32 training step on). trainer.load_dtype makes the same choice."""
+        (its engine casts the module to it anyway) and always in bf16-true, else fp32 (the fp32
+        weights that autocast or plain fp32 training step on). trainer.load_dtype makes the same
+        choice."""
+        if self.precision is Precision.BF16_TRUE:
+            return 2
         return self.precision.bytes_per_value if deepspeed and not layout.cpu_only else 4
 
 

@@ -121,6 +121,8 @@ class DeepSpeedTrainer:
         which steps fp32 weights). memory.Workload.load_bytes_per_param makes the same choice."""
         import torch
 
+        if self.precision is Precision.BF16_TRUE:
+            return torch.bfloat16  # weights, gradients and Adam states all bf16, no fp32 copy
         if self.use_deepspeed and self.precision is not Precision.FP32:
             return {Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}[self.precision]
         return torch.float32
