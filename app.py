@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages._auth import access_pages
+from nexa_ui.auth import access_pages
 
 st.set_page_config(page_title="NEXA", page_icon="🧮", layout="wide")
 

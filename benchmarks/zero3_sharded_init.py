@@ -71,11 +71,13 @@ ARGS = ["--task", "causal-lm", "--random-init", "--lora", "--precision", "fp32",
         "--zero-stage", "3", "--offload-optimizer", "none", "--offload-param", "none"]  # fmt: skip
 
 
-def run(model: Path, sharded: bool, ds_config: Path, port: int) -> list[int]:
+def run(model: Path, sharded: bool, ds_config: Path, port: int, mmap_threshold: int | None) -> list[int]:
     """One 2-rank run in a fresh NEXA_HOME; each rank's kernel peak RSS in bytes."""
     with tempfile.TemporaryDirectory() as home:
         env = dict(os.environ, NEXA_HOME=home, NEXA_RUN_ID="bench", DEEPSPEED_CONFIG_FILE=str(ds_config),
                    HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")  # fmt: skip
+        if mmap_threshold:  # glibc: freed blocks above this size go back to the kernel (docs/MEMORY.md)
+            env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
         torchrun = Path(sys.executable).parent / "torchrun"
         argv = [str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port),
                 "-m", "nexa_core", "train", "--model", str(model), *ARGS]  # fmt: skip
@@ -105,6 +107,9 @@ def main() -> int:
     parser.add_argument("--hidden", type=int, default=2048)
     parser.add_argument("--layers", type=int, default=24)
     parser.add_argument("--max-live", type=int, default=10**7, help="stage3_max_live_parameters (and reuse)")
+    parser.add_argument(
+        "--malloc-mmap-threshold", type=int, help="set glibc's MALLOC_MMAP_THRESHOLD_ for both runs (bytes)"
+    )
     parser.add_argument("--json", dest="json_out", help="also write the figures to this file")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,13 +119,14 @@ def main() -> int:
         rows = {}
         for sharded, port in ((True, 29611), (False, 29612)):
             estimate, params = estimate_per_rank(model, sharded)
-            measured = run(model, sharded, ds_config, port)
+            measured = run(model, sharded, ds_config, port, args.malloc_mmap_threshold)
             rows["sharded" if sharded else "whole"] = {
                 "measured_per_rank": measured,
                 "estimate_per_rank": estimate,
             }
     print(f"2-rank ZeRO-3 + LoRA r8, fp32, random-initialised Llama-style decoder of {params:,} parameters; "
-          f"stage3_max_live_parameters {args.max_live:.0e}")  # fmt: skip
+          f"stage3_max_live_parameters {args.max_live:.0e}; MALLOC_MMAP_THRESHOLD_ "
+          f"{args.malloc_mmap_threshold or 'not set (glibc default)'}")  # fmt: skip
     print(
         f"{'creation':34s} {'rank 0 GiB':>10s} {'rank 1 GiB':>10s} {'estimate GiB':>12s} {'error (worst rank)':>19s}"
     )
@@ -134,7 +140,16 @@ def main() -> int:
     print(f"peak per rank, sharded / whole: {ratio:.2f} (the larger rank of each run)")
     if args.json_out:
         Path(args.json_out).write_text(
-            json.dumps({"params": params, "max_live": args.max_live, "ratio": ratio, **rows}, indent=2)
+            json.dumps(
+                {
+                    "params": params,
+                    "max_live": args.max_live,
+                    "malloc_mmap_threshold": args.malloc_mmap_threshold,
+                    "ratio": ratio,
+                    **rows,
+                },
+                indent=2,
+            )  # fmt: skip
         )
     return 0
 

@@ -185,9 +185,7 @@ def environment() -> dict[str, Any]:
 def comparisons_dir():
     from nexa_core import paths
 
-    folder = paths.nexa_home() / "comparisons"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return paths.home_folder("comparisons")
 
 
 def _comparison_file(comparison_id: str, suffix: str = ".json"):

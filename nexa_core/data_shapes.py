@@ -195,9 +195,7 @@ def _lengths(
     from nexa_core import datasets
     from nexa_core.training_run import load_tokenizer
 
-    records = datasets.load_records(dataset or datasets.bundled_paths(task)[0], task)
-    if dataset is not None and eval_dataset is None and len(records) >= 2:
-        records, _ = datasets.holdout_split(records, seed)  # as build_dataloaders holds out 10 %
+    records, _ = datasets.load_run_records(task, dataset, eval_dataset, seed=seed)  # as the run reads them
     tokenizer = load_tokenizer(model)
     datasets.ensure_pad_token(tokenizer)
     columns = datasets.tokenise_records(

@@ -14,6 +14,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,33 @@ SAMPLE_PREFIX = "sample:"
 
 # In memory and never from/to the ~/.cache/huggingface/datasets cache: uploads change under one name.
 _MAP_OPTIONS = {"batched": True, "keep_in_memory": True, "load_from_cache_file": False}
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
-_BRACKET = re.compile(r"[\[\]{}]")
+# The nesting pre-scan, three linear passes of single-character patterns (no nested repetition, so
+# neither backtracking nor a regex stack that grows with the line): drop escape pairs, so every
+# '"' left delimits a string; drop the strings (an unterminated one runs to the end of the line);
+# keep only the brackets.
+_ESCAPE = re.compile(r"\\.", re.DOTALL)
+_STRING = re.compile(r'"[^"]*"?')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def fields_help(task: Task | str) -> str:
+    """What a record of ``task`` must hold, in one line (upload help and error hints)."""
+    task = Task.parse(task, "task")
+    if task is Task.CAUSAL_LM:
+        return (
+            "'text'; or 'prompt' and 'completion' (loss on the completion only); or, in JSONL only, "
+            '\'messages\': a list of {"role": system|user|assistant, "content"} (loss on assistant turns)'
+        )
+    if task is Task.NER:
+        return "'tokens' and 'ner_tags' (JSON lists; in CSV, space-separated words and tags)"
+    return " and ".join(f"'{f}'" for f in REQUIRED_FIELDS[task])
+
+
+def sample_names(task: Task | str) -> list[str]:
+    """The bundled samples for a task beyond its default one, as --dataset values."""
+    task = Task.parse(task, "task")
+    return [SAMPLE_PREFIX + name for name, (t, _) in SAMPLES.items() if t is task]
 
 
 def bundled_paths(task: Task | str, sample: str | None = None) -> tuple[Path, Path]:
@@ -116,15 +142,14 @@ def _lines(path: Path, problems: _Problems) -> Iterator[tuple[int, str]]:
 
 
 def _too_deep(text: str) -> bool:
-    """True if JSON nesting exceeds MAX_DEPTH; iterative, so "[" * 100000 cannot hit the recursion limit."""
+    """True if JSON nesting exceeds MAX_DEPTH. Linear in the line (a few copies of it at most, and
+    lines are capped at MAX_LINE_BYTES) and without recursion, so neither "[" * 100000 nor a line of
+    escaped quotes can stall the app. Exact for valid JSON; for invalid JSON it only decides which
+    message the line gets."""
     if text.count("[") + text.count("{") <= MAX_DEPTH:
         return False
-    depth = 0
-    for match in _BRACKET.finditer(_JSON_STRING.sub('""', text)):
-        depth += 1 if match.group() in "[{" else -1
-        if depth > MAX_DEPTH:
-            return True
-    return False
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", _ESCAPE.sub("", text)))
+    return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0) > MAX_DEPTH
 
 
 def causal_lm_format(record: dict) -> str | None:
@@ -210,6 +235,9 @@ def _json_records(path: Path, problems: _Problems) -> Iterator[tuple[int, Any]]:
             value = json.loads(text)
         except json.JSONDecodeError as exc:
             problems.add(f"malformed JSON ({exc.msg} at column {exc.colno})", number)
+            continue
+        except ValueError as exc:  # e.g. an integer of more than 4300 digits (sys.get_int_max_str_digits)
+            problems.add(f"malformed JSON ({exc})", number)
             continue
         except RecursionError:  # belt and braces; _too_deep should have caught it
             problems.add(f"JSON nested deeper than {MAX_DEPTH} levels", number)
@@ -548,22 +576,55 @@ def make_collator(task: Task | str, tokenizer: Any, pad_to: int | None = None):
     return PairCollator(tokenizer, pad_to)
 
 
+def load_run_records(
+    task: Task | str,
+    train_path: str | Path | None = None,
+    eval_path: str | Path | None = None,
+    *,
+    seed: int = 0,
+    max_bytes: int = LIMIT_BYTES,
+) -> tuple[list[dict], list[dict]]:
+    """(train, eval) records as a run takes them: the files given, else the bundled samples; without
+    an eval file the user's own data gives 10 % of itself (seeded), since the bundled validation set
+    has other labels; eval labels must be ones the model is trained on. One ConfigError lists every
+    problem of both files: `nexa launch` calls this before it starts anything."""
+    task = Task.parse(task, "task")
+    default_train, default_eval = bundled_paths(task)
+    problems: list[str] = []
+    train_records: list[dict] = []
+    eval_records: list[dict] = []
+    try:
+        train_records = load_records(train_path or default_train, task, max_bytes=max_bytes)
+    except ConfigError as exc:
+        problems += exc.problems
+    if train_path is not None and eval_path is None and len(train_records) >= 2:
+        import random
+
+        order = list(range(len(train_records)))
+        random.Random(seed).shuffle(order)
+        cut = max(1, len(order) // 10)
+        eval_records = [train_records[i] for i in order[:cut]]
+        train_records = [train_records[i] for i in order[cut:]]
+    if not eval_records:
+        labels = label_names_for(task, train_records)
+        known = labels if train_records and task in (Task.NER, Task.CLASSIFICATION) else None
+        try:
+            eval_records = load_records(
+                eval_path or default_eval, task, max_bytes=max_bytes, label_names=known
+            )
+        except ConfigError as exc:
+            problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
+    return train_records, eval_records
+
+
 @dataclass
 class DataBundle:
     train_loader: Any  # torch.utils.data.DataLoader
     eval_loader: Any
     label_names: list[str]
     num_train_examples: int
-
-
-def holdout_split(records: list[dict], seed: int) -> tuple[list[dict], list[dict]]:
-    """(train, validation): 10 % of ``records`` (at least one) held out in a seeded random order."""
-    import random
-
-    order = list(range(len(records)))
-    random.Random(seed).shuffle(order)
-    cut = max(1, len(order) // 10)
-    return [records[i] for i in order[cut:]], [records[i] for i in order[:cut]]
 
 
 def tokenise_records(
@@ -596,33 +657,20 @@ def build_dataloaders(
     from torch.utils.data import DataLoader
 
     task = Task.parse(task, "task")
-    default_train, default_eval = bundled_paths(task)
     problems: list[str] = []
     if batch_size < 1:
         problems.append(f"batch_size: must be at least 1, got {batch_size}")
     if seq_len < 2:
         problems.append(f"seq_len: must be at least 2, got {seq_len}")
-    train_records: list[dict] = []
-    eval_records: list[dict] = []
     try:
-        train_records = load_records(train_path or default_train, task, max_bytes=max_bytes)
+        train_records, eval_records = load_run_records(
+            task, train_path, eval_path, seed=seed, max_bytes=max_bytes
+        )
     except ConfigError as exc:
         problems += exc.problems
-    if train_path is not None and eval_path is None and len(train_records) >= 2:
-        # The user's own data with no validation file: hold out 10 % of it (seeded), since the
-        # bundled validation set has other labels.
-        train_records, eval_records = holdout_split(train_records, seed)
-    label_names = label_names_for(task, train_records + eval_records)
-    if not eval_records:
-        try:  # eval labels must be ones the model is trained on
-            known = label_names if train_records and task in (Task.NER, Task.CLASSIFICATION) else None
-            eval_records = load_records(
-                eval_path or default_eval, task, max_bytes=max_bytes, label_names=known
-            )
-        except ConfigError as exc:
-            problems += exc.problems
     if problems:
         raise ConfigError(problems)
+    label_names = label_names_for(task, train_records + eval_records)
     train_ds, eval_ds = build_datasets(
         task, tokenizer, train_records, eval_records, seq_len=seq_len, label_names=label_names
     )

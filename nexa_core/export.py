@@ -13,7 +13,7 @@ from pathlib import Path
 
 from nexa_core import paths
 from nexa_core.enums import Task
-from nexa_core.errors import ConfigError
+from nexa_core.errors import ConfigError, raise_if
 from nexa_core.train_config import TrainConfig
 
 
@@ -56,13 +56,35 @@ def _state_dict(ckpt: Path) -> dict:
     return state
 
 
+def _out_problems(out: Path) -> list[str]:
+    """Why ``out`` cannot take an export (it must be a new or an empty folder); [] when it can."""
+    try:
+        if out.exists() and not out.is_dir():
+            return [f"out (--out): {out} is a file; give a folder that is new or empty"]
+        if out.is_dir() and any(out.iterdir()):
+            return [f"out (--out): {out} exists and is not empty"]
+    except OSError as exc:
+        return [f"out (--out): cannot read {out} ({exc.strerror})"]
+    return []
+
+
 def export_checkpoint(run_or_checkpoint: str, out_dir: str | Path, merge_lora: bool = True) -> Path:
     """Write a folder that ``AutoModelFor<task>.from_pretrained(out_dir)`` loads."""
     import torch
 
     from nexa_core.models import auto_class, lora_config, resolve_model, task_config
 
-    run_dir, ckpt = _locate(run_or_checkpoint)
+    problems = _out_problems(Path(out_dir))
+    try:
+        run_dir, ckpt = _locate(run_or_checkpoint)
+    except ConfigError as exc:
+        problems += exc.problems
+    raise_if(problems)  # both checked, and before anything is loaded
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. a folder above it is a file, or no permission
+        raise ConfigError([f"out (--out): cannot create {out} ({exc.strerror})"]) from None
     config = TrainConfig.load(run_dir / "run_config.json")
     labels = json.loads((run_dir / "labels.json").read_text()) if (run_dir / "labels.json").exists() else []
     task = Task.parse(config.task, "task")
@@ -86,10 +108,6 @@ def export_checkpoint(run_or_checkpoint: str, out_dir: str | Path, merge_lora: b
                 f"checkpoint: weights do not match the model: missing {sorted(set(missing) - tied)[:5]}, unexpected {unexpected[:5]}"
             ]
         )
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError([f"out (--out): {out} exists and is not empty"])
-    out.mkdir(parents=True, exist_ok=True)
     if config.lora and not merge_lora:
         # The adapter alone (peft format) in adapter/, the untouched base beside it, so both load
         # offline: AutoModel*.from_pretrained(out) and PeftModel.from_pretrained(base, out/"adapter").

@@ -13,11 +13,40 @@ from nexa_core.errors import ConfigError
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
+def _folder(path: Path, what: str, fix: str = "move the file away") -> Path:
+    """``path``, created when missing; a ConfigError naming ``what`` and the fix when it is a file,
+    or cannot be created (no permission, a read-only disk). An existing folder is fine even when it
+    is read-only: reading needs no more."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError([f"{what} ({path}): is a file, not a folder; {fix}"]) from None
+    except NotADirectoryError:
+        raise ConfigError([f"{what} ({path}): a folder above it is a file; {fix}"]) from None
+    except OSError as exc:
+        if path.is_dir():
+            return path
+        raise ConfigError(
+            [f"{what} ({path}): cannot create it ({exc.strerror}); its folder must be writable"]
+        ) from None
+    return path
+
+
 def nexa_home() -> Path:
     """``$NEXA_HOME`` when set, else ``~/.nexa``; created on demand."""
     home = Path(os.environ.get("NEXA_HOME") or "~/.nexa").expanduser()
-    home.mkdir(parents=True, exist_ok=True)
-    return home
+    return _folder(home, "NEXA_HOME", "set NEXA_HOME to a folder, or move the file away")
+
+
+def home_folder(name: str, create: bool = True) -> Path:
+    """``NEXA_HOME/<name>`` (runs, presets, uploads, ...): created on demand, or with ``create=False``
+    left alone when missing (a read-only home can still be read). ConfigError when it is a file."""
+    path = nexa_home() / name
+    if create:
+        return _folder(path, f"{name} folder")
+    if path.exists() and not path.is_dir():
+        raise ConfigError([f"{name} folder ({path}): is a file, not a folder; move the file away"])
+    return path
 
 
 def store_path() -> Path:
@@ -27,9 +56,7 @@ def store_path() -> Path:
 
 def runs_root() -> Path:
     """The folder holding one sub-folder per run; created on demand."""
-    root = nexa_home() / "runs"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
+    return home_folder("runs")
 
 
 def run_dir(run_id: str) -> Path:

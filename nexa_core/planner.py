@@ -58,6 +58,7 @@ class PlanConfig:
     gpu_memory_gb: float | None = None  # None: the detected GPUs' free memory
     host_memory_gb: float | None = None  # None: this machine's available RAM, or not checked for another
     hardware: str | None = None  # a preset of deployment/hardware.yaml: fills gpus and both memories
+    other_machine: bool = False  # planning for a machine other than this one (also implied by the flags)
     cpu_ranks: int = 1  # processes per node of a CPU-only plan (gpus 0), e.g. torchrun --nproc 2
     attention: Attention | str = Attention.AUTO
     random_init: bool = False  # the run starts from random weights: no checkpoint is read
@@ -118,7 +119,7 @@ class PlanConfig:
             if value is not None and (
                 not isinstance(value, (int, float))
                 or isinstance(value, bool)
-                or not math.isfinite(value)
+                or not math.isfinite(value)  # float() takes "nan" and "inf"; nan is not <= 0 either
                 or not 0 < value <= 1 << 30
             ):
                 problems.append(
@@ -432,7 +433,7 @@ def learned_for(
 def is_other_machine(config: PlanConfig, hw: hardware.Hardware) -> bool:
     """True when the plan describes a machine other than this one: a hardware preset, several nodes,
     another GPU count, or more memory per GPU than this machine's GPUs have."""
-    if config.hardware is not None or config.nodes > 1:
+    if config.other_machine or config.hardware is not None or config.nodes > 1:
         return True
     if config.gpus is not None and config.gpus != hw.gpu_count:
         return True

@@ -20,13 +20,11 @@ from nexa_core.train_config import RUN_CONFIG, SPEC_FILE, TrainConfig
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
 
 
-def presets_dir() -> Path:
-    folder = paths.nexa_home() / "presets"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+def presets_dir(create: bool = True) -> Path:
+    return paths.home_folder("presets", create=create)
 
 
-def _path(name: str) -> Path:
+def _path(name: str, create: bool = False) -> Path:
     if not isinstance(name, str) or not _NAME.match(name) or name.rstrip() != name:
         raise ConfigError(
             [
@@ -34,7 +32,7 @@ def _path(name: str) -> Path:
                 "starting with a letter or digit"
             ]  # fmt: skip
         )
-    return presets_dir() / f"{name}.json"
+    return presets_dir(create) / f"{name}.json"
 
 
 def to_dict(spec: RunSpec) -> dict[str, Any]:
@@ -60,8 +58,13 @@ def from_dict(data: Any, where: str) -> RunSpec:
 
 def save(name: str, spec: RunSpec) -> Path:
     """Write (or replace) preset ``name`` atomically: a crash leaves the old file or the new one."""
-    path = _path(name)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".preset-", suffix=".json")
+    path = _path(name, create=True)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".preset-", suffix=".json")
+    except OSError as exc:
+        raise ConfigError(
+            [f"preset {name!r}: cannot write in {path.parent} ({exc.strerror}); saving needs it writable"]
+        ) from None
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(to_dict(spec), f, indent=2)
@@ -76,7 +79,7 @@ def save(name: str, spec: RunSpec) -> Path:
 
 def names() -> list[str]:
     """Saved presets, sorted by name."""
-    return sorted(p.stem for p in presets_dir().glob("*.json") if _NAME.match(p.stem))
+    return sorted(p.stem for p in presets_dir(create=False).glob("*.json") if _NAME.match(p.stem))
 
 
 def load(name: str) -> RunSpec:

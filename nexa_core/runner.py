@@ -5,7 +5,6 @@ depends on a browser session."""
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import signal
 import subprocess
@@ -18,11 +17,12 @@ from typing import Any
 
 import psutil
 
-from nexa_core import paths, scaling
-from nexa_core.errors import ConfigError
+from nexa_core import paths
+from nexa_core.errors import ConfigError, raise_if
 from nexa_core.exits import LOG_FILE, log_tail
-from nexa_core.launch import DEEPSPEED_FILE, PROJECT_ROOT, RUN_CONFIG, RunSpec, build_launch
+from nexa_core.launch import PROJECT_ROOT, RunSpec, build_launch
 from nexa_core.runstore import TERMINAL, RunState, RunStore
+from nexa_core.scaling import write_run_files
 
 ACTIVE = (RunState.QUEUED, RunState.RUNNING)
 DEFAULT_GRACE_S = 15.0
@@ -51,7 +51,18 @@ def _launch_lock(timeout_s: float = 60.0) -> Iterator[None]:
     launcher killed mid-launch never leaves the lock behind; the file is opened close-on-exec and
     Popen closes fds, so a started run never inherits it."""
     path = paths.nexa_home() / LAUNCH_LOCK
-    with open(path, "a+") as handle:
+    try:
+        handle = open(path, "a+")  # noqa: SIM115 (closed by the with below)
+    except IsADirectoryError:
+        raise ConfigError(
+            [f"launch lock ({path}): is a folder, not a file; remove it (rmdir {path})"]
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            [f"launch lock ({path}): cannot open it ({exc.strerror}); launching, stopping or changing runs "
+             f"needs NEXA_HOME ({path.parent}) writable"]
+        ) from None  # fmt: skip
+    with handle:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -69,20 +80,46 @@ def _launch_lock(timeout_s: float = 60.0) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def refresh(store: RunStore | None = None) -> list[str]:
+def refresh(store: RunStore | None = None, poll_scheduler: bool = False) -> list[str]:
     """Reattach: runs recorded as active whose process is gone (kill -9, a reboot) are marked
-    failed with their last step. Returns the ids it changed. Safe to call from every app rerun
-    and CLI start; it waits for a launch in progress, so it never judges a half-started run."""
+    failed with their last step; Slurm runs take the scheduler's state and their ranks' relayed
+    metrics (slurm_jobs.refresh; ``poll_scheduler`` asks squeue now rather than at most every few
+    seconds). Returns the ids it changed. Safe to call from every app rerun and CLI start; it waits
+    for a launch in progress, so it never judges a half-started run."""
+    from nexa_core import slurm_jobs
+
     store = store or RunStore()
+    if store.read_only:  # nothing can be marked here; the runs are shown as recorded
+        return []
     with _launch_lock():
-        return _refresh(store)
+        return _refresh(store) + slurm_jobs.refresh(store, force=poll_scheduler)
+
+
+def open_store() -> RunStore:
+    """The run store, refreshed, once NEXA_HOME's layout is checked: one ConfigError naming every
+    part that cannot be used (the home, the runs folder, the store, the launch lock), for `nexa runs`
+    and the panel's pages, so a damaged home is a message before anything else is read."""
+    paths.nexa_home()  # a home that is a file, or cannot be made, says so alone
+    problems: list[str] = []
+    try:
+        paths.home_folder("runs", create=False)
+    except ConfigError as exc:
+        problems += exc.problems
+    store = RunStore()
+    try:
+        refresh(store)
+        store.list_runs(limit=1)  # a read-only store is not refreshed: read it once all the same
+    except ConfigError as exc:
+        problems += exc.problems
+    raise_if(problems)
+    return store
 
 
 def _refresh(store: RunStore) -> list[str]:
     changed = []
     for run in store.list_runs(limit=1000):
-        if RunState(run["state"]) not in ACTIVE or run.get("kind") == "bench":
-            continue
+        if RunState(run["state"]) not in ACTIVE or run.get("kind") in ("bench", "slurm"):
+            continue  # a Slurm run has no local process: the scheduler reports its state
         if _same_process(run.get("pid"), run.get("pid_create_time")):
             continue
         if not run.get("pid") and time.time() - (run.get("created_at") or 0) < LAUNCH_GRACE_S:
@@ -106,7 +143,7 @@ def busy_devices(store: RunStore) -> dict[str, str]:
     busy = {}
     now = time.time()
     for run in store.list_runs(limit=1000):
-        if RunState(run["state"]) not in ACTIVE:
+        if RunState(run["state"]) not in ACTIVE or run.get("kind") == "slurm":  # on the cluster's nodes
             continue
         starting = not run.get("pid") and now - (run.get("created_at") or 0) < LAUNCH_GRACE_S
         if starting or _same_process(run.get("pid"), run.get("pid_create_time")):
@@ -153,22 +190,6 @@ def register_foreground(
         store.update_run(run_id, pid=os.getpid(), pid_create_time=psutil.Process().create_time())
 
 
-def _write_run_files(spec: RunSpec, run_dir: Path) -> None:
-    spec.train.write(run_dir / RUN_CONFIG)
-    settings = spec.train.deepspeed_settings()
-    (run_dir / DEEPSPEED_FILE).write_text(
-        json.dumps(settings.deepspeed_config(settings.resolved_precision()), indent=2)
-    )
-    # accelerate_config.yaml (multi-machine when nodes > 1), the hostfile, spec.json: scaling.py
-    scaling.write_launch_files(spec, run_dir, has_gpu=bool(spec.gpus) or _has_gpu())
-
-
-def _has_gpu() -> bool:
-    from nexa_core.hardware import list_gpus
-
-    return bool(list_gpus())
-
-
 def launch(
     spec: RunSpec,
     run_id: str | None = None,
@@ -212,7 +233,7 @@ def _launch_locked(
     run_dir = paths.run_dir(run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resuming:
-        _write_run_files(spec, run_dir)
+        write_run_files(spec, run_dir)
     argv, extra_env = build_launch(spec, run_id, run_dir)
     env = {**os.environ, **extra_env, "NEXA_HOME": str(paths.nexa_home())}
     supervised = [sys.executable, "-m", "nexa_core.supervise", run_id, "--", *argv]
@@ -255,6 +276,10 @@ def resume(run_id: str, store: RunStore | None = None) -> str:
     run = store.get_run(run_id)
     if run is None:
         raise ConfigError([f"run_id: no run {run_id!r}"])
+    if run.get("kind") == "slurm":
+        from nexa_core import slurm_jobs
+
+        return slurm_jobs.resume(run_id, store)
     from nexa_core import presets
 
     spec = presets.of_run(Path(run["run_dir"]), run_id, resume=True)
@@ -298,6 +323,10 @@ def stop(
         raise ConfigError([f"run_id: no run {run_id!r}"])
     if RunState(run["state"]) in TERMINAL:
         return run["state"]
+    if run.get("kind") == "slurm":
+        from nexa_core import slurm_jobs
+
+        return slurm_jobs.stop(run_id, grace_s, by, store)
     store.update_run(run_id, stopped_by=by)
     procs = run_processes(run)
     for proc in procs:
@@ -325,6 +354,10 @@ def _signal(proc: psutil.Process, sig: int) -> None:
 def wait(run_id: str, timeout_s: float = 600, store: RunStore | None = None) -> dict[str, Any]:
     """Block until the run is in a terminal state and its processes are gone (for CLI and tests)."""
     store = store or RunStore()
+    if (store.get_run(run_id) or {}).get("kind") == "slurm":
+        from nexa_core import slurm_jobs
+
+        return slurm_jobs.wait(run_id, timeout_s, store)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         run = store.get_run(run_id) or {}

@@ -17,31 +17,38 @@ from nexa_core.memory import GIB
 from nexa_core.runstore import RunState, RunStore
 
 
-def estimate_for(spec: RunSpec, lengths: Sequence[int] | None = None) -> dict[str, Any] | None:
+def estimate_for(
+    spec: RunSpec,
+    gpus_per_node: int | None = None,
+    nodes: int | None = None,
+    lengths: Sequence[int] | None = None,
+) -> dict[str, Any] | None:
     """The planner's figures for the layout this run will use (None when it cannot be planned): at
     the --seq-len cap, and expected for its data (the batches its loader will produce; ``lengths``:
     tokens per training example when the caller has tokenised them already), with the resolved
-    layout and this machine's fingerprint (learned.py reads them back after the run)."""
+    layout and, for a run on this machine, its fingerprint (learned.py reads them back after the run).
+    ``gpus_per_node`` / ``nodes`` describe a cluster job's nodes instead of this machine's GPUs."""
     from nexa_core import data_shapes, hardware, learned
     from nexa_core.planner import PlanConfig, make_plan
 
     train = spec.train
     settings = train.deepspeed_settings()
-    gpus = len(spec.gpus) or len(hardware.list_gpus())
+    gpus = gpus_per_node if gpus_per_node is not None else len(spec.gpus) or len(hardware.list_gpus())
     use_ds = settings.deepspeed_enabled(has_gpu=bool(gpus))
     stage, off_opt, off_param = settings.layout() if use_ds else (0, None, None)
-    ranks_per_node = min(gpus, spec.nproc) if gpus else spec.nproc
+    ranks_per_node = (gpus if gpus_per_node is not None else min(gpus, spec.nproc)) if gpus else spec.nproc
+    total_nodes = nodes or spec.nodes
     profile, data_note = None, None
     try:
         profile = (
-            data_shapes.profile_for(train, ranks=ranks_per_node * spec.nodes)
+            data_shapes.profile_for(train, ranks=ranks_per_node * total_nodes)
             if lengths is None
             else data_shapes.profile(
                 lengths,
                 seq_len=train.seq_len,
                 batch_size=train.batch_size,
                 seed=train.seed,
-                ranks=ranks_per_node * spec.nodes,
+                ranks=ranks_per_node * total_nodes,
                 max_steps=train.max_steps,
                 epochs=train.epochs,
                 gradient_accumulation=train.gradient_accumulation or 1,
@@ -63,9 +70,9 @@ def estimate_for(spec: RunSpec, lengths: Sequence[int] | None = None) -> dict[st
                 gradient_checkpointing=train.gradient_checkpointing,
                 lora=train.lora,
                 lora_rank=train.lora_rank,
-                gpus=min(gpus, spec.nproc) if gpus else 0,
+                gpus=ranks_per_node if gpus else 0,
                 cpu_ranks=spec.nproc if not gpus else 1,
-                nodes=spec.nodes,  # ZeRO shards over GPUs × nodes: per-GPU figures follow both
+                nodes=total_nodes,  # ZeRO shards over GPUs × nodes: per-GPU figures follow both
                 attention=train.attention,
                 random_init=train.random_init,
                 zero3_init=train.zero3_init and settings.zero3_init,
@@ -101,8 +108,9 @@ def estimate_for(spec: RunSpec, lengths: Sequence[int] | None = None) -> dict[st
                 "offload_param": str(off_param or "none"),
                 "precision": precision,
                 "ranks_per_node": ranks_per_node,
-                "nodes": spec.nodes,
-                "machine": learned.this_machine().to_dict(),
+                "nodes": total_nodes,
+                # a cluster job runs elsewhere: its peaks say nothing about this machine
+                "machine": learned.this_machine().to_dict() if gpus_per_node is None else None,
             }
     return None
 
@@ -112,9 +120,7 @@ def measured(store: RunStore, run_id: str) -> dict[str, Any]:
     else the highest sample), GPU per device from the samples."""
     from nexa_core.telemetry import PEAK_RSS_METRIC
 
-    kernel: dict[str, float] = {}
-    for name, value in store.metric_maxima(run_id, PEAK_RSS_METRIC).items():
-        kernel[name] = value
+    kernel = store.metric_maxima(run_id, PEAK_RSS_METRIC)
     rows = store.memory(run_id)
     per_rank: dict[tuple[str, int], int] = {}
     per_gpu: dict[int, int] = {}
@@ -183,7 +189,27 @@ def summary(store: RunStore, run: dict[str, Any]) -> dict[str, Any]:
         "measured": measured(store, run["id"]),
         "command": run.get("command"),
         "run_dir": run.get("run_dir"),
+        "slurm": slurm_job(store, run["id"]) if run.get("kind") == "slurm" else None,
     }
+
+
+def slurm_job(store: RunStore, run_id: str) -> dict[str, Any] | None:
+    """A Slurm run's job: id, partition, nodes (count and list), the scheduler's state and reason."""
+    job = store.job(run_id)
+    if job is None:
+        return None
+    return {"job_id": job.get("job_id"), "partition": job.get("partition"), "nodes": job.get("nodes"),
+            "node_list": job.get("node_list"), "state": job.get("sched_state"), "reason": job.get("sched_reason"),
+            "request": job.get("request")}  # fmt: skip
+
+
+def job_label(job: dict[str, Any] | None) -> str | None:
+    """The "Slurm 123 · gpu · 2 node(s) (node[01-02])" label of a Slurm job (``slurm_job``); None for
+    a local run."""
+    if not job:
+        return None
+    nodes = f"{job.get('nodes')} node(s)" + (f" ({job['node_list']})" if job.get("node_list") else "")
+    return f"Slurm {job.get('job_id') or '(submitting)'} · {job.get('partition')} · {nodes}"
 
 
 def _clean(value: Any) -> float | None:
@@ -211,6 +237,7 @@ def history_rows(summaries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                 "stage": f"ZeRO-{stage}" if stage is not None else est.get("label", "default"),
                 "offload": f"opt {s.get('offload_optimizer') or 'default'} / param {s.get('offload_param') or 'default'}",
                 "state": s.get("state"),
+                "where": job_label(s.get("slurm")) or "this machine",
                 "step": s.get("step"),
                 "duration s": round(s["duration_s"], 1) if s.get("duration_s") is not None else None,
                 "host peak GiB": _gib(meas.get("peak_host_rss_bytes")),

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from nexa_core import paths
+from nexa_core.errors import ConfigError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, name TEXT, kind TEXT DEFAULT 'train', state TEXT NOT NULL,
@@ -40,12 +44,25 @@ CREATE INDEX IF NOT EXISTS memory_run_t ON memory (run_id, t);
 CREATE INDEX IF NOT EXISTS metrics_run_name ON metrics (run_id, name, step, value, wall_time);
 CREATE TABLE IF NOT EXISTS events (run_id TEXT, t REAL, level TEXT, message TEXT);
 CREATE INDEX IF NOT EXISTS events_run ON events (run_id, t);
+-- v3: runs submitted to a cluster scheduler (nexa_core/slurm.py), and how far each relay file of a
+-- job's ranks has been folded into this store (nexa_core/relay.py)
+CREATE TABLE IF NOT EXISTS jobs (
+    run_id TEXT PRIMARY KEY, scheduler TEXT, job_id TEXT, partition TEXT, nodes INTEGER, node_list TEXT,
+    sched_state TEXT, sched_reason TEXT, request_json TEXT, submitted_at REAL, polled_at REAL
+);
+CREATE TABLE IF NOT EXISTS relay_offsets (
+    run_id TEXT, source TEXT, offset INTEGER, PRIMARY KEY (run_id, source)
+);
 """
 _RUN_COLUMNS = {
     "name", "kind", "state", "spec", "command", "run_dir", "pid", "pid_create_time", "created_at", "started_at",
     "ended_at", "exit_code", "reason", "stopped_by", "estimate", "gpus", "last_step", "total_steps",
 }  # fmt: skip
 _JSON_COLUMNS = {"spec", "command", "estimate", "gpus"}
+_JOB_COLUMNS = {
+    "scheduler", "job_id", "partition", "nodes", "node_list", "sched_state", "sched_reason", "request",
+    "submitted_at", "polled_at",
+}  # fmt: skip
 _MEMORY_COLUMNS = "run_id t rank host step rss_bytes gpu_index gpu_allocated_bytes gpu_reserved_bytes nvml_used_bytes".split()
 
 
@@ -68,31 +85,66 @@ class RunStore:
 
     def __init__(self, path: Path | str | None = None) -> None:
         self.path = Path(path) if path is not None else paths.store_path()
+        self._batch = threading.local()  # the connection of a batch() in progress, per thread
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Every call in the block (in this thread) shares one connection and one write transaction:
+        all of its writes land, or none do (the relay's fold of a file and its new offset)."""
+        with self._connect() as conn, _transaction(conn):
+            self._batch.conn = conn
+            try:
+                yield
+            finally:
+                self._batch.conn = None
+
+    @property
+    def read_only(self) -> bool:
+        """Whether this process can read the store but not write it (a read-only NEXA_HOME or file):
+        runs can then be listed and shown, not started or changed."""
+        return self.path.is_file() and not (
+            os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK)
+        )
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        """A short-lived connection in WAL mode; creates the schema when the file lacks it."""
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        """A short-lived connection in WAL mode; creates the schema when the file lacks it. A store
+        that cannot be used (damaged, a folder, read-only for a write) is a ConfigError saying so.
+        Inside ``batch()`` the batch's connection is reused."""
+        batch = getattr(self._batch, "conn", None)
+        if batch is not None:
+            yield batch
+            return
+        if self.path.is_dir():
+            raise ConfigError([f"run store ({self.path}): is a folder, not a file; move it away"])
+        read_only = self.read_only
+        try:
+            conn = (
+                _open_read_only(self.path)
+                if read_only
+                else sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            )
+        except sqlite3.Error as exc:
+            raise ConfigError([_store_problem(self.path, exc) or f"run store ({self.path}): {exc}"]) from None
         try:
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA busy_timeout=30000")
-            _enter_wal(conn)
-            conn.execute("PRAGMA synchronous=NORMAL")
-            if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                with _transaction(conn):  # re-checked under the write lock: racing creators both succeed
-                    version = conn.execute("PRAGMA user_version").fetchone()[0]
-                    if version < SCHEMA_VERSION:
-                        for statement in filter(str.strip, SCHEMA.split(";")):
-                            conn.execute(statement)
-                        if version == 1:  # v2 added runs.total_steps (and an index, created above)
-                            conn.execute("ALTER TABLE runs ADD COLUMN total_steps INTEGER")
-                        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if not read_only:
+                _prepare(conn)
             yield conn
+        except sqlite3.DatabaseError as exc:
+            problem = _store_problem(self.path, exc)
+            if problem is None:  # an integrity error, a lock held too long: the caller's business
+                raise
+            raise ConfigError([problem]) from None
         finally:
             conn.close()
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        if getattr(self._batch, "conn", None) is not None:  # already inside batch()'s transaction
+            with self._connect() as conn:
+                yield conn
+            return
         with self._connect() as conn, _transaction(conn):
             yield conn
 
@@ -203,6 +255,8 @@ class RunStore:
                 ("metrics", "run_id"),
                 ("memory", "run_id"),
                 ("events", "run_id"),
+                ("jobs", "run_id"),
+                ("relay_offsets", "run_id"),
             ):
                 conn.execute(f"DELETE FROM {table} WHERE {key} = ?", (run_id,))
 
@@ -295,29 +349,14 @@ class RunStore:
         with self._connect() as conn:
             return [dict(r) for r in conn.execute(query + " ORDER BY t", args)]
 
-    def peak_memory(self, run_id: str) -> dict[str, int | None]:
-        """Peaks over the run: host RSS summed over ranks (each rank's own peak), GPU figures max."""
-        with self._connect() as conn:
-            rss = conn.execute(
-                "SELECT SUM(peak) FROM (SELECT MAX(rss_bytes) AS peak FROM memory WHERE run_id = ? GROUP BY host, rank)",
-                (run_id,),
-            ).fetchone()[0]
-            gpu = conn.execute(
-                "SELECT MAX(gpu_allocated_bytes), MAX(gpu_reserved_bytes), MAX(nvml_used_bytes) FROM memory WHERE run_id = ?",
-                (run_id,),
-            ).fetchone()
-        return {
-            "peak_rss_bytes": rss,
-            "peak_gpu_allocated_bytes": gpu[0],
-            "peak_gpu_reserved_bytes": gpu[1],
-            "peak_nvml_used_bytes": gpu[2],
-        }
-
     # -------------------------------------------------------------- events
-    def add_event(self, run_id: str, message: str, level: str = "info") -> None:
-        """Append a timestamped message to the run's log."""
+    def add_event(self, run_id: str, message: str, level: str = "info", t: float | None = None) -> None:
+        """Append a timestamped message (``t``: when it happened, default now) to the run's log."""
         with self._write() as conn:
-            conn.execute("INSERT INTO events VALUES (?, ?, ?, ?)", (run_id, time.time(), level, message))
+            conn.execute(
+                "INSERT INTO events VALUES (?, ?, ?, ?)",
+                (run_id, time.time() if t is None else t, level, message),
+            )
 
     def events(self, run_id: str) -> list[dict[str, Any]]:
         """The run's events, oldest first."""
@@ -325,6 +364,94 @@ class RunStore:
             return [
                 dict(r) for r in conn.execute("SELECT * FROM events WHERE run_id = ? ORDER BY t", (run_id,))
             ]
+
+    # ---------------------------------------------------- scheduler jobs
+    def record_job(self, run_id: str, **fields: Any) -> None:
+        """Insert or update the run's scheduler job (columns in ``_JOB_COLUMNS``; ``request`` is JSON)."""
+        unknown = set(fields) - _JOB_COLUMNS
+        if unknown:
+            raise ValueError(f"unknown job field(s): {sorted(unknown)}")
+        cols = ["request_json" if k == "request" else k for k in fields]
+        values = [_dump(v) if k == "request" else v for k, v in fields.items()]
+        with self._write() as conn:
+            conn.execute("INSERT OR IGNORE INTO jobs (run_id) VALUES (?)", (run_id,))
+            if cols:
+                conn.execute(
+                    f"UPDATE jobs SET {', '.join(c + ' = ?' for c in cols)} WHERE run_id = ?",
+                    (*values, run_id),
+                )
+
+    def job(self, run_id: str) -> dict[str, Any] | None:
+        """The run's scheduler job (``request`` decoded), or None for a run started on this machine."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT * FROM jobs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            return None
+        out = dict(row)
+        raw = out.pop("request_json", None)
+        out["request"] = json.loads(raw) if raw else None
+        return out
+
+    def relay_offsets(self, run_id: str) -> dict[str, int]:
+        """source -> bytes of that relay file already folded into the store."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT source, offset FROM relay_offsets WHERE run_id = ?", (run_id,))
+            return {source: offset for source, offset in rows}
+
+    def set_relay_offset(self, run_id: str, source: str, offset: int) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT OR REPLACE INTO relay_offsets VALUES (?, ?, ?)", (run_id, source, offset))
+
+
+def _prepare(conn: sqlite3.Connection) -> None:
+    """WAL mode, the busy timeout, and the schema when the file lacks it (or has an older one)."""
+    conn.execute("PRAGMA busy_timeout=30000")
+    _enter_wal(conn)
+    conn.execute("PRAGMA synchronous=NORMAL")
+    if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+        with _transaction(conn):  # re-checked under the write lock: racing creators both succeed
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version < SCHEMA_VERSION:
+                for statement in filter(str.strip, SCHEMA.split(";")):
+                    conn.execute(statement)
+                if version == 1:  # v2 added runs.total_steps (and an index, created above)
+                    conn.execute("ALTER TABLE runs ADD COLUMN total_steps INTEGER")
+                # v3 added the jobs and relay_offsets tables: created above, nothing to alter
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """A store this process may not write. WAL readers need the -shm file, which a read-only folder
+    cannot get once the last writer removed it: then the file is read as immutable (nobody can be
+    writing it here anyway)."""
+    uri = "file:" + quote(str(path))
+    conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30, isolation_level=None)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError:
+        conn.close()
+        return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None)
+
+
+def _store_problem(path: Path, exc: sqlite3.Error) -> str | None:
+    """One line for a store that cannot be used as it is, with the fix; None for other errors."""
+    text = str(exc)
+    if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError | sqlite3.InterfaceError):
+        return None
+    if "not a database" in text or "malformed" in text:
+        return (
+            f"run store ({path}): damaged ({text}); move it aside (mv {path} {path}.damaged) and NEXA "
+            "starts an empty one, or restore it from a backup"
+        )
+    if "readonly" in text or "read-only" in text:
+        return (
+            f"run store ({path}): read-only here ({text}); runs can be listed and shown, but starting, "
+            f"stopping or changing them needs NEXA_HOME ({path.parent}) writable"
+        )
+    if "unable to open" in text or "disk I/O" in text:
+        return f"run store ({path}): cannot be opened ({text}); NEXA_HOME ({path.parent}) must be a writable folder"
+    return None
 
 
 def _enter_wal(conn: sqlite3.Connection, timeout_s: float = 30.0) -> None:

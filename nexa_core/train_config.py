@@ -108,8 +108,8 @@ class TrainConfig:
             value, flag = getattr(self, name), f"{name} (--{name.replace('_', '-')})"
             bad_text = text_problems(flag, value, 4096) if value is not None else []
             problems += bad_text
-            if value is not None and not bad_text and not Path(value).is_file():
-                problems.append(f"{flag}: file {value!r} does not exist")
+            if value is not None and not bad_text:
+                problems += _file_problems(flag, value)
         try:
             self.deepspeed_settings()
         except ConfigError as exc:
@@ -171,6 +171,20 @@ class TrainConfig:
         if not isinstance(data, dict):
             raise ConfigError([f"config (--config): {str(path)!r} must hold a JSON object"])
         return cls.from_dict(data)
+
+
+def _file_problems(flag: str, value: str) -> list[str]:
+    """A data file must be a regular file: say what it is instead (a folder, /dev/zero, a pipe)."""
+    path = Path(value)
+    if path.is_file():
+        return []
+    if path.is_dir():
+        return [f"{flag}: {value!r} is a folder, not a file; give a CSV or JSONL file"]
+    if path.exists():
+        return [
+            f"{flag}: {value!r} is not a regular file (a device, pipe or socket); give a CSV or JSONL file"
+        ]
+    return [f"{flag}: {value!r} does not exist"]
 
 
 def _tracker_installed(name: str) -> bool:

@@ -50,14 +50,26 @@ def load_tokenizer(model: str):
     return tokenizer
 
 
+DUPLICATE_SIGNAL_S = 2.0  # a repeat of the same signal this soon is the same stop request
+
+
 def _stop_on_signals(trainer) -> None:
     """SIGTERM/SIGINT ask the trainer to checkpoint and stop at the next step boundary, instead of
-    dying mid-step; a second signal is left to the default handler (SIGKILL always works)."""
+    dying mid-step; a second signal gets the default action (SIGKILL always works). A repeat within
+    DUPLICATE_SIGNAL_S is the same request delivered twice, not a second one: Slurm's time limit
+    signals every process of a job, so a rank gets TERM both from slurmstepd and through srun (and a
+    local stop signals torchrun's ranks both directly and through the agent)."""
     import signal
+    import time
+
+    first: dict[int, float] = {}
 
     def request_stop(signum, frame):
         trainer.stop_requested = True
-        signal.signal(signum, signal.SIG_DFL)
+        now = time.monotonic()
+        if now - first.setdefault(signum, now) > DUPLICATE_SIGNAL_S:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, request_stop)
@@ -114,12 +126,13 @@ def run_training(
 ) -> dict[str, Any]:
     """Train per ``config`` as run ``run_id`` (new unless resuming) and return the result summary."""
     from nexa_core import datasets as nexa_datasets
-    from nexa_core.runstore import RunState, RunStore
+    from nexa_core.relay import job_store
+    from nexa_core.runstore import RunState
     from nexa_core.trainer import DeepSpeedTrainer, RunStopped
 
     run_id = _shared_run_id(config, run_id)
     run_dir = paths.run_dir(run_id)
-    store = RunStore()
+    store = job_store()  # the run store, or in a cluster job the relay files (nexa_core/relay.py)
     main = _rank() == 0
     existing = store.get_run(run_id)
     if resume and existing is None:

@@ -23,15 +23,16 @@ from nexa_core.errors import ConfigError
 from nexa_core.memory import GIB
 from nexa_core.models import DEFAULT_MODEL, catalogue
 from nexa_core.planner import PlanConfig
-from pages._auth import require_access
-from pages._shared import hardware_sidebar, show_problems
+from nexa_ui.auth import require_access
+from nexa_ui.shared import hardware_sidebar, open_store, show_problems
 
-require_access()  # also when Streamlit runs this file without app.py (pages/_auth.py)
+require_access()  # also when Streamlit runs this file without app.py (nexa_ui/auth.py)
 
 DEFAULT_TECHNIQUES = ["baseline", "zero2", "zero3", "zero3-offload", "lora"]
 
 st.title("Compare memory-saving techniques")
 hardware_sidebar()
+open_store()  # comparisons are runs: a damaged or unusable NEXA_HOME is a message first
 st.caption(
     "Each technique trains the same model on the same data for a few steps, one at a time and each in its "
     "own process (so peaks never mix), with every batch padded to the sequence length. The planner's "

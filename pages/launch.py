@@ -3,30 +3,33 @@ and the memory estimate shown before anything starts."""
 
 import streamlit as st
 
-from nexa_core import datasets, paths, presets, runner, scaling
+from nexa_core import datasets, paths, presets, runner, scaling, slurm_jobs
 from nexa_core.enums import DeepSpeedMode, Offload, Precision, Task
 from nexa_core.errors import ConfigError
 from nexa_core.launch import LaunchMode, RunSpec, build_launch, command_text
 from nexa_core.memory import GIB
 from nexa_core.models import catalogue
+from nexa_core.slurm import DEFAULT_TIME, Backend, SlurmRequest, request_problems
 from nexa_core.train_config import TrainConfig
-from pages._auth import require_access
-from pages._launch_form import SOURCES, extra_fields, form_state, spec_from_plan, uploads
-from pages._shared import (
+from nexa_ui.auth import require_access
+from nexa_ui.launch_form import SOURCES, extra_fields, form_state, spec_from_plan, uploads
+from nexa_ui.shared import (
     cached_estimate,
     check_dataset,
     detected_hardware,
     hardware_sidebar,
+    open_store,
     save_upload,
     show_problems,
 )
 
-require_access()  # also when Streamlit runs this file without app.py (pages/_auth.py)
+require_access()  # also when Streamlit runs this file without app.py (nexa_ui/auth.py)
 
 PREVIEW_ID = "preview"  # the command shown names this run id; the real one is assigned at launch
 
 st.title("Launch a training run")
 hardware_sidebar()
+open_store()  # a damaged or unusable NEXA_HOME is a message here, before a form that could not launch
 hw = detected_hardware()
 ids = list(catalogue())
 gpu_ids = [g.index for g in hw.gpus]
@@ -68,7 +71,11 @@ if "launch_task" not in st.session_state:
         }
 
 with st.expander("Presets: load a saved configuration", expanded=False):
-    saved = presets.names()
+    try:
+        saved = presets.names()
+    except ConfigError as exc:  # e.g. NEXA_HOME/presets is a file
+        saved = []
+        show_problems(exc.problems)
     p1, p2 = st.columns([4, 1], vertical_alignment="bottom")
     p1.selectbox("Saved presets", saved, index=None, key="launch_preset_pick",
                  placeholder="pick one" if saved else "none saved yet: save one below the form")  # fmt: skip
@@ -95,10 +102,19 @@ with left:
     source = st.radio("Dataset", SOURCES, key="launch_source", horizontal=True)
     dataset, data_problems = None, []
     if source == SOURCES[0]:
-        st.caption(f"{datasets.bundled_paths(task)[0].name} (and its validation split), shipped with NEXA")
+        samples = datasets.sample_names(task)
+        sample = (
+            st.radio("Sample", ["default", *samples], key="launch_sample", horizontal=True,
+                     format_func=lambda s: "plain text" if s == "default" else s.removeprefix("sample:"))
+            if samples else "default"
+        )  # fmt: skip
+        dataset = None if sample == "default" else sample
+        shown = datasets.bundled_paths(task, None if dataset is None else dataset.removeprefix("sample:"))[0]
+        st.caption(f"{shown.name} (and its validation split), shipped with NEXA")
     elif source == SOURCES[1]:
         upload = st.file_uploader("CSV or JSONL (one record a line)", type=["csv", "jsonl", "json"],
-                                  max_upload_size=datasets.LIMIT_BYTES // 2**20, key="launch_upload")  # fmt: skip
+                                  max_upload_size=datasets.LIMIT_BYTES // 2**20, key="launch_upload",
+                                  help=f"Each record needs {datasets.fields_help(task)}.")  # fmt: skip
         if upload is None:
             data_problems.append("dataset: upload a CSV or JSONL file, or pick the bundled sample")
         elif upload.size > datasets.LIMIT_BYTES:
@@ -151,35 +167,63 @@ with right:
                                      format_func=lambda o: off_text.get(o, o))  # fmt: skip
     offload_param = st.selectbox("Offload parameters", offloads, key="launch_off_param",
                                  format_func=lambda o: off_text.get(o, o))  # fmt: skip
-    mode = st.selectbox("Launch with", LaunchMode.values(), key="launch_mode")
-    if hw.gpus:
+    backend = st.radio("Run on", Backend.values(), key="launch_backend", horizontal=True,
+                       format_func={"local": "this machine", "slurm": "a Slurm cluster"}.get)  # fmt: skip
+    on_slurm = backend == Backend.SLURM.value
+    mode = st.selectbox("Launch with", LaunchMode.values(), key="launch_mode", disabled=on_slurm,
+                        help="on Slurm, srun starts every rank")  # fmt: skip
+    if hw.gpus and not on_slurm:
         about = {g.index: f"GPU {g.index} · {g.name} · {g.free_bytes / GIB:.1f} GiB free" for g in hw.gpus}
         gpus = st.multiselect("GPUs (physical ids, as nvidia-smi shows them)", gpu_ids, key="launch_gpus",
                               format_func=about.get)  # fmt: skip
     else:
         gpus = []
-        st.caption("No GPU detected: this is a CPU-only machine, so the run trains on the CPU.")
-    nproc = st.number_input("Processes (ranks)", 1, 64, key="launch_nproc",
+        if not on_slurm:
+            st.caption("No GPU detected: this is a CPU-only machine, so the run trains on the CPU.")
+    nproc = st.number_input("Processes (ranks)" + (" per CPU node" if on_slurm else ""), 1, 64, key="launch_nproc",
                             help="python mode runs one; torchrun, deepspeed and accelerate start several")  # fmt: skip
 
-with st.expander("Nodes (several machines)", expanded=False):
-    st.caption("One machine: leave as is. Several: the panel starts this machine's node and shows the "
-               "command for every other node (docs/SCALING.md).")  # fmt: skip
-    n1, n2, n3, n4 = st.columns(4)
-    nodes = n1.number_input("Nodes", 1, 1024, key="launch_nodes")
-    node_rank = n2.number_input("This machine is node", 0, 1023, key="launch_node_rank")
-    master_addr = n3.text_input("Master address (node 0)", key="launch_master_addr",
-                                placeholder="empty: 127.0.0.1, or the first host")  # fmt: skip
-    master_port = n4.number_input("Master port (0: free port)", 0, 65535, key="launch_master_port")
-    hosts_text = st.text_area("Hosts, one per line: name slots=N (the DeepSpeed hostfile)", key="launch_hosts",
-                              placeholder="worker-0 slots=8\nworker-1 slots=8")  # fmt: skip
-    f1, f2, f3 = st.columns(3)
-    include = f1.text_input("deepspeed --include", key="launch_include", placeholder="worker-0@worker-1:0,2")
-    exclude = f2.text_input("deepspeed --exclude", key="launch_exclude", placeholder="worker-1:0")
-    target_batch = f3.number_input(
-        "Global batch wanted (0: no target)", 0, 10**7, 0, key="launch_global_batch"
-    )
-    ssh = st.checkbox("Start every node from here with the DeepSpeed launcher's ssh/pdsh", key="launch_ssh")
+request = None
+if on_slurm:  # the cluster places the ranks: a job request instead of this machine's nodes
+    with st.expander("Slurm job (sbatch)", expanded=True):
+        st.caption("NEXA writes a batch script into the run folder and submits it with sbatch; srun starts "
+                   "every rank. NEXA_HOME must be on a file system all nodes share (docs/SCALING.md, Slurm).")  # fmt: skip
+        s1, s2, s3, s4 = st.columns(4)
+        partition = s1.text_input("Partition", key="launch_partition", placeholder="sinfo -s lists them")
+        # the Plan page's GPUs and nodes, whose estimate also sizes the memory request
+        job_nodes = s2.number_input("Nodes", 1, 1024, int(plan.get("nodes") or 1), key="launch_job_nodes")
+        gpus_per_node = s3.number_input("GPUs per node (0: CPU)", 0, 64, int(plan.get("gpus") or 0),
+                                        key="launch_gpus_per_node")  # fmt: skip
+        time_limit = s4.text_input("Time limit ([D-]HH:MM:SS)", DEFAULT_TIME, key="launch_time")
+        s5, s6, s7 = st.columns(3)
+        account = s5.text_input("Account (optional)", key="launch_account")
+        qos = s6.text_input("QOS (optional)", key="launch_qos")
+        mem = s7.text_input("Memory per node", key="launch_mem", placeholder="empty: the estimate + 25 %")
+    nodes, node_rank, master_addr, master_port, hosts_text, include, exclude, target_batch, ssh = (
+        1, 0, "", 0, "", "", "", 0, False)  # fmt: skip
+else:
+    with st.expander("Nodes (several machines)", expanded=False):
+        st.caption("One machine: leave as is. Several: the panel starts this machine's node and shows the "
+                   "command for every other node (docs/SCALING.md).")  # fmt: skip
+        n1, n2, n3, n4 = st.columns(4)
+        nodes = n1.number_input("Nodes", 1, 1024, key="launch_nodes")
+        node_rank = n2.number_input("This machine is node", 0, 1023, key="launch_node_rank")
+        master_addr = n3.text_input("Master address (node 0)", key="launch_master_addr",
+                                    placeholder="empty: 127.0.0.1, or the first host")  # fmt: skip
+        master_port = n4.number_input("Master port (0: free port)", 0, 65535, key="launch_master_port")
+        hosts_text = st.text_area("Hosts, one per line: name slots=N (the DeepSpeed hostfile)", key="launch_hosts",
+                                  placeholder="worker-0 slots=8\nworker-1 slots=8")  # fmt: skip
+        f1, f2, f3 = st.columns(3)
+        include = f1.text_input(
+            "deepspeed --include", key="launch_include", placeholder="worker-0@worker-1:0,2"
+        )
+        exclude = f2.text_input("deepspeed --exclude", key="launch_exclude", placeholder="worker-1:0")
+        target_batch = f3.number_input(
+            "Global batch wanted (0: no target)", 0, 10**7, 0, key="launch_global_batch"
+        )
+        ssh = st.checkbox(
+            "Start every node from here with the DeepSpeed launcher's ssh/pdsh", key="launch_ssh"
+        )
 
 problems = list(data_problems)
 train = None
@@ -193,24 +237,40 @@ try:
     )  # fmt: skip
 except ConfigError as exc:
     problems += exc.problems
+spec = None
 try:  # checked even when the training config is wrong, so every problem shows at once
+    mode = LaunchMode.TORCHRUN.value if on_slurm else mode  # on Slurm: nproc ranks per CPU node
     spec = RunSpec(train or TrainConfig(), mode, int(nproc), list(gpus), int(master_port) or None,
                    nodes=int(nodes), node_rank=int(node_rank), master_addr=master_addr.strip() or None,
                    hosts=[hosts_text] if hosts_text.strip() else [], include=include.strip(),
                    exclude=exclude.strip(), ssh_launcher=ssh)  # fmt: skip
 except ConfigError as exc:
     problems += exc.problems
+if on_slurm:
+    try:
+        request = SlurmRequest(partition.strip(), int(job_nodes), int(gpus_per_node), time_limit.strip(),
+                               account.strip() or None, qos.strip() or None, mem.strip() or None)  # fmt: skip
+    except ConfigError as exc:
+        problems += exc.problems
+    problems += request_problems(spec, request) if spec is not None else []
 if problems:
     show_problems(problems)
     st.stop()
 
+has_gpu = bool(request.gpus_per_node) if request else bool(hw.gpus)
+estimate = cached_estimate(spec, request.gpus_per_node, request.nodes) if request else cached_estimate(spec)
 st.subheader("What will run")
-argv, env = build_launch(spec, PREVIEW_ID, paths.run_dir(PREVIEW_ID))
-st.code(command_text(argv), language="bash")
-st.caption(
-    f"Environment: {', '.join(f'{k}={v}' for k, v in env.items())}. The run id ({PREVIEW_ID!r} here) and a "
-    "free master port are assigned at launch; the run's files are written to its own folder."
-)
+if request:
+    st.code(slurm_jobs.preview(spec, request, estimate), language="bash")
+    st.caption(f"The batch script (run id {PREVIEW_ID!r} here), written to the run folder and submitted with "
+               "sbatch --parsable; Monitor and Runs then show the job id, partition and nodes.")  # fmt: skip
+else:
+    argv, env = build_launch(spec, PREVIEW_ID, paths.run_dir(PREVIEW_ID))
+    st.code(command_text(argv), language="bash")
+    st.caption(
+        f"Environment: {', '.join(f'{k}={v}' for k, v in env.items())}. The run id ({PREVIEW_ID!r} here) and a "
+        "free master port are assigned at launch; the run's files are written to its own folder."
+    )
 if spec.nodes > 1 or spec.hosts:
     preview = scaling.launch_preview(spec, PREVIEW_ID, paths.run_dir(PREVIEW_ID), has_gpu=bool(hw.gpus))
     for node in preview["nodes"]:
@@ -229,11 +289,10 @@ if warning:
     st.warning(warning)
 settings = spec.train.deepspeed_settings()
 with st.expander("DeepSpeed config (deepspeed_config.json)", expanded=False):
-    if not settings.deepspeed_enabled(has_gpu=bool(hw.gpus)):
+    if not settings.deepspeed_enabled(has_gpu=has_gpu):
         st.caption("DeepSpeed is off for this run: this file is written to the run folder but not used.")
-    st.json(settings.deepspeed_config(settings.resolved_precision(has_gpu=bool(hw.gpus))))
+    st.json(settings.deepspeed_config(settings.resolved_precision(has_gpu=has_gpu)))
 
-estimate = cached_estimate(spec)
 if estimate is None:
     st.warning("No memory estimate for this configuration (the model could not be sized offline).")
 else:
@@ -259,9 +318,11 @@ with st.expander("Save this configuration as a preset", expanded=False):
         else:
             st.success(f"Saved preset {preset_name.strip()!r} ({where})")
 
-if st.button("Launch", type="primary", key="launch_go"):
+if st.button("Submit to Slurm" if request else "Launch", type="primary", key="launch_go"):
     try:
-        run_id = runner.launch(spec, estimate=estimate)
+        run_id = (
+            slurm_jobs.submit(spec, request, estimate) if request else runner.launch(spec, estimate=estimate)
+        )
     except ConfigError as exc:
         show_problems(exc.problems)
     else:

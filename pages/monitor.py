@@ -4,18 +4,16 @@ live while it runs (read from the run store, so a closed tab loses nothing); sto
 import streamlit as st
 
 from nexa_core import monitor, runner, runs
-from nexa_core.runstore import RunStore
-from pages._auth import require_access
-from pages._shared import export_form, hardware_sidebar, run_summary, series_reader
+from nexa_ui.auth import require_access
+from nexa_ui.shared import export_form, hardware_sidebar, open_store, run_summary, series_reader
 
-require_access()  # also when Streamlit runs this file without app.py (pages/_auth.py)
+require_access()  # also when Streamlit runs this file without app.py (nexa_ui/auth.py)
 
 ACTIVE = ("queued", "running")
 
 st.title("Monitor a run")
 hardware_sidebar()
-store = RunStore()
-runner.refresh(store)  # runs whose process vanished (a restart, a kill) are marked failed first
+store = open_store()  # refreshed: runs whose process vanished are marked failed first
 listed = store.list_runs()
 if not listed:
     st.info("No runs yet: start one on the Launch page.")
@@ -66,9 +64,12 @@ log_y = st.toggle("Log-scale loss", key="monitor_log_y")
 
 
 @st.fragment(run_every=1.0 if active else None)
-def live(run_id: str, was_active: bool, log_y: bool) -> None:
+def live(run_id: str, was_active: bool, log_y: bool, slurm: bool) -> None:
     """Re-read from the store about every second while the run is active; when it ends, one full
-    rerun shows the outcome and stops the refreshing."""
+    rerun shows the outcome and stops the refreshing. A Slurm run's ranks write relay files, and
+    the scheduler has its state: refresh folds both into the store first."""
+    if was_active and slurm:
+        runner.refresh(store)
     run = store.get_run(run_id)
     if run is None:
         st.warning(f"Run {run_id} no longer exists (deleted on the Runs page or from the CLI).")
@@ -83,6 +84,10 @@ def live(run_id: str, was_active: bool, log_y: bool) -> None:
     c3.metric("Elapsed", monitor.format_seconds(status["duration_s"]))
     c4.metric("ETA", monitor.format_seconds(eta))
     st.progress(fraction)
+    if slurm:
+        job = runs.slurm_job(store, run_id) or {}
+        said = f"{job.get('state') or 'submitted'}" + (f" ({job['reason']})" if job.get("reason") else "")
+        st.caption(f"{runs.job_label(job)} · the scheduler says {said}")
     figs = monitor.figures(series_reader(str(store.path), run_id).series(), run.get("estimate"), log_y=log_y)
     st.plotly_chart(figs["loss"], key="monitor_chart_loss")
     left, right = st.columns(2)
@@ -94,4 +99,4 @@ def live(run_id: str, was_active: bool, log_y: bool) -> None:
         st.code(runner.logs(run_id, max_bytes=16 * 1024) or "(no output yet)", language="text")
 
 
-live(run_id, active, log_y)
+live(run_id, active, log_y, run.get("kind") == "slurm")

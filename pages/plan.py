@@ -3,18 +3,19 @@
 import plotly.graph_objects as go
 import streamlit as st
 
-from nexa_core.enums import Precision, Task
+from nexa_core.enums import Attention, Precision, Task
 from nexa_core.errors import ConfigError
 from nexa_core.memory import GIB
 from nexa_core.models import DEFAULT_MODEL, catalogue
 from nexa_core.planner import plan_command
 from nexa_core.probe import PROBE_STEPS, find_batch_size, probe
 from nexa_core.report import plan_rows
+from nexa_core.targets import hardware_presets
 from nexa_core.train_config import TrainConfig
-from pages._auth import require_access
-from pages._shared import cached_plan, detected_hardware, hardware_sidebar, refresh_hardware, show_problems
+from nexa_ui.auth import require_access
+from nexa_ui.shared import cached_plan, detected_hardware, hardware_sidebar, refresh_hardware, show_problems
 
-require_access()  # also when Streamlit runs this file without app.py (pages/_auth.py)
+require_access()  # also when Streamlit runs this file without app.py (nexa_ui/auth.py)
 
 st.title("Plan memory before a run")
 hw = detected_hardware()
@@ -49,19 +50,43 @@ with right:
     ckpt = st.checkbox("Gradient checkpointing", key="plan_ckpt")
     lora = st.checkbox("LoRA", key="plan_lora")
     rank = st.number_input("LoRA rank", 1, 4096, 8, key="plan_rank", disabled=not lora)
-    gpus = st.number_input("GPUs per node (0 = CPU-only)", 0, 64, hw.gpu_count, key="plan_gpus")
+    target = st.radio("Plan for", ["this machine", "another machine"], key="plan_target", horizontal=True)
+    if target == "this machine":
+        preset = None
+        gpus = st.number_input("GPUs per node (0 = CPU-only)", 0, 64, hw.gpu_count, key="plan_gpus")
+        gpu_gb = st.number_input(
+            "GPU memory per GPU (GiB; 0 = as detected)", 0.0, 4096.0, round(hw.min_gpu_free_bytes / GIB, 1),
+            key="plan_gpu_gb", disabled=gpus == 0,
+        )  # fmt: skip
+        host_gb = st.number_input("Host RAM per node (GiB)", 0.1, 65_536.0,
+                                  round(hw.host_available_bytes / GIB, 1), key="plan_host_gb")  # fmt: skip
+    else:
+        # Each preset keeps its own widget values (keys carry its name), so switching presets shows
+        # that preset's numbers instead of the last one's edits.
+        names = list(hardware_presets())
+        preset = st.selectbox("Machine (deployment/hardware.yaml)", [*names, "custom"], key="plan_preset")
+        chosen = hardware_presets().get(preset)
+        gpus = st.number_input(
+            "GPUs per node", 0, 64, chosen.gpus if chosen else 8, key=f"plan_gpus_{preset}"
+        )
+        gpu_gb = st.number_input("GPU memory per GPU (GiB)", 0.1, 4096.0,
+                                 chosen.gpu_memory_gb if chosen else 80.0, key=f"plan_gpu_gb_{preset}")  # fmt: skip
+        check_host = st.checkbox("Check host RAM", value=chosen is not None, key=f"plan_check_host_{preset}",
+                                 help="Without it the plan says the host RAM it needs but does not check it.")  # fmt: skip
+        host_gb = st.number_input("Host RAM per node (GiB)", 0.1, 65_536.0,
+                                  chosen.host_memory_gb if chosen else 1024.0, key=f"plan_host_gb_{preset}",
+                                  disabled=not check_host)  # fmt: skip
+        host_gb = host_gb if check_host else None
+        if chosen is not None:
+            st.caption(chosen.description)
     nodes = st.number_input("Nodes", 1, 1024, 1, key="plan_nodes")
-    gpu_gb = st.number_input(
-        "GPU memory per GPU (GiB; 0 = as detected)",
-        0.0,
-        4096.0,
-        round(hw.min_gpu_free_bytes / GIB, 1),
-        key="plan_gpu_gb",
-        disabled=gpus == 0,
-    )
-    host_gb = st.number_input(
-        "Host RAM per node (GiB)", 0.1, 65_536.0, round(hw.host_available_bytes / GIB, 1), key="plan_host_gb"
-    )
+    with st.expander("Advanced"):
+        attention = st.selectbox("Attention implementation", Attention.values(), key="plan_attention",
+                                 help="auto: transformers' default (SDPA where the model supports it)")  # fmt: skip
+        zero3_init = st.checkbox("ZeRO-3 creates the model sharded (zero.Init)", True, key="plan_zero3_init")
+        random_init = st.checkbox("Random weights (no checkpoint is read)", key="plan_random_init")
+        cpu_ranks = st.number_input("Processes per node (CPU-only plans)", 1, 256, 1, key="plan_cpu_ranks",
+                                    disabled=gpus != 0)  # fmt: skip
 
 fields = dict(
     model=typed.strip() or picked,
@@ -76,7 +101,13 @@ fields = dict(
     gpus=int(gpus),
     nodes=int(nodes),
     gpu_memory_gb=float(gpu_gb) if gpus and gpu_gb > 0 else None,
-    host_memory_gb=float(host_gb),
+    host_memory_gb=None if host_gb is None else float(host_gb),
+    hardware=preset if preset in hardware_presets() else None,
+    other_machine=target == "another machine",
+    attention=attention,
+    zero3_init=zero3_init,
+    random_init=random_init,
+    cpu_ranks=int(cpu_ranks) if gpus == 0 else 1,
 )
 try:
     plan = cached_plan(**fields)
@@ -105,7 +136,7 @@ for term, attr in (("parameters", "params_bytes"), ("gradients", "gradients_byte
                    ("activations", "activations_bytes"), ("overhead", "overhead_bytes")):  # fmt: skip
     values = [getattr(e.per_gpu if on_gpu else e.host, attr) / GIB for e in plan.estimates]
     fig.add_trace(go.Bar(name=term, x=labels, y=values))
-capacity = (plan.gpu_budget_bytes if on_gpu else plan.host_budget_bytes) / GIB
+capacity = (plan.gpu_budget_bytes if on_gpu else plan.host_budget_bytes or 0) / GIB
 if capacity:
     fig.add_hline(
         y=capacity,
@@ -121,8 +152,16 @@ fig.update_layout(
 st.plotly_chart(fig, width="stretch")
 st.dataframe(plan_rows(plan), hide_index=True, width="stretch")
 st.caption(
-    "Host totals are per node: offloaded states, each rank's process baseline and the weights' load copy."
+    "Host totals are per node: offloaded states, each rank's process baseline and the weights' load copy"
+    + (
+        " (not checked against a budget: another machine, no host RAM given)."
+        if plan.host_budget_bytes is None
+        else "."
+    )
 )
+if rec.layout is not None:
+    chosen_estimate = next(e for e in plan.estimates if e.layout == rec.layout)
+    st.caption(f"Loading the weights ({rec.label}): {chosen_estimate.load_path}.")
 st.code(plan_command(plan.config), language="bash")
 for note in plan.notes:
     st.caption(note)
@@ -170,7 +209,8 @@ with st.expander("Probe this plan"):
     budget_col, max_col = st.columns(2)
     budget_gb = budget_col.number_input(
         f"Budget ({'GPU memory per GPU' if probe_on_gpu else 'host RAM'}, GiB)", 0.0, 65_536.0,
-        round((plan.gpu_budget_bytes if probe_on_gpu else plan.host_budget_bytes) / GIB, 1),
+        # probes run here: this machine's RAM when the plan checks none (a plan for another machine)
+        round((plan.gpu_budget_bytes if probe_on_gpu else plan.host_budget_bytes or hw.host_available_bytes) / GIB, 1),
         key="plan_probe_budget",
     )  # fmt: skip
     max_batch = max_col.number_input("Largest batch to try", 1, 65_536, 64, key="plan_probe_max_batch")

@@ -5,16 +5,14 @@ import streamlit as st
 
 from nexa_core import monitor, runner, runs
 from nexa_core.errors import ConfigError
-from nexa_core.runstore import RunStore
-from pages._auth import require_access
-from pages._shared import export_form, hardware_sidebar, run_summary, show_problems
+from nexa_ui.auth import require_access
+from nexa_ui.shared import export_form, hardware_sidebar, open_store, run_summary, show_problems
 
-require_access()  # also when Streamlit runs this file without app.py (pages/_auth.py)
+require_access()  # also when Streamlit runs this file without app.py (nexa_ui/auth.py)
 
 st.title("Run history")
 hardware_sidebar()
-store = RunStore()
-runner.refresh(store)
+store = open_store()  # refreshed: runs whose process vanished are marked failed first
 
 
 def _delete(run_id: str) -> None:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create the same environment as scripts/app.sh, then run the whole test suite.
-# `bash scripts/test.sh -m e2e` runs only the browser end-to-end test.
+# `bash scripts/test.sh -m e2e` runs only the browser end-to-end test, `-m slurm` only the Slurm jobs.
 source "$(dirname "$0")/env.sh"
 
 # The browser test drives Debian's Chromium through Playwright; no browser is ever downloaded
@@ -26,6 +26,11 @@ if ! command -v chromium >/dev/null; then
       || echo "nexa: installing chromium failed: the browser test will be skipped" >&2
   fi
 fi
+
+# The Slurm tests (tests/test_slurm.py) run jobs on a private two-node cluster on this machine, which
+# scripts/slurm_local.sh starts and stops; Debian's slurm-wlm and munge are installed when missing (as
+# root or with sudo; otherwise those tests are skipped with the command to run).
+bash "$ROOT/scripts/slurm_local.sh" install || echo "nexa: the Slurm tests will be skipped" >&2
 
 export NEXA_HOME="$(mktemp -d)/nexa_home"  # tests never touch the user's runs
 # --durations: the slowest tests in every CI log, to keep the suite inside its time budget

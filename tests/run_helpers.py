@@ -1,8 +1,12 @@
-"""Helpers shared by the tests that start real runs: wait for progress, find a run's processes."""
+"""Helpers shared by the tests that start real runs and servers: wait for progress, find a run's
+processes, end a server, make a tiny model folder."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
+from pathlib import Path
 
 import psutil
 
@@ -34,3 +38,23 @@ def processes_carrying(run_id: str) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return found
+
+
+def end_process(proc: subprocess.Popen, grace_s: float = 20) -> None:
+    """SIGTERM, then SIGKILL after ``grace_s``; reaped either way (a server a test started)."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def tiny_bert(folder: Path, vocab_size: int = 30522) -> Path:
+    """A one-layer BERT config in ``folder`` (no weights): a local model trained or built at random."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "intermediate_size": 64, "vocab_size": vocab_size, "max_position_embeddings": 64,
+    }))  # fmt: skip
+    return folder

@@ -113,6 +113,7 @@ def test_everything_the_dockerfile_copies_exists():
         "app.py",
         "nexa_core",
         "pages",
+        "nexa_ui",
         "deployment",
         ".streamlit",
     ):
@@ -138,7 +139,9 @@ def test_the_container_binds_only_with_a_sign_in_as_security_requires(tmp_path):
     settings = security.serve_settings(ROOT, env, user_home=tmp_path)
     assert settings.address == "0.0.0.0" and settings.port == 8501
     assert security.exposure_problems(settings), "0.0.0.0 without a sign-in must be refused"
-    signed = security.serve_settings(ROOT, {**env, security.TOKEN_ENV: "t" * 40}, user_home=tmp_path)
+    signed = security.serve_settings(
+        ROOT, {**env, security.TOKEN_ENV: "correct-horse-battery-staple-42"}, user_home=tmp_path
+    )
     assert security.exposure_problems(signed) == []
 
 

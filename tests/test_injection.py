@@ -179,7 +179,7 @@ def test_web_supplied_paths_never_resolve_outside_nexa_home(planted, text):
 @FEW
 @given(name=hostile_paths)
 def test_uploaded_file_names_are_saved_inside_nexa_home_uploads(planted, name):
-    from pages._shared import save_upload
+    from nexa_ui.shared import save_upload
 
     saved = save_upload(name, b'{"text": "a", "label": "b"}\n')
     assert saved.parent == paths.nexa_home() / "uploads" and _inside(saved, paths.nexa_home() / "uploads")
@@ -195,7 +195,7 @@ def test_serve_address_and_port_are_refused_or_one_argv_element_each(tmp_path, a
     except ConfigError as exc:
         assert all(p.startswith(("address (NEXA_ADDRESS", "port (NEXA_PORT")) for p in exc.problems)
         return
-    argv = security.serve_argv(settings, PROJECT_ROOT / "app.py", sys.executable)
+    argv = security.serve_argv(settings, PROJECT_ROOT, sys.executable)
     assert argv[argv.index("--server.address") + 1] == (address or security.DEFAULT_ADDRESS)
     assert not settings.address.startswith("-") and 1 <= int(argv[argv.index("--server.port") + 1]) <= 65535
 

@@ -14,10 +14,12 @@ from nexa_core.memory import (
     Workload,
     activation_bytes,
     attention_keeps_scores,
+    attention_score_bytes,
     host_load_bytes,
     kv_heads_stored,
     layouts,
     model_states_bytes,
+    optimizer_step_bytes,
     per_rank_estimate,
     zero3_gathered_bytes,
 )
@@ -212,9 +214,14 @@ def test_checkpointing_keeps_layer_inputs_plus_one_layer():
 
 
 def test_causal_lm_adds_fp32_logits():
+    """16-bit logits: their fp32 copy, the log-softmax output and two gradients (4 × 4bsV); fp32
+    logits need no copy: 3 × 4bsV (measured: peak live tensor bytes of head, loss and backward)."""
     lm = activation_bytes(GPT2_LIKE, 2, 128, Precision.BF16, False, Task.CAUSAL_LM, 0)
     enc = activation_bytes(GPT2_LIKE, 2, 128, Precision.BF16, False, Task.CLASSIFICATION, 0)
     assert lm - enc == 4 * 4 * 2 * 128 * 50257
+    lm32 = activation_bytes(GPT2_LIKE, 2, 128, Precision.FP32, False, Task.CAUSAL_LM, 0)
+    enc32 = activation_bytes(GPT2_LIKE, 2, 128, Precision.FP32, False, Task.CLASSIFICATION, 0)
+    assert lm32 - enc32 == 3 * 4 * 2 * 128 * 50257
 
 
 def test_layouts_cover_each_allowed_offload():
@@ -225,10 +232,64 @@ def test_layouts_cover_each_allowed_offload():
 
 def test_cpu_only_puts_everything_on_host():
     layout = Layout(0, False, False, 0, 1)
-    w = Workload(PSI, PSI, LARGEST, GPT2_LIKE, Precision.FP32, batch_size=1, seq_len=128)
+    w = Workload(PSI, PSI, LARGEST, GPT2_LIKE, Precision.FP32, batch_size=64, seq_len=1024)
     gpu, host = per_rank_estimate(w, layout)
     assert gpu.total_bytes == 0
     assert host.params_bytes == 4 * PSI and host.activations_bytes > 0
+
+
+NO_OVERHEAD = Calibration(process_baseline_bytes=0, deepspeed_host_bytes=0, host_fragmentation=0.0,
+                          cpu_activation_factor=1.0)  # fmt: skip
+
+
+def test_cpu_peak_is_the_larger_of_forward_backward_and_the_optimizer_step():
+    """Stage 0: zero_grad() freed the gradients, so backward creates them as activations are freed
+    (never both in full); the step holds gradients, Adam states and two temporaries of the largest
+    parameter, without activations."""
+    layout = Layout(0, False, False, 0, 1)
+    small = Workload(PSI, PSI, LARGEST, GPT2_LIKE, Precision.FP32, batch_size=1, seq_len=128)
+    _, step = per_rank_estimate(small, layout, NO_OVERHEAD)
+    assert (step.params_bytes, step.gradients_bytes, step.optimizer_bytes) == (4 * PSI, 4 * PSI, 8 * PSI)
+    assert step.activations_bytes == 0 and step.overhead_bytes == 2 * 4 * LARGEST
+    big = replace(small, batch_size=64, seq_len=1024)
+    acts = activation_bytes(GPT2_LIKE, 64, 1024, Precision.FP32, False, Task.NER, 7)
+    _, fwd = per_rank_estimate(big, layout, NO_OVERHEAD)
+    assert fwd.activations_bytes == acts > 4 * PSI and fwd.gradients_bytes == 0
+    assert fwd.total_bytes == 4 * PSI + 8 * PSI + acts
+    # DeepSpeed keeps its gradient buffers through forward and backward
+    _, zero2 = per_rank_estimate(big, Layout(2, False, False, 0, 1), NO_OVERHEAD)
+    assert zero2.gradients_bytes == 8 * PSI and zero2.activations_bytes == acts
+
+
+def test_optimizer_step_temporaries_follow_the_tensor_torch_steps():
+    w = Workload(PSI, PSI, LARGEST, GPT2_LIKE, Precision.FP32)
+    assert optimizer_step_bytes(w, Layout(0, False, False, 0, 1)) == 8 * LARGEST  # per parameter
+    assert optimizer_step_bytes(w, Layout(2, False, False, 0, 1, 2)) == 8 * (PSI // 2)  # flat partition
+    assert optimizer_step_bytes(w, Layout(2, True, False, 0, 1)) == 0  # DeepSpeed's CPU Adam
+    lora = replace(w, trainable=1000)
+    assert optimizer_step_bytes(lora, Layout(0, False, False, 0, 1)) == 8 * 1000
+    assert (
+        optimizer_step_bytes(replace(w, precision=Precision.BF16_TRUE), Layout(0, False, False, 0, 1))
+        == 4 * LARGEST
+    )
+
+
+def test_bytes_per_attention_score_by_implementation_and_device():
+    """Measured with saved-tensor hooks on CPU (fp32): 12 bytes per score with attention dropout
+    (softmax output, a float dropout mask, dropout output), 4 without; Korthikanti's 5 bytes at
+    2-byte values on GPU."""
+    bert_like = replace(GPT2_LIKE, attention_dropout=0.1)
+    no_dropout = replace(GPT2_LIKE, attention_dropout=0.0)
+    assert attention_score_bytes(bert_like, Attention.SDPA, True, Precision.FP32) == 12
+    assert attention_score_bytes(bert_like, Attention.EAGER, True, Precision.FP32) == 12
+    assert attention_score_bytes(no_dropout, Attention.EAGER, True, Precision.FP32) == 4
+    assert attention_score_bytes(no_dropout, Attention.SDPA, True, Precision.FP32) == 0  # fused kernel
+    assert attention_score_bytes(bert_like, Attention.EAGER, False, Precision.BF16) == 5
+    assert attention_score_bytes(bert_like, Attention.SDPA, False, Precision.BF16) == 0
+    b, s = 2, 64
+    base = activation_bytes(bert_like, b, s, Precision.FP32, False, Task.NER, 7, score_bytes=0)
+    kept = activation_bytes(bert_like, b, s, Precision.FP32, False, Task.NER, 7, score_bytes=12)
+    assert kept - base == pytest.approx((48 + 1) * 12 * 25 * s * s * b)
 
 
 def test_composite_gelu_keeps_four_more_mlp_tensors():
@@ -236,3 +297,17 @@ def test_composite_gelu_keeps_four_more_mlp_tensors():
     plain = activation_bytes(GPT2_LIKE, 2, 64, Precision.BF16, False, Task.CLASSIFICATION, 0)
     composite = activation_bytes(gelu_new, 2, 64, Precision.BF16, False, Task.CLASSIFICATION, 0)
     assert composite - plain == (48 + 1) * 4 * 2 * 2 * 64 * 6400
+
+
+def test_bf16_true_keeps_every_state_in_bf16():
+    """bf16-true: weights 2 + gradients 2 + Adam moments 2 + 2 = 8 bytes per parameter without
+    DeepSpeed (torch AdamW steps the bf16 weights); under ZeRO-2 DeepSpeed's bf16 master copy and
+    gradient partition replace the fp32 ones (bf16_master_weights_and_grads, bf16_optimizer_states)."""
+    s0 = gpu_states(0, False, False, 1, 1, precision=Precision.BF16_TRUE).gpu
+    assert (s0.params_bytes, s0.gradients_bytes, s0.optimizer_bytes) == (2 * PSI, 2 * PSI, 4 * PSI)
+    n = 8
+    s2 = gpu_states(2, False, False, n, 1, precision=Precision.BF16_TRUE).gpu
+    mixed = gpu_states(2, False, False, n, 1, precision=Precision.BF16).gpu
+    assert s2.gradients_bytes == 2 * PSI // n + 2 * PSI // n  # 16-bit grads + bf16 "master" grads
+    assert s2.optimizer_bytes == (2 + 4) * PSI // n  # bf16 master + two bf16 moments
+    assert mixed.optimizer_bytes == (4 + 8) * PSI // n

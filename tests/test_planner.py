@@ -169,3 +169,23 @@ def test_a_bad_param_count_names_the_flag_and_the_forms(capsys):
         cli.main(["plan", "--params", "lots"])
     err = capsys.readouterr().err
     assert "--params" in err and "7B" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--gpu-memory-gb", "nan"),
+        ("--gpu-memory-gb", "inf"),
+        ("--host-memory-gb", "nan"),
+        ("--host-memory-gb", "-inf"),
+    ],
+)
+def test_memory_sizes_that_are_not_finite_are_a_message_naming_the_flag(capsys, flag, value):
+    """float() takes 'nan' and 'inf'; nan passed the `<= 0` check and failed deep in the maths."""
+    assert (
+        cli.main(["plan", "--params", "1B", "--gpus", "1", "--gpu-memory-gb", "24", f"{flag}={value}"]) == 2
+    )
+    err = capsys.readouterr().err
+    field = flag[2:].replace("-", "_")
+    assert f"nexa plan: error: {field} ({flag}): must be a positive, finite number of GiB, got {value}" in err
+    assert "Traceback" not in err

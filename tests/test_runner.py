@@ -175,3 +175,46 @@ def test_a_vanished_process_is_marked_failed_with_its_last_step(nexa_home):
     assert runner.refresh(store) == ["ghost"]
     run = store.get_run("ghost")
     assert run["state"] == "failed" and "last step 7" in run["reason"]
+
+
+@pytest.mark.parametrize(
+    "flag, content, message",
+    [
+        ("--dataset", "text,label\ncaf\xe9,ok\n".encode("latin-1"), "line 2: not valid UTF-8"),
+        ("--dataset", b"sentence,category\nhello,greeting\n", "line 1: missing column 'text'"),
+        (
+            "--eval-dataset",
+            b'{"text": "fine", "label": "unknown-label"}\n',
+            "line 1: unknown label(s) 'unknown-label'",
+        ),
+    ],
+    ids=["latin-1", "wrong-columns", "eval-label-not-in-training"],
+)
+def test_nexa_launch_validates_the_data_before_starting_anything(
+    nexa_home, tmp_path, capsys, flag, content, message
+):
+    """Before, the run started and failed seconds later in the trainer; now nothing starts and no
+    run row is written. The same load_records path the run would take (eval labels included)."""
+    from nexa_core import cli
+
+    good = tmp_path / "good.csv"
+    good.write_text("text,label\nthe pump failed,outage\nall fine,ok\n")
+    bad = tmp_path / ("bad.jsonl" if flag == "--eval-dataset" else "bad.csv")
+    bad.write_bytes(content)
+    data = ["--dataset", str(good), flag, str(bad)] if flag == "--eval-dataset" else [flag, str(bad)]
+    code = cli.main(["launch", "--task", "classification", *data, "--max-steps", "1", "--deepspeed", "off"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"nexa launch: error: {bad.name} {message}" in err, err
+    assert RunStore().list_runs() == []  # nothing was started
+
+
+@pytest.mark.parametrize(
+    "path, says",
+    [("/dev/zero", "is not a regular file (a device, pipe or socket)"), ("/", "is a folder, not a file"),
+     ("/no/such/data.csv", "does not exist")],
+)  # fmt: skip
+def test_a_dataset_that_is_not_a_regular_file_is_named_for_what_it_is(nexa_home, capsys, path, says):
+    from nexa_core import cli
+
+    assert cli.main(["launch", "--dataset", path, "--max-steps", "1", "--deepspeed", "off"]) == 2
+    assert f"nexa launch: error: dataset (--dataset): {path!r} {says}" in capsys.readouterr().err

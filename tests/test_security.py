@@ -10,15 +10,17 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
 import pytest
 import tomllib
 
-from nexa_core import cli, security
+from nexa_core import cli, datasets, security
 from nexa_core.errors import ConfigError
 from nexa_core.security import ServeSettings, exposure_problems
+from tests.run_helpers import end_process, tiny_bert
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "correct-horse-battery-staple-42"
@@ -56,6 +58,26 @@ def test_a_long_token_or_oidc_allows_exposure_a_short_token_does_not():
     assert "secret" not in repr(ServeSettings("0.0.0.0", token="secret"))  # never printed
 
 
+@pytest.mark.parametrize(
+    "token",
+    [" " * 16, "a" * 16, "t" * 40, "abababababababab", "passwordpassword", "1234567812345678", "\t" * 20],
+    ids=["16-spaces", "16-a", "40-t", "abab", "word-twice", "digits-only", "tabs"],
+)
+def test_long_but_predictable_tokens_are_refused_with_how_to_make_one(token):
+    (problem,) = exposure_problems(ServeSettings("0.0.0.0", token=token))
+    assert problem.startswith("access token (NEXA_ACCESS_TOKEN): too predictable")
+    assert "secrets.token_urlsafe(32)" in problem and "openssl rand -base64 32" in problem
+    assert token not in problem  # never echoed
+
+
+def test_generated_tokens_are_accepted():
+    import secrets
+
+    tokens = [secrets.token_urlsafe(n) for n in (12, 16, 32) for _ in range(300)]
+    tokens += [secrets.token_hex(16) for _ in range(300)] + [TOKEN]
+    assert [t for t in tokens if exposure_problems(ServeSettings("0.0.0.0", token=t))] == []
+
+
 def test_xsrf_or_cors_off_beyond_loopback_is_refused_even_with_auth():
     problems = exposure_problems(
         ServeSettings("0.0.0.0", token=TOKEN, xsrf_protection=False, cors_protection=False)
@@ -87,6 +109,46 @@ def test_shipped_streamlit_config_binds_loopback_with_protections_on():
     server = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["server"]
     assert server["address"] == "127.0.0.1"
     assert server["enableXsrfProtection"] is True and server["enableCORS"] is True
+    # Streamlit's endpoints enforce NEXA's upload limit, not their 200 MB default
+    assert server["maxUploadSize"] == server["maxMessageSize"] == security.UPLOAD_LIMIT_MB == 50
+    assert security.UPLOAD_LIMIT_MB * 1024 * 1024 == datasets.LIMIT_BYTES
+
+
+@pytest.mark.parametrize("option", ["maxUploadSize", "maxMessageSize"])
+def test_request_sizes_above_nexas_limit_are_refused_beyond_loopback_only(tmp_path, option):
+    (tmp_path / ".streamlit").mkdir()
+    (tmp_path / ".streamlit" / "config.toml").write_text(f"[server]\n{option} = 200\n")
+    raised = security.serve_settings(
+        tmp_path, {"NEXA_ADDRESS": "0.0.0.0", "NEXA_ACCESS_TOKEN": TOKEN}, tmp_path
+    )
+    (problem,) = exposure_problems(raised)
+    assert problem.startswith(f"server.{option}: 200 MB is above NEXA's 50 MB limit")
+    assert "bind 127.0.0.1" in problem
+    assert exposure_problems(replace(raised, address="127.0.0.1")) == []  # a local choice on loopback
+    variable = security.SIZE_OPTIONS[f"server.{option}"][1]
+    env = {"NEXA_ADDRESS": "0.0.0.0", "NEXA_ACCESS_TOKEN": TOKEN, variable: "40"}
+    assert exposure_problems(security.serve_settings(tmp_path, env, tmp_path)) == []  # the variable wins
+    with pytest.raises(ConfigError, match=rf"server.{option} \({variable}\): must be a whole number"):
+        security.serve_settings(tmp_path, {variable: "lots"}, tmp_path)
+
+
+def test_beyond_loopback_the_app_needs_nexas_guard():
+    """A plain `streamlit run app.py --server.address 0.0.0.0` (no guard in front of the upload and
+    metrics endpoints) is refused even with a token; `nexa serve` runs the guarded server."""
+    (problem,) = exposure_problems(ServeSettings("0.0.0.0", token=TOKEN, guarded=False))
+    assert problem.startswith("server: started without NEXA's guard") and "nexa serve" in problem
+    assert exposure_problems(ServeSettings("127.0.0.1", guarded=False)) == []
+
+
+def test_serve_argv_runs_the_guarded_server_with_nexas_limits(tmp_path):
+    settings = security.serve_settings(ROOT, {"NEXA_PORT": "9001"}, tmp_path)
+    argv = security.serve_argv(settings, ROOT, "python")
+    assert argv[:5] == ["python", "-m", "streamlit", "run", str(ROOT / "nexa_ui" / "server.py")]
+    assert argv[argv.index("--server.maxUploadSize") + 1] == "50"
+    assert argv[argv.index("--server.maxMessageSize") + 1] == "50"
+    assert argv[argv.index("--server.port") + 1] == "9001"
+    unix = security.serve_settings(ROOT, {"NEXA_ADDRESS": "unix:///tmp/nexa.sock"}, tmp_path)
+    assert security.serve_argv(unix, ROOT, "python")[4] == str(ROOT / "app.py")  # st.App binds no socket
 
 
 def test_serve_settings_read_streamlit_files_then_environment(tmp_path):
@@ -132,6 +194,13 @@ def test_serve_refuses_xsrf_off_and_bad_port_without_traceback(tmp_path, monkeyp
     assert "nexa serve: error: server.enableXsrfProtection" in err and "Traceback" not in err
     assert cli.main(["serve", "--port", "http"]) == 2
     assert "port (NEXA_PORT / --port)" in capsys.readouterr().err
+    monkeypatch.delenv("STREAMLIT_SERVER_ENABLE_XSRF_PROTECTION")
+    monkeypatch.setenv("STREAMLIT_SERVER_MAX_UPLOAD_SIZE", "500")
+    assert cli.main(["serve"]) == 2
+    assert (
+        "nexa serve: error: server.maxUploadSize: 500 MB is above NEXA's 50 MB limit"
+        in capsys.readouterr().err
+    )
 
 
 def test_serve_beyond_loopback_without_auth_exits_2_and_never_listens(tmp_path):
@@ -180,12 +249,7 @@ def test_serve_with_defaults_listens_on_loopback_only(tmp_path):
             with pytest.raises(OSError), socket.create_connection((outside, port), timeout=2):
                 pass
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        end_process(proc)
 
 
 # ------------------------------------------------------------------ no pickle from user input
@@ -213,7 +277,12 @@ def _calls_outside_guard(tree: ast.AST) -> list[int]:
 def test_no_unsafe_deserialisation_in_nexa_core():
     """No pickle-family module; torch.load only with weights_only=True; safetensors on save; every
     DeepSpeed/Accelerate checkpoint load inside the weights-only guard."""
-    sources = [*(ROOT / "nexa_core").rglob("*.py"), *(ROOT / "pages").glob("*.py"), ROOT / "app.py"]
+    sources = [
+        *(ROOT / "nexa_core").rglob("*.py"),
+        *(ROOT / "pages").glob("*.py"),
+        *(ROOT / "nexa_ui").glob("*.py"),
+        ROOT / "app.py",
+    ]
     for source in sources:
         tree = ast.parse(source.read_text(), str(source))
         for node in ast.walk(tree):
@@ -267,12 +336,7 @@ def test_deepspeed_checkpoint_loading_refuses_pickled_code(tmp_path, monkeypatch
 def test_checkpoints_and_exports_hold_safetensors_only(nexa_home, tmp_path):
     from nexa_core.export import export_checkpoint
 
-    model = tmp_path / "tiny-bert"
-    model.mkdir()
-    (model / "config.json").write_text(json.dumps({
-        "model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-        "intermediate_size": 64, "vocab_size": 30522, "max_position_embeddings": 64,
-    }))  # fmt: skip
+    model = tiny_bert(tmp_path / "tiny-bert")
     done = subprocess.run(
         [sys.executable, "-m", "nexa_core", "train", "--model", str(model), "--random-init", "--task", "classification",
          "--max-steps", "1", "--batch-size", "2", "--seq-len", "16", "--deepspeed", "off", "--no-eval", "--json"],
@@ -312,3 +376,17 @@ def test_sign_in_throttle_backs_off_per_client_and_forgets_on_success():
     for client in "cdef":  # memory stays bounded: the oldest records go first
         throttle.failed(client, 20.0)
     assert len(throttle._failures) == 3 and "c" not in throttle._failures
+
+
+def test_sign_in_throttle_also_brakes_guessing_spread_over_many_addresses():
+    """Per address is not enough: an attacker with many addresses (or behind a shared proxy, many
+    clients) gets ``global_limit`` wrong tokens per ``global_window_s`` in all, then every try waits."""
+    throttle = security.SignInThrottle(free=5, global_limit=10, global_window_s=60.0)
+    for n in range(10):  # ten addresses, one wrong token each: none reaches its own limit
+        assert throttle.wait_s(f"10.0.0.{n}", float(n)) == 0
+        throttle.failed(f"10.0.0.{n}", float(n))
+    assert throttle.wait_s("10.0.0.99", 9.0) == pytest.approx(51.0)  # until the oldest leaves the window
+    assert throttle.wait_s("10.0.0.99", 60.5) == 0  # one failure has aged out
+    throttle.succeeded("10.0.0.1")  # a right token clears that address only, not the server-wide count
+    assert throttle.wait_s("10.0.0.99", 59.0) > 0
+    assert len(throttle._recent) <= 10  # memory stays bounded

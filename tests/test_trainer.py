@@ -41,13 +41,23 @@ def metric_steps(home: Path, run_id: str, name: str = "loss") -> list[tuple[int,
     return [(r[0], r[1]) for r in rows]
 
 
+NO_OFFLOAD = ["--offload-optimizer", "none", "--offload-param", "none"]  # the template offloads both
 VARIANTS = {
     "zero0": ["--deepspeed", "on", "--zero-stage", "0"],
-    "zero1": ["--deepspeed", "on", "--zero-stage", "1"],
-    "zero2": ["--deepspeed", "on", "--zero-stage", "2"],
-    "zero3": ["--deepspeed", "on", "--zero-stage", "3"],
+    "zero1": ["--deepspeed", "on", "--zero-stage", "1", *NO_OFFLOAD],
+    "zero2": ["--deepspeed", "on", "--zero-stage", "2", *NO_OFFLOAD],
+    "zero3": ["--deepspeed", "on", "--zero-stage", "3", *NO_OFFLOAD],
     "zero2-offload": ["--deepspeed", "on", "--zero-stage", "2", "--offload-optimizer", "cpu"],
-    "zero3-offload": ["--deepspeed", "on", "--zero-stage", "3", "--offload-optimizer", "cpu"],
+    "zero3-offload": [
+        "--deepspeed",
+        "on",
+        "--zero-stage",
+        "3",
+        "--offload-optimizer",
+        "cpu",
+        "--offload-param",
+        "none",
+    ],
     "zero3-offload-param": [
         "--deepspeed",
         "on",
@@ -58,10 +68,31 @@ VARIANTS = {
         "--offload-param",
         "cpu",
     ],
-    "lora-zero2": ["--deepspeed", "on", "--zero-stage", "2", "--lora", "--lora-rank", "4"],
-    "checkpointing-zero3": ["--deepspeed", "on", "--zero-stage", "3", "--gradient-checkpointing"],
+    "lora-zero2": ["--deepspeed", "on", "--zero-stage", "2", *NO_OFFLOAD, "--lora", "--lora-rank", "4"],
+    "checkpointing-zero3": [
+        "--deepspeed",
+        "on",
+        "--zero-stage",
+        "3",
+        *NO_OFFLOAD,
+        "--gradient-checkpointing",
+    ],
     "no-deepspeed": ["--deepspeed", "off"],
 }
+# What the DeepSpeed engine must report for each variant (trainer.engine_report, read from the engine
+# and its optimizer): stage, optimizer class, optimizer offload, parameter offload, partitioned.
+ENGINE = {
+    "zero0": "ZeRO stage 0 (AdamW), optimizer offload none, parameter offload none, parameters partitioned 0/",
+    "zero1": "ZeRO stage 1 (DeepSpeedZeroOptimizer), optimizer offload none, parameter offload none, parameters partitioned 0/",
+    "zero2": "ZeRO stage 2 (DeepSpeedZeroOptimizer), optimizer offload none, parameter offload none, parameters partitioned 0/",
+    "zero3": "ZeRO stage 3 (DeepSpeedZeroOptimizer_Stage3), optimizer offload none, parameter offload none, parameters partitioned 103/103",
+    "zero2-offload": "ZeRO stage 2 (DeepSpeedZeroOptimizer), optimizer offload cpu, parameter offload none, parameters partitioned 0/",
+    "zero3-offload": "ZeRO stage 3 (DeepSpeedZeroOptimizer_Stage3), optimizer offload cpu, parameter offload none, parameters partitioned 103/103",
+    "zero3-offload-param": "ZeRO stage 3 (DeepSpeedZeroOptimizer_Stage3), optimizer offload cpu, parameter offload cpu, parameters partitioned 103/103",
+    "lora-zero2": "ZeRO stage 2 (DeepSpeedZeroOptimizer), optimizer offload none, parameter offload none, parameters partitioned 0/",
+    "checkpointing-zero3": "ZeRO stage 3 (DeepSpeedZeroOptimizer_Stage3), optimizer offload none, parameter offload none, parameters partitioned 103/103",
+    "no-deepspeed": "DeepSpeed off",
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -80,6 +111,10 @@ def test_each_zero_stage_and_offload_trains(nexa_home, variant):
     assert store.get_run(result["run_id"])["state"] == "succeeded"
     assert store.memory(result["run_id"]), "memory samples were recorded"
     assert Path(result["checkpoint_dir"], "COMPLETE").exists()
+    # the layout the engine really runs, not the one asked for (a regression ignoring --zero-stage or
+    # an offload flag fails here)
+    (engine,) = [e["message"] for e in store.events(result["run_id"]) if e["message"].startswith("engine: ")]
+    assert engine.removeprefix("engine: ").startswith(ENGINE[variant]), engine
 
 
 @pytest.mark.parametrize("task", ["classification", "embedding", "causal-lm"])

@@ -5,10 +5,17 @@ keeping the rest of the form."""
 from __future__ import annotations
 
 import json
+import signal
+import tempfile
+import time
 import tracemalloc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from streamlit.testing.v1 import AppTest
 
 from nexa_core import datasets as nd
@@ -131,6 +138,100 @@ def test_size_limit_refuses_before_reading(tmp_path):
     peak, problems = _peak_bytes(path, max_bytes=1000)
     assert problems == [f"big.csv: file is {path.stat().st_size} bytes, larger than the 1000 byte limit"]
     assert peak < 64 * 1024
+
+
+# ------------------------------------------------------------------ validation cost is linear
+BOUND_S = 1.0  # the issue's bound for one upload line of up to 1 MB
+# Pieces that stress a JSON pre-scan: nesting, quotes, escapes (the old regex was quadratic on a
+# line of escaped quotes after 21 '['), plus text, multi-byte characters and record syntax.
+PIECES = ["[", "{", "]", "}", '"', '\\"', "\\", "\\\\", ",", ":", " ", "a", "1", "é", "€𝄞",
+          '{"text": ', '"label"']  # fmt: skip
+
+
+def _line(parts: list[tuple[str, int]]) -> bytes:
+    """The pieces repeated, joined and cut to one line of at most MAX_LINE_BYTES (a cut inside a
+    multi-byte character is fine: that is the not-UTF-8 path, validated too)."""
+    line, room = b"", nd.MAX_LINE_BYTES - 1
+    for piece, count in parts:
+        chunk = piece.encode()
+        line += chunk * min(count, (room - len(line)) // len(chunk) + 1)
+    return line[:room] + b"\n"
+
+
+@contextmanager
+def _abort_after(seconds: float) -> Iterator[None]:
+    """Interrupt a runaway validation (re and json check signals), so a regression fails in seconds
+    instead of holding the test for hours."""
+
+    def expire(*_):
+        raise TimeoutError(f"validating one line took over {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _validation_cpu_s(line: bytes, folder: Path) -> float:
+    """CPU seconds load_records spends on a file holding ``line`` (CPU time, not wall time, so a busy
+    machine does not count against it)."""
+    path = folder / "line.jsonl"
+    path.write_bytes(line)
+    start = time.process_time()
+    with _abort_after(10 * BOUND_S):
+        try:
+            nd.load_records(path, "classification")
+        except ConfigError:
+            pass  # a message is the expected outcome for almost every fuzzed line
+    return time.process_time() - start
+
+
+ADVERSARIAL = [  # the issue's reproductions at 128 KB and at the 1 MB line limit
+    [("[", 21), ('"', 1), ('\\"', 64_000)],
+    [("[", 21), ('"', 1), ('\\"', 520_000)],
+    [("[", 21), ('"', 1), ("\\", 1_040_000)],
+    [("[", 1_040_000)],
+    [("[{", 11), ('"]', 520_000)],
+]
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(parts=st.lists(st.tuples(st.sampled_from(PIECES), st.integers(1, 1 << 20)), min_size=1, max_size=6))
+@example(parts=ADVERSARIAL[0])
+@example(parts=ADVERSARIAL[1])
+@example(parts=ADVERSARIAL[2])
+@example(parts=ADVERSARIAL[3])
+@example(parts=ADVERSARIAL[4])
+@example(parts=[("1", 4301)])  # json.loads raised ValueError (int digits limit), not a message
+def test_no_upload_line_up_to_1_mb_takes_more_than_a_second_to_validate(parts):
+    with tempfile.TemporaryDirectory() as folder:
+        assert _validation_cpu_s(_line(parts), Path(folder)) < BOUND_S
+
+
+def test_validation_cost_grows_linearly_with_the_line():
+    """The measured cost, not only the bound: 8x the line costs about 8x (quadratic would be 64x),
+    and a 1 MB adversarial line is far below the bound. Best of three, to ignore scheduling noise."""
+    with tempfile.TemporaryDirectory() as folder:
+
+        def cost(repeats: int) -> float:
+            line = _line([("[", 21), ('"', 1), ('\\"', repeats)])
+            return min(_validation_cpu_s(line, Path(folder)) for _ in range(3))
+
+        small, large = cost(64_000), cost(512_000)
+    assert large < BOUND_S / 5
+    assert large < 20 * max(small, 1e-3)
+
+
+def test_adversarial_line_is_validated_in_bounded_memory(tmp_path):
+    path = tmp_path / "escapes.jsonl"
+    path.write_bytes(_line(ADVERSARIAL[1]))
+    with _abort_after(10 * BOUND_S):
+        peak, problems = _peak_bytes(path)
+    assert problems == [f"escapes.jsonl line 1: JSON nested deeper than {nd.MAX_DEPTH} levels"]
+    assert peak < 8 * nd.MAX_LINE_BYTES  # a few copies of the line at most
 
 
 # ------------------------------------------------------------------ the Launch page

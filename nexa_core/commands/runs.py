@@ -32,6 +32,18 @@ def add_launch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ssh-launcher", action="store_true", default=None, help="deepspeed starts every node over ssh/pdsh"
     )
+    # a Slurm cluster instead of this machine (docs/SCALING.md, "Slurm"); --nodes is the job's nodes
+    p.add_argument("--backend", help="local (this machine, default) or slurm (sbatch from a login node)")
+    p.add_argument("--partition", help="slurm: the partition to queue in")
+    p.add_argument(
+        "--gpus-per-node", type=int, help="slurm: GPUs per node, one rank each (0: --nproc CPU ranks)"
+    )
+    p.add_argument("--time", help="slurm: the job's time limit, [D-]HH:MM:SS (default 01:00:00)")
+    p.add_argument("--account", help="slurm: the account to charge")
+    p.add_argument("--qos", help="slurm: the quality of service")
+    p.add_argument(
+        "--mem", help="slurm: memory per node (2048, 300M, 4G); default the planner's host estimate + 25%%"
+    )
 
 
 def _parse_gpus(text: str) -> list[int]:
@@ -69,13 +81,58 @@ def _spec_from_args(args: argparse.Namespace):
     return RunSpec.from_dict(config, launch)
 
 
+def _launch_on_slurm(args: argparse.Namespace) -> str:
+    """`nexa launch --backend slurm`: the run from the same flags, the job request from the Slurm ones
+    (every problem of both reported at once)."""
+    from nexa_core import runs, slurm_jobs
+    from nexa_core.slurm import DEFAULT_TIME, SlurmRequest, request_problems
+
+    problems, request, spec = [], None, None
+    try:
+        request = SlurmRequest(partition=args.partition or "", nodes=args.nodes or 1,
+                               gpus_per_node=args.gpus_per_node or 0, time=args.time or DEFAULT_TIME,
+                               account=args.account, qos=args.qos, mem_mb=args.mem)  # fmt: skip
+    except ConfigError as exc:
+        problems += exc.problems
+    args.nodes, args.mode = None, args.mode or "torchrun"  # the job's nodes; srun starts nproc ranks per node
+    try:
+        spec = _spec_from_args(args)
+    except ConfigError as exc:
+        problems += exc.problems
+    if spec is not None:
+        problems += request_problems(spec, request)
+    if problems or request is None or spec is None:
+        raise ConfigError(problems)
+    estimate = runs.estimate_for(spec, gpus_per_node=request.gpus_per_node, nodes=request.nodes)
+    run_id = slurm_jobs.submit(spec, request, estimate=estimate, run_id=args.run_id)
+    from nexa_core.runstore import RunStore
+
+    job = RunStore().job(run_id) or {}
+    print(f"submitted as Slurm job {job.get('job_id')} (partition {request.partition}, {request.nodes} "
+          f"node(s), --mem {(job.get('request') or {}).get('mem_mb')}M)", file=sys.stderr)  # fmt: skip
+    return run_id
+
+
 def cmd_launch(args: argparse.Namespace) -> int:
     from nexa_core import runner, runs
+    from nexa_core.slurm import Backend
 
+    try:
+        backend = Backend.parse(args.backend or "local", "backend (--backend)")
+    except ValueError as exc:
+        raise ConfigError([str(exc)]) from None
     if args.resume:
         run_id = runner.resume(args.resume)
+    elif backend is Backend.SLURM:
+        run_id = _launch_on_slurm(args)
     else:
+        from nexa_core.datasets import load_run_records
+
         spec = _spec_from_args(args)
+        if spec.train.dataset or spec.train.eval_dataset:  # as the run will read them, before it starts
+            load_run_records(
+                spec.train.task, spec.train.dataset, spec.train.eval_dataset, seed=spec.train.seed
+            )
         run_id = runner.launch(spec, run_id=args.run_id, estimate=runs.estimate_for(spec))
         from nexa_core import paths, scaling
 
@@ -98,6 +155,9 @@ def add_presets_args(p: argparse.ArgumentParser) -> None:
 def cmd_presets(args: argparse.Namespace) -> int:
     from nexa_core import presets
 
+    if getattr(args, "backend", None):
+        raise ConfigError(["backend (--backend): presets keep the training and local launch settings; "
+                           "give --backend slurm and its flags to `nexa launch`"])  # fmt: skip
     if args.action == "list":
         names = presets.names()
         print_result(json.dumps(names) if args.json else "\n".join(names) or "no presets saved yet")
@@ -134,18 +194,18 @@ def add_runs_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     from nexa_core import runner, runs
-    from nexa_core.runstore import RunStore
 
-    store = RunStore()
-    runner.refresh(store)
+    store = runner.open_store()
     if args.action == "list":
         rows = [runs.summary(store, r) for r in store.list_runs()]
         if args.json:
             print_result(json.dumps(rows, default=str))
         else:
             for r in rows:
+                where = runs.job_label(r.get("slurm"))
                 print(
                     f"{r['run_id']:45s} {r['state']:10s} step {r['step']:>6} {r['model'] or ''} {r['task'] or ''}"
+                    + (f"  [{where}]" if where else "")
                 )
         return 0
     if not args.run_id:

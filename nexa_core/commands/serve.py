@@ -16,7 +16,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Check how the panel would be exposed, refuse (exit 2) when unsafe, else exec Streamlit."""
+    """Check how the panel would be exposed, refuse (exit 2) when unsafe, else exec Streamlit with
+    app.py inside NEXA's guard (nexa_ui/server.py) and its request sizes capped at NEXA's limit."""
 
     from nexa_core import security
     from nexa_core.launch import PROJECT_ROOT as root
@@ -27,7 +28,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     problems = security.exposure_problems(settings)
     if problems:
         raise ConfigError(["refusing to start the panel", *problems])
-    argv = security.serve_argv(settings, root / "app.py", sys.executable)
+    argv = security.serve_argv(settings, root, sys.executable)
     if os.environ.get("NEXA_HOME"):  # the project folder becomes the working directory below
         os.environ["NEXA_HOME"] = str(Path(os.environ["NEXA_HOME"]).expanduser().resolve())
     os.chdir(root)  # Streamlit reads the project's .streamlit/config.toml from the working directory

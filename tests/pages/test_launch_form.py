@@ -1,8 +1,8 @@
-"""pages/_launch_form: a saved configuration mapped onto the Launch page's fields (pure, no browser)."""
+"""nexa_ui/launch_form: a saved configuration mapped onto the Launch page's fields (pure, no browser)."""
 
 from nexa_core.launch import RunSpec
 from nexa_core.train_config import TrainConfig
-from pages._launch_form import SOURCES, extra_fields, form_state, spec_from_plan
+from nexa_ui.launch_form import SOURCES, extra_fields, form_state, spec_from_plan
 
 IDS = ["sentence-transformers/all-MiniLM-L6-v2", "gpt2"]
 

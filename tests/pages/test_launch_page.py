@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from nexa_core import presets, runner
+from nexa_core import presets, runner, slurm_jobs
 from nexa_core.hardware import list_gpus
 from nexa_core.runstore import RunState, RunStore
 
@@ -143,6 +143,30 @@ def test_nodes_section_shows_files_and_the_command_for_each_node(page, home):
     assert "hosts (--host)" in message and "RFC 1123" in message
 
 
+def test_slurm_mode_previews_the_batch_script_and_submits_the_request(home, monkeypatch):
+    page = AppTest.from_file(ROOT / "pages" / "launch.py", default_timeout=120)
+    page.session_state["plan_choices"] = {"gpus": 0, "nodes": 3}  # the planned nodes carry over
+    page.run()
+    page.radio(key="launch_backend").set_value("slurm").run()
+    assert page.number_input(key="launch_job_nodes").value == 3
+    assert "partition (--partition): required" in _errors(page)
+    page.text_input(key="launch_partition").input("gpu")
+    page.number_input(key="launch_job_nodes").set_value(2)
+    page.text_input(key="launch_time").input("00:30:00").run()
+    assert not page.exception and not page.error
+    script = page.code[0].value
+    assert (
+        "#SBATCH --partition=gpu" in script and "#SBATCH --nodes=2" in script and "#SBATCH --mem=" in script
+    )
+    assert "srun --kill-on-bad-exit=1" in script and page.button(key="launch_go").label == "Submit to Slurm"
+    submitted = []
+    monkeypatch.setattr(slurm_jobs, "submit", lambda *args: submitted.append(args) or "r")
+    page.button(key="launch_go").click().run()
+    ((spec, request, estimate),) = submitted
+    assert (request.partition, request.nodes, request.time) == ("gpu", 2, "00:30:00")
+    assert str(spec.mode) == "torchrun" and estimate["host_total_bytes"] > 0
+
+
 def test_a_saved_preset_fills_a_fresh_form_and_keeps_hidden_fields(page, home, monkeypatch):
     page.number_input(key="launch_batch").set_value(4)
     page.selectbox(key="launch_stage").set_value(2)
@@ -184,3 +208,26 @@ def test_a_bad_preset_name_or_file_is_a_message(page, home):
     page.button(key="launch_preset_load").click().run()
     assert not page.exception and "preset 'broken': cannot read" in page.error[0].value
     assert page.code  # the form is still there, nothing lost
+
+
+def test_a_sequence_longer_than_the_model_takes_is_refused_naming_the_limit(page, home):
+    page.number_input(key="launch_seq").set_value(100_000).run()
+    message = _errors(page)
+    assert (
+        "seq_len (--seq-len): 100000 is longer than sentence-transformers/all-MiniLM-L6-v2's limit of 512"
+        in message
+    )
+    assert RunStore().list_runs() == []
+
+
+def test_causal_lm_offers_the_bundled_instruction_sample(page, home):
+    page.selectbox(key="launch_task").set_value("causal-lm").run()
+    assert page.radio(key="launch_sample").options == ["plain text", "instructions"]
+    page.radio(key="launch_sample").set_value("sample:instructions").run()
+    assert not page.exception and not page.error
+    assert any("causal_lm_instructions_train.jsonl" in c.value for c in page.caption)
+    page.text_input(key="launch_preset_name").input("instruct")
+    page.button(key="launch_preset_save").click().run()
+    train = presets.load("instruct").train
+    assert train.dataset.endswith("causal_lm_instructions_train.jsonl")
+    assert train.eval_dataset.endswith("causal_lm_instructions_validation.jsonl")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 from pathlib import Path
 
 import psutil
@@ -118,3 +119,19 @@ def test_no_runs_yet(tmp_path, monkeypatch):
     monkeypatch.setenv("NEXA_HOME", str(tmp_path / "home"))
     at = AppTest.from_file(PAGE, default_timeout=60).run()
     assert not at.exception and "No runs yet" in at.info[0].value
+
+
+def test_a_slurm_run_shows_its_job_and_what_the_scheduler_says(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEXA_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(ROOT)
+    store = RunStore()
+    store.create_run("job-run", name="queued", kind="slurm", spec={"max_steps": 10}, run_dir=str(tmp_path))
+    # polled just now (as far as refresh can tell), so no scheduler is asked in this test
+    store.record_job("job-run", scheduler="slurm", job_id="42", partition="gpu", nodes=2,
+                     sched_state="PENDING", sched_reason="Priority", polled_at=time.time() + 3600)  # fmt: skip
+    at = _page("job-run")
+    assert not at.exception and _metric(at, "State") == "queued"
+    assert "Slurm 42 · gpu · 2 node(s) · the scheduler says PENDING (Priority)" in [
+        c.value for c in at.caption
+    ]
+    assert [b.label for b in at.button if b.key == "monitor_stop"] == ["Stop run"]

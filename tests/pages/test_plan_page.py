@@ -126,3 +126,40 @@ def test_probe_expander_renders_its_inputs_and_buttons(page):
     assert page.number_input(key="plan_probe_max_batch").value == 64
     assert page.button(key="plan_probe_one").label == "Probe at the longest sequence"
     assert page.button(key="plan_probe_find").label == "Find batch size"
+
+
+def test_planning_for_a_preset_node_fits_llama_70b_lora(page):
+    """Another machine: the 8 × H100 80 GB preset with its 2 TiB of host RAM. Llama-3.1-70B with LoRA
+    and checkpointing at batch 1 × 4096 fits with ZeRO-3 (sharded creation, rank 0 reads the checkpoint)."""
+    page.selectbox(key="plan_model").set_value("meta-llama/Llama-3.1-70B")
+    page.selectbox(key="plan_task").set_value("causal-lm")
+    page.checkbox(key="plan_lora").check()
+    page.checkbox(key="plan_ckpt").check()
+    page.number_input(key="plan_batch").set_value(1)
+    page.number_input(key="plan_seq").set_value(4096)
+    page.radio(key="plan_target").set_value("another machine").run()
+    page.selectbox(key="plan_preset").set_value("8xH100-80GB-2TiB").run()
+    assert not page.exception and not page.error
+    assert any("Recommended: ZeRO-3" in s.value for s in page.success)
+    assert any("sharded at creation" in c.value for c in page.caption)
+    assert "--hardware 8xH100-80GB-2TiB" in page.code[0].value
+    capacity = [s for s in _chart(page)["layout"]["shapes"]]
+    assert capacity, "the 80 GiB line is drawn"
+
+
+def test_another_machine_without_host_ram_says_host_is_not_checked(page):
+    page.radio(key="plan_target").set_value("another machine").run()
+    page.selectbox(key="plan_preset").set_value("custom").run()
+    assert not page.exception
+    assert not page.checkbox(key="plan_check_host_custom").value
+    assert any("host RAM not checked" in c.value for c in page.caption)
+    assert any("not checked against a budget" in c.value for c in page.caption)
+
+
+def test_sequence_longer_than_the_model_takes_is_an_error_naming_the_limit(page):
+    page.number_input(key="plan_seq").set_value(100_000).run()
+    assert not page.exception
+    assert len(page.error) == 1
+    assert "seq_len (--seq-len): 100000 is longer than" in page.error[0].value
+    assert "limit of 512 tokens" in page.error[0].value
+    assert not page.get("plotly_chart")

@@ -1,8 +1,8 @@
 """Helpers for pages only: Streamlit caching around nexa_core and common rendering. No business
 logic lives here; nexa_core never imports streamlit, so caching is done at this layer.
 
-The leading '_' keeps this module out of any pages/ auto-discovery; app.py lists its pages
-explicitly with st.navigation, so it never treats this file as a screen either way."""
+It lives in nexa_ui/, not pages/: Streamlit serves every file under pages/ as a page (by URL,
+without app.py or the sign-in gate), so only real screens sit there (docs/SECURITY.md)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 import streamlit as st
 
-from nexa_core import datasets, hardware, monitor, paths, planner, runs
+from nexa_core import datasets, hardware, monitor, paths, planner, runner, runs
 from nexa_core.errors import ConfigError
 from nexa_core.export import export_checkpoint
 from nexa_core.launch import RunSpec
@@ -46,6 +46,17 @@ def refresh_hardware() -> None:
 def show_problems(problems: list[str]) -> None:
     """Every validation problem in one error block, so the user can fix them all at once."""
     st.error("Please fix:\n\n" + "\n".join(f"- {p}" for p in problems))
+
+
+def open_store() -> RunStore:
+    """runner.open_store (the run store, refreshed, NEXA_HOME's layout checked) for a page: a damaged
+    or unusable NEXA_HOME is shown with its fix and the page stops there, never a traceback."""
+    try:
+        return runner.open_store()
+    except ConfigError as exc:
+        show_problems(exc.problems)
+        st.stop()
+        raise  # not reached: st.stop() ends the script run
 
 
 # ------------------------------------------------------------------ live hardware (every page)
@@ -114,9 +125,12 @@ def _spec_key(spec: RunSpec) -> str:
 
 
 @st.cache_data(max_entries=64, show_spinner="Estimating memory…", hash_funcs={RunSpec: _spec_key})
-def cached_estimate(spec: RunSpec) -> dict[str, Any] | None:
-    """runs.estimate_for, once per distinct spec (the first one builds the model on the meta device)."""
-    return runs.estimate_for(spec)
+def cached_estimate(
+    spec: RunSpec, gpus_per_node: int | None = None, nodes: int | None = None
+) -> dict[str, Any] | None:
+    """runs.estimate_for, once per distinct spec (the first one builds the model on the meta device);
+    ``gpus_per_node`` / ``nodes`` for a Slurm job's nodes."""
+    return runs.estimate_for(spec, gpus_per_node, nodes)
 
 
 def save_upload(name: str, data: bytes) -> Path:
@@ -124,8 +138,7 @@ def save_upload(name: str, data: bytes) -> Path:
     file name is reduced to letters, digits, '.', '_' and '-' (no path, no leading dot); the content
     hash keeps two different files of the same name apart, so a run's dataset never changes under it."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).name).lstrip("._-")[-100:] or "upload"
-    folder = paths.nexa_home() / "uploads"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = paths.home_folder("uploads")
     path = folder / f"{hashlib.sha256(data).hexdigest()[:12]}-{safe}"
     if not path.exists():
         partial = path.with_name(path.name + ".part")
@@ -183,5 +196,7 @@ def export_form(run: dict[str, Any], key: str) -> None:
                     folder = export_checkpoint(run["id"], paths.inside_home(out, "out"), merge_lora=merge)
             except ConfigError as exc:
                 show_problems(exc.problems)
+            except OSError as exc:  # writing the model folder failed (a full disk, permissions)
+                show_problems([f"out: writing the export failed ({exc})"])
             else:
                 st.success(f"Exported to {folder}")

@@ -40,7 +40,7 @@ def spec_from_plan(plan: dict[str, Any], gpu_ids: list[int]) -> RunSpec:
 
 def uploads() -> list[str]:
     """Datasets uploaded before (NEXA_HOME/uploads), newest first, to train on again."""
-    folder = paths.nexa_home() / "uploads"
+    folder = paths.home_folder("uploads", create=False)
     files = (
         [p for p in folder.glob("*") if p.is_file() and not p.name.endswith(".part")]
         if folder.is_dir()

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from nexa_core import security
 
@@ -36,7 +37,17 @@ def current_settings() -> security.ServeSettings:
         cors_protection=bool(st.get_option("server.enableCORS")),
         token=os.environ.get(security.TOKEN_ENV) or None,
         oidc=_oidc_configured(),
+        max_upload_mb=int(st.get_option("server.maxUploadSize")),
+        max_message_mb=int(st.get_option("server.maxMessageSize")),
+        guarded=security.SESSIONS.enforced,  # served through nexa_ui/server.py (nexa serve)
     )
+
+
+def _admit(allowed: bool) -> None:
+    """Tell NEXA's guard whether this session may upload: only once the gate let it in."""
+    ctx = get_script_run_ctx()
+    if ctx is not None:
+        (security.SESSIONS.admit if allowed else security.SESSIONS.revoke)(ctx.session_id)
 
 
 def _signed_in(settings: security.ServeSettings) -> bool:
@@ -65,24 +76,16 @@ def _sign_in(settings: security.ServeSettings) -> None:
         submitted = st.form_submit_button("Sign in", key="nexa_sign_in_submit", type="primary")
     if submitted:
         client, now = _client(), time.monotonic()
-        wait = _throttle().wait_s(client, now)
+        wait = security.SIGN_IN_THROTTLE.wait_s(client, now)
         if wait > 0:  # not even checked: guessing from one address costs time
-            st.error(
-                f"access token: too many wrong tokens from this address; try again in {math.ceil(wait)} s"
-            )
+            st.error(f"access token: too many wrong tokens; try again in {math.ceil(wait)} s")
             return
         if security.token_matches(given, settings.token or ""):
-            _throttle().succeeded(client)
+            security.SIGN_IN_THROTTLE.succeeded(client)
             st.session_state[SIGNED_IN] = security.token_fingerprint(settings.token or "")
             st.rerun()
-        _throttle().failed(client, now)
+        security.SIGN_IN_THROTTLE.failed(client, now)
         st.error(f"access token: wrong token; use the {security.TOKEN_ENV} value the panel was started with")
-
-
-@st.cache_resource
-def _throttle() -> security.SignInThrottle:
-    """One throttle for the whole server: every session from an address shares its record."""
-    return security.SignInThrottle()
 
 
 def _client() -> str:
@@ -100,9 +103,11 @@ def access_pages(pages: list[Any]) -> list[Any]:
     """``pages`` when this session may see them; else a single page that refuses or signs in."""
     settings = current_settings()
     problems = security.exposure_problems(settings)
+    allowed = not problems and _signed_in(settings)
+    _admit(allowed)
     if problems:
         return [_gate_page(lambda: _refused(problems), "refused")]
-    if not _signed_in(settings):
+    if not allowed:
         return [_gate_page(lambda: _sign_in(settings), "sign_in")]
     if settings.auth_required:
         with st.sidebar:
@@ -119,9 +124,11 @@ def require_access() -> None:
     """Stop the page unless this session may see it (the page-level half of the gate)."""
     settings = current_settings()
     problems = security.exposure_problems(settings)
+    allowed = not problems and _signed_in(settings)
+    _admit(allowed)
     if problems:
         _refused(problems)
         st.stop()
-    if not _signed_in(settings):
+    if not allowed:
         _sign_in(settings)
         st.stop()
