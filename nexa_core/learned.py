@@ -207,3 +207,14 @@ def history(store: Any, machine_id: str, limit: int = 1000) -> list[Outcome]:
         if ((run.get("estimate") or {}).get("machine") or {}).get("id") == machine_id:
             found += outcomes(run, measured(store, run["id"]))
     return found
+
+
+def local_history() -> list[Outcome]:
+    """Outcomes of this NEXA_HOME's finished runs that ran on this machine; [] before the first run
+    (no run store is created for it)."""
+    from nexa_core import paths
+    from nexa_core.runstore import RunStore
+
+    if not paths.store_path().is_file():
+        return []
+    return history(RunStore(), this_machine().id)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from nexa_core import learned
 from nexa_core.memory import GIB
 from nexa_core.planner import Estimate, Plan
@@ -43,6 +45,40 @@ def learned_text(plan: Plan, e: Estimate) -> str | None:
     return (
         f"{found['corrected_bytes'] * per_node / GIB:.2f} GiB ±{found['band'] * 100:.0f} % "
         f"({found['runs']} runs, {found['scope']})"
+    )
+
+
+def estimate_metrics(estimate: dict[str, Any]) -> list[tuple[str, str, str | None]]:
+    """(label, value, help) for a run's estimate (runs.estimate_for): the layout, then per GPU and host
+    RAM expected for its data, each with the worst case at the --seq-len cap in its help."""
+    seq = estimate.get("seq_len")
+    out: list[tuple[str, str, str | None]] = [("Layout", str(estimate.get("label")), None)]
+    for key, label in (("per_gpu", "per GPU"), ("host", "host RAM")):
+        cap = estimate.get(f"{key}_total_bytes") or 0
+        expected = estimate.get(f"expected_{key}_total_bytes")
+        if key == "per_gpu" and not cap:
+            out.append(("Estimated per GPU", "CPU only", "No GPU: the run trains on the CPU"))
+            continue
+        cap_text = f"worst case at the --seq-len {seq} cap: {cap / GIB:.2f} GiB"
+        if expected is None:
+            out.append((f"Estimated {label} (at the cap)", f"{cap / GIB:.2f} GiB", cap_text))
+        else:
+            out.append((f"Estimated {label} for this data", f"{expected / GIB:.2f} GiB", cap_text))
+    return out
+
+
+def data_text(estimate: dict[str, Any]) -> str | None:
+    """One line on the training data the estimate planned for, or why it could not."""
+    data = estimate.get("data")
+    if not data:
+        return estimate.get("data_note")
+    rows, tokens = data["longest"]
+    padded = " (every batch padded to --seq-len)" if data["padded_to_cap"] else ""
+    return (
+        f"Training data: {data['examples']:,} examples, tokens per example median {data['median_tokens']}, "
+        f"95th percentile {data['p95_tokens']}, longest {data['max_tokens']} ({data['truncated']:,} cut at "
+        f"--seq-len {data['seq_len']}); {data['batches']:,} batches per rank, the longest {rows} × {tokens} "
+        f"tokens{padded}."
     )
 
 

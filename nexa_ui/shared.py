@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import psutil
 import streamlit as st
 
-from nexa_core import datasets, hardware, monitor, paths, planner, runner, runs
+from nexa_core import datasets, hardware, learned, monitor, paths, planner, runner, runs
 from nexa_core.errors import ConfigError
 from nexa_core.export import export_checkpoint
 from nexa_core.launch import RunSpec
@@ -30,11 +31,22 @@ def detected_hardware() -> hardware.Hardware:
 
 
 @st.cache_resource(max_entries=64, show_spinner="Building the model on the meta device…")
-def cached_plan(**fields: Any) -> planner.Plan:
+def cached_plan(history: tuple[learned.Outcome, ...] = (), **fields: Any) -> planner.Plan:
     """make_plan keyed on PlanConfig's fields (the config is a mutable dataclass, so it is built here,
-    never hashed). cache_resource, not cache_data: the frozen Plan is shared as is and never
-    pickled (no cache of the app's round-trips through pickle). ConfigError is not cached."""
-    return planner.make_plan(planner.PlanConfig(**fields), detected_hardware())
+    never hashed) and on the past runs it learns from. cache_resource, not cache_data: the frozen Plan
+    is shared as is and never pickled (no cache of the app's round-trips through pickle). ConfigError
+    is not cached."""
+    return planner.make_plan(planner.PlanConfig(**fields), detected_hardware(), history=history or None)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def learned_history() -> tuple[learned.Outcome, ...]:
+    """This machine's finished runs as (estimate, measured) pairs (learned.local_history), read at most
+    every 30 s; none when the run store cannot be read (the Runs page says why)."""
+    try:
+        return tuple(learned.local_history())
+    except (ConfigError, OSError, sqlite3.Error):
+        return ()
 
 
 def refresh_hardware() -> None:

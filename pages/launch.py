@@ -3,7 +3,7 @@ and the memory estimate shown before anything starts."""
 
 import streamlit as st
 
-from nexa_core import datasets, paths, presets, runner, scaling, slurm_jobs
+from nexa_core import datasets, paths, presets, report, runner, scaling, slurm_jobs
 from nexa_core.enums import DeepSpeedMode, Offload, Precision, Task
 from nexa_core.errors import ConfigError
 from nexa_core.launch import LaunchMode, RunSpec, build_launch, command_text
@@ -296,15 +296,10 @@ with st.expander("DeepSpeed config (deepspeed_config.json)", expanded=False):
 if estimate is None:
     st.warning("No memory estimate for this configuration (the model could not be sized offline).")
 else:
-    c1, c2, c3 = st.columns(3)
-    c1.metric("Layout", estimate["label"])
-    per_gpu = estimate["per_gpu_total_bytes"]
-    c2.metric(
-        "Estimated per GPU",
-        f"{per_gpu / GIB:.2f} GiB" if per_gpu else "CPU only",
-        help=None if per_gpu else "No GPU: the run trains on the CPU",
-    )
-    c3.metric("Estimated host RAM", f"{estimate['host_total_bytes'] / GIB:.2f} GiB")
+    for column, (label, value, why) in zip(st.columns(3), report.estimate_metrics(estimate), strict=True):
+        column.metric(label, value, help=why)
+    if report.data_text(estimate):
+        st.caption(report.data_text(estimate))
 
 with st.expander("Save this configuration as a preset", expanded=False):
     s1, s2 = st.columns([4, 1], vertical_alignment="bottom")

@@ -13,7 +13,14 @@ from nexa_core.report import plan_rows
 from nexa_core.targets import hardware_presets
 from nexa_core.train_config import TrainConfig
 from nexa_ui.auth import require_access
-from nexa_ui.shared import cached_plan, detected_hardware, hardware_sidebar, refresh_hardware, show_problems
+from nexa_ui.shared import (
+    cached_plan,
+    detected_hardware,
+    hardware_sidebar,
+    learned_history,
+    refresh_hardware,
+    show_problems,
+)
 
 require_access()  # also when Streamlit runs this file without app.py (nexa_ui/auth.py)
 
@@ -110,7 +117,7 @@ fields = dict(
     cpu_ranks=int(cpu_ranks) if gpus == 0 else 1,
 )
 try:
-    plan = cached_plan(**fields)
+    plan = cached_plan(learned_history(), **fields)
 except ConfigError as exc:
     st.session_state.pop("plan_choices", None)  # nothing valid to carry over to Launch
     show_problems(exc.problems)
@@ -151,6 +158,11 @@ fig.update_layout(
 )
 st.plotly_chart(fig, width="stretch")
 st.dataframe(plan_rows(plan), hide_index=True, width="stretch")
+if plan.learned_from:
+    st.caption(
+        f"'from your runs': the formula's estimate × the median measured/estimated of your "
+        f"{plan.learned_from['runs']} finished runs on this machine, with their 10–90 % band (docs/MEMORY.md)."
+    )
 st.caption(
     "Host totals are per node: offloaded states, each rank's process baseline and the weights' load copy"
     + (

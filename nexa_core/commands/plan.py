@@ -112,16 +112,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         random_init=args.random_init,
         zero3_init=args.zero3_init,
     )
-    plan = planner.make_plan(config, history=_history())
+    from nexa_core import learned
+
+    plan = planner.make_plan(config, history=learned.local_history())
     print_result(json.dumps(plan.to_dict(), indent=2) if args.json else report.plan_text(plan))
     return 0
-
-
-def _history():
-    """Outcomes of the finished runs in this NEXA_HOME that ran on this machine (learned.py)."""
-    from nexa_core import learned, paths
-    from nexa_core.runstore import RunStore
-
-    if not paths.store_path().is_file():  # no runs yet: planning creates no store
-        return []
-    return learned.history(RunStore(), learned.this_machine().id)

@@ -37,8 +37,10 @@ def test_renders_the_command_deepspeed_config_and_estimate(page, home):
     config = page.json[0].value
     config = json.loads(config) if isinstance(config, str) else config
     assert "zero_optimization" in config
-    assert [m.label for m in page.metric] == ["Layout", "Estimated per GPU", "Estimated host RAM"]
-    assert page.metric[2].value.endswith("GiB")
+    labels = [m.label for m in page.metric]
+    assert labels[0] == "Layout" and labels[2] == "Estimated host RAM for this data"
+    assert page.metric[2].value.endswith("GiB") and "--seq-len" in page.metric[2].help  # the cap beside it
+    assert any(c.value.startswith("Training data: 400 examples") for c in page.caption)
     assert [b.key for b in page.button] == ["launch_preset_load", "launch_preset_save", "launch_go"]
     if not list_gpus():
         assert "No GPU detected (CPU-only machine)" in [c.value for c in page.sidebar.caption]

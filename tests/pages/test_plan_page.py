@@ -163,3 +163,27 @@ def test_sequence_longer_than_the_model_takes_is_an_error_naming_the_limit(page)
     assert "seq_len (--seq-len): 100000 is longer than" in page.error[0].value
     assert "limit of 512 tokens" in page.error[0].value
     assert not page.get("plotly_chart")
+
+
+def test_corrections_from_past_runs_on_this_machine_show_beside_the_estimates(nexa_home, monkeypatch):
+    from nexa_core import learned
+    from nexa_core.runstore import RunState, RunStore
+    from nexa_core.telemetry import PEAK_RSS_METRIC
+
+    store = RunStore()
+    for i, peak in enumerate((0.9, 0.95, 1.0)):
+        estimate = {"label": "ZeRO-0", "host_total_bytes": 2**30, "precision": "fp32", "ranks_per_node": 1,
+                    "nodes": 1, "machine": learned.this_machine().to_dict()}  # fmt: skip
+        store.create_run(f"past{i}", name=f"past{i}", spec={}, run_dir="/x", estimate=estimate)
+        store.log_metrics(f"past{i}", 3, {f"{PEAK_RSS_METRIC}0": peak * 2**30})
+        store.set_state(f"past{i}", RunState.SUCCEEDED)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(ROOT)
+    at = AppTest.from_file(ROOT / "pages" / "plan.py", default_timeout=60).run()
+    at.number_input(key="plan_gpus").set_value(0).run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    zero0 = table[table["option"] == "ZeRO-0"]["from your runs"].iloc[0]
+    assert "±" in zero0 and "3 runs" in zero0  # beside the formula's "host total GiB", not instead of it
+    assert table["host total GiB"].notna().all()
+    assert any("3 finished runs on this machine" in c.value for c in at.caption)
