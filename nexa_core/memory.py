@@ -35,11 +35,11 @@ class Calibration:
     # Python + torch + transformers + accelerate imports, tokenizer, data and the run's own bookkeeping,
     # resident, per process. Measured: a tiny model's run less the planner's terms for that model
     # (benchmarks/memory_calibration.py, "tiny process baseline"; CPU, 2026-12-03).
-    process_baseline_bytes: int = 527 * MIB
+    process_baseline_bytes: int = 536 * MIB
     # DeepSpeed's runtime in a process that uses it (its modules, the engine, the process group).
     # Measured the same way with ZeRO-1 ("tiny deepspeed runtime"); its flat fp32 copies are model
     # states, counted by model_states_bytes.
-    deepspeed_host_bytes: int = 71 * MIB
+    deepspeed_host_bytes: int = 67 * MIB
     # Multiplier on the activation formula for CPU training. Fitted on the calibration runs (leave-one-
     # model-out cross-validated error in docs/MEMORY.md).
     cpu_activation_factor: float = 1.05
@@ -47,7 +47,7 @@ class Calibration:
     host_offload_factor: float = 1.5
     # glibc keeps freed blocks below its (dynamic) mmap threshold in the heap [R15], so a CPU rank's RSS
     # stays above its live tensors. Fitted: a share of what the peak phase holds live.
-    host_fragmentation: float = 0.20
+    host_fragmentation: float = 0.22
 
 
 DEFAULT_CALIBRATION = Calibration()

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 # (python benchmarks/memory_calibration.py --from benchmarks/results/memory_calibration.json;
 # docs/MEMORY.md, "Calibration"), measured 2026-12-03 on the reference machine: no case predicted
 # from constants fitted without its model was further off. These three cases are among the 29.
-CV_WORST = 0.16
+CV_WORST = 0.20  # 19.6 %, rounded up to the next whole percent
 
 COMMON = ["--task", "ner", "--max-steps", "3", "--precision", "fp32", "--no-eval", "--no-save",
           "--pad-to-seq-len", "--offload-optimizer", "none", "--offload-param", "none"]  # fmt: skip
