@@ -241,9 +241,13 @@ def history_rows(summaries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                 "step": s.get("step"),
                 "duration s": round(s["duration_s"], 1) if s.get("duration_s") is not None else None,
                 "host peak GiB": _gib(meas.get("peak_host_rss_bytes")),
-                "host est. GiB": _gib(est.get("host_total_bytes")),
+                # the estimate for the run's data where it was recorded, else the --seq-len cap
+                "host est. GiB": _gib(est.get("expected_host_total_bytes") or est.get("host_total_bytes")),
                 "GPU peak GiB": _gib(max(gpu_peaks)) if gpu_peaks else None,
-                "GPU est. GiB": _gib(est.get("per_gpu_total_bytes")) or None,
+                "GPU est. GiB": _gib(
+                    est.get("expected_per_gpu_total_bytes") or est.get("per_gpu_total_bytes")
+                )
+                or None,
                 "final loss": s.get("final_loss"),
                 "F1": s.get("f1"),
             }

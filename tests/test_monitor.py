@@ -228,6 +228,9 @@ def test_history_rows_put_measured_next_to_estimated(store):
     (row,) = runs.history_rows([summary])
     assert row["stage"] == "ZeRO-2" and row["duration s"] == 12.3
     assert row["host peak GiB"] == 1.0 and row["host est. GiB"] == 2.0 and row["GPU est. GiB"] is None
+    # a run that recorded the estimate for its data is compared with that, not with the cap
+    summary["estimate"]["expected_host_total_bytes"] = int(1.5 * GIB)
+    assert runs.history_rows([summary])[0]["host est. GiB"] == 1.5
 
 
 def test_run_label_names_a_run_once():
