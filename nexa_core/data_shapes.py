@@ -4,7 +4,7 @@ loader will really produce: what a data-aware memory estimate plans for.
 The loader pads each batch to its longest example (datasets.make_collator), so a run's activations
 follow the longest batch it meets, not the --seq-len cap. The order is fixed by the seed: Accelerate's
 seedable sampler shuffles epoch e with seed + e, and several ranks split the batches between them
-(accelerate.data_loader.BatchSamplerShard); both classes are used here as they are, so the batches
+(accelerate.data_loader.BatchSamplerShard) [R18]; both classes are used here as they are, so the batches
 computed are the ones each rank trains on.
 """
 

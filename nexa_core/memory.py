@@ -1,6 +1,6 @@
 """Memory formulas: pure functions of parameter counts, shapes and the parallel layout.
 
-Every term cites its source as [R1]..[R16] (docs/REFERENCES.md gives the public titles and URLs;
+Every term cites its source as [R1]..[R19] (docs/REFERENCES.md gives the public titles and URLs;
 docs/MEMORY.md the measurements). Notation: Ψ params, Ψt trainable params, N data-parallel ranks, p bytes per value
 of the compute dtype, b micro-batch, s sequence length, h hidden, a heads, k key/value heads, d head
 width, I MLP width, V vocabulary, L layers.
@@ -287,7 +287,7 @@ def activation_bytes(
         layers = int(arch.num_layers * per_layer * scale + backward_working_set)
     embeddings = int(2 * s * b * h * scale)  # embedding output kept for the first layer norm
     if task is Task.CAUSAL_LM:
-        # fp32 logits for the loss (transformers' ForCausalLMLoss upcasts them), the log-softmax output
+        # fp32 logits for the loss (transformers' ForCausalLMLoss upcasts them [R19]), the log-softmax output
         # cross-entropy keeps for backward, and in backward the gradient arriving at the log-softmax and
         # the one it returns. The trainer keeps only the loss (task_metrics.loss), so with fp32 logits
         # they are freed once the log-softmax exists: 3 × 4bsV (measured: peak live tensor bytes of the
@@ -476,7 +476,7 @@ def cpu_rank_peak(
 def optimizer_step_bytes(workload: Workload, layout: Layout) -> int:
     """Temporaries of torch's Adam/AdamW step on the CPU, where it steps one tensor at a time (no
     foreach): ``denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)`` holds two tensors the
-    size and dtype of the one being stepped (torch/optim/adam.py, _single_tensor_adam): fp32, or bf16
+    size and dtype of the one being stepped (torch/optim/adam.py, _single_tensor_adam [R17]): fp32, or bf16
     in bf16-true. Stage 0 steps each parameter (the largest counts); ZeRO 1-3 hand torch one flat
     partition per rank. With optimizer offload DeepSpeed's CPU Adam (a C++ loop) steps in place."""
     if layout.zero_stage >= 1 and layout.offload_optimizer:
