@@ -8,13 +8,16 @@ import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nexa_core import paths
 from nexa_core.errors import ConfigError
 from nexa_core.launch import RunSpec
 from nexa_core.memory import GIB
 from nexa_core.runstore import RunState, RunStore
+
+if TYPE_CHECKING:
+    from nexa_core.hardware import Hardware
 
 
 def estimate_for(
@@ -28,8 +31,7 @@ def estimate_for(
     train = spec.train
     settings = train.deepspeed_settings()
     gpus = gpus_per_node if gpus_per_node is not None else len(spec.gpus) or len(hardware.list_gpus())
-    use_ds = settings.deepspeed_enabled(has_gpu=bool(gpus))
-    stage, off_opt, off_param = settings.layout() if use_ds else (0, None, None)
+    stage, off_opt, off_param = train.layout(has_gpu=bool(gpus))
     try:
         plan = make_plan(
             PlanConfig(
@@ -67,6 +69,32 @@ def estimate_for(
                 "host": e.host.to_dict(),
             }
     return None
+
+
+def fit_warnings(estimate: dict[str, Any] | None, hw: Hardware, gpus: list[int]) -> list[str]:
+    """What this machine cannot hold of a run's estimate, one sentence each: host RAM beyond what is
+    available now, per-GPU memory beyond the free memory of the chosen GPUs (all GPUs when none are
+    chosen). Empty when it fits, or when there is no estimate."""
+    if not estimate:
+        return []
+    out = []
+    host = estimate.get("host_total_bytes") or 0
+    if host > hw.host_available_bytes:
+        out.append(
+            f"The estimate needs {host / GIB:,.1f} GiB of host RAM; this machine has "
+            f"{hw.host_available_bytes / GIB:,.1f} GiB available ({hw.host_total_bytes / GIB:,.1f} GiB in all), "
+            "so the run will probably be killed for lack of memory. Lower the batch or sequence length, or "
+            "plan another layout on the Plan page."
+        )
+    per_gpu = estimate.get("per_gpu_total_bytes") or 0
+    chosen = [g for g in hw.gpus if g.index in gpus] or list(hw.gpus)
+    if per_gpu and chosen and per_gpu > min(g.free_bytes for g in chosen):
+        tightest = min(chosen, key=lambda g: g.free_bytes)
+        out.append(
+            f"The estimate needs {per_gpu / GIB:,.1f} GiB per GPU; GPU {tightest.index} has "
+            f"{tightest.free_bytes / GIB:,.1f} GiB free, so the run will probably run out of GPU memory."
+        )
+    return out
 
 
 def measured(store: RunStore, run_id: str) -> dict[str, Any]:

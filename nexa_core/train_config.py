@@ -146,6 +146,15 @@ class TrainConfig:
             zero3_init=None if self.zero3_init else False,  # off here wins; on defers to the environment
         )
 
+    def layout(self, has_gpu: bool) -> tuple[int, Offload, Offload]:
+        """(ZeRO stage, optimizer offload, parameter offload) the run trains with: the DeepSpeed
+        settings' layout (explicit choices over the config file's), or ZeRO-0 without offload when
+        DeepSpeed is off (``auto`` on a machine without a GPU)."""
+        settings = self.deepspeed_settings()
+        if not settings.deepspeed_enabled(has_gpu=has_gpu):
+            return 0, Offload.NONE, Offload.NONE
+        return settings.layout()
+
     def to_dict(self) -> dict[str, Any]:
         return {k: (str(v) if hasattr(v, "value") else v) for k, v in asdict(self).items()}
 

@@ -35,6 +35,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-len", type=int)
     p.add_argument("--gradient-accumulation", type=int)
     p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--warmup-steps", type=int)
     p.add_argument("--epochs", type=int)
     p.add_argument("--max-steps", type=int)
     p.add_argument("--lora", action="store_true", default=None)
@@ -64,7 +66,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 TRAIN_FIELDS = (
     "model task num_labels dataset eval_dataset deepspeed zero_stage offload_optimizer offload_param precision "
-    "batch_size seq_len gradient_accumulation lr epochs max_steps lora lora_rank gradient_checkpointing save_every "
+    "batch_size seq_len gradient_accumulation lr weight_decay warmup_steps epochs max_steps lora lora_rank gradient_checkpointing save_every "
     "keep_last seed name random_init tracker eval save pad_to_seq_len zero3_init attention"
 ).split()
 

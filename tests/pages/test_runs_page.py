@@ -138,7 +138,7 @@ def test_clone_opens_launch_with_the_runs_configuration(home):
     )
     assert any("Starting from run run-b" in c.value for c in at.caption)
     assert any("seed=11" in c.value for c in at.caption)
-    assert "--nproc_per_node 2" in at.code[0].value or "--nproc_per_node=2" in at.code[0].value
+    assert "--mode torchrun --nproc 2" in at.code[0].value and "--nproc_per_node 2" in at.code[1].value
 
 
 def test_clone_of_a_run_without_its_files_says_so(home):
