@@ -18,6 +18,7 @@ SOURCES = ["bundled sample", "upload a file", "a file uploaded before"]
 SHOWN = {
     "model", "task", "dataset", "epochs", "max_steps", "lr", "batch_size", "seq_len", "precision", "lora",
     "lora_rank", "gradient_checkpointing", "name", "deepspeed", "zero_stage", "offload_optimizer", "offload_param",
+    "eval_every",
 }  # fmt: skip
 
 
@@ -93,6 +94,7 @@ def form_state(
         "launch_lora": t.lora,
         "launch_rank": t.lora_rank,
         "launch_ckpt": t.gradient_checkpointing,
+        "launch_eval_every": t.eval_every or 0,
         "launch_name": t.name or "",
         "launch_deepspeed": str(t.deepspeed),
         **_layout_state(t, has_gpu=bool(gpu_ids)),

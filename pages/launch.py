@@ -155,6 +155,8 @@ with middle:
     lora = st.checkbox("LoRA", key="launch_lora")
     rank = st.number_input("LoRA rank", key="launch_rank", step=1, disabled=not lora)
     ckpt = st.checkbox("Gradient checkpointing", key="launch_ckpt")
+    eval_every = st.number_input("Evaluate every N steps (0: at the end only)", key="launch_eval_every", step=1,
+                                 help="validation metrics during training, charted on Monitor and Runs")  # fmt: skip
     name = st.text_input(
         "Run name (optional)", key="launch_name", placeholder="letters, digits, . _ - and spaces"
     )
@@ -235,7 +237,8 @@ try:
         offload_optimizer=offload_optimizer, offload_param=offload_param,
         precision=None if precision == "auto" else precision, batch_size=int(batch), seq_len=int(seq),
         lr=float(lr), epochs=int(epochs), max_steps=None if max_steps is None else int(max_steps), lora=lora,
-        lora_rank=int(rank), gradient_checkpointing=ckpt, name=name.strip() or None, **extra,
+        lora_rank=int(rank), gradient_checkpointing=ckpt, name=name.strip() or None,
+        eval_every=int(eval_every) or None, **extra,
     )  # fmt: skip
 except ConfigError as exc:
     problems += exc.problems

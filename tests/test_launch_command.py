@@ -24,7 +24,7 @@ EVERY_FIELD = dict(
     offload_param="cpu", precision="fp32", batch_size=3, seq_len=48, gradient_accumulation=2, lr=1.234567e-4,
     weight_decay=0.01, warmup_steps=5, epochs=2, max_steps=7, lora=True, lora_rank=4,
     gradient_checkpointing=True, save_every=3, keep_last=4, seed=9, name="a b", random_init=True, eval=False,
-    save=False, pad_to_seq_len=True, zero3_init=False, attention="eager",
+    eval_every=2, save=False, pad_to_seq_len=True, zero3_init=False, attention="eager",
 )  # fmt: skip
 
 
