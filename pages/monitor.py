@@ -3,7 +3,7 @@ live while it runs (read from the run store, so a closed tab loses nothing); sto
 
 import streamlit as st
 
-from nexa_core import monitor, runner, runs
+from nexa_core import charts, monitor, runner, runs
 from nexa_ui.auth import require_access
 from nexa_ui.shared import export_form, hardware_sidebar, open_store, run_summary, series_reader
 
@@ -88,13 +88,11 @@ def live(run_id: str, was_active: bool, log_y: bool, slurm: bool) -> None:
         job = runs.slurm_job(store, run_id) or {}
         said = f"{job.get('state') or 'submitted'}" + (f" ({job['reason']})" if job.get("reason") else "")
         st.caption(f"{runs.job_label(job)} · the scheduler says {said}")
-    figs = monitor.figures(series_reader(str(store.path), run_id).series(), run.get("estimate"), log_y=log_y)
-    st.plotly_chart(figs["loss"], key="monitor_chart_loss")
-    left, right = st.columns(2)
-    left.plotly_chart(figs["lr"], key="monitor_chart_lr")
-    right.plotly_chart(figs["throughput"], key="monitor_chart_throughput")
-    left.plotly_chart(figs["host_memory"], key="monitor_chart_host")
-    right.plotly_chart(figs["gpu_memory"], key="monitor_chart_gpu")
+    figs = charts.figures(series_reader(str(store.path), run_id).series(), run.get("estimate"), log_y=log_y)
+    st.plotly_chart(figs.pop("loss"), key="monitor_chart_loss")
+    columns = st.columns(2)  # the others two by two, in charts.figures' order (no GPU chart without a GPU)
+    for i, (name, fig) in enumerate(figs.items()):
+        columns[i % 2].plotly_chart(fig, key=f"monitor_chart_{name}")
     with st.expander("Log (tail)", expanded=status["state"] == "failed"):
         st.code(runner.logs(run_id, max_bytes=16 * 1024) or "(no output yet)", language="text")
 

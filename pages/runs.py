@@ -3,7 +3,7 @@ runs; resume, export or delete one."""
 
 import streamlit as st
 
-from nexa_core import monitor, runner, runs
+from nexa_core import charts, runner, runs
 from nexa_core.errors import ConfigError
 from nexa_ui.auth import require_access
 from nexa_ui.shared import export_form, hardware_sidebar, open_store, run_summary, show_problems
@@ -55,8 +55,8 @@ if not picked:
 
 log_y = st.toggle("Log-scale loss", key="runs_log_y")
 left, right = st.columns(2)
-left.plotly_chart(monitor.overlay(store, picked, "loss", log_y=log_y), key="runs_overlay_loss")
-right.plotly_chart(monitor.overlay(store, picked, "host_rss"), key="runs_overlay_memory")
+left.plotly_chart(charts.overlay(store, picked, "loss", log_y=log_y), key="runs_overlay_loss")
+right.plotly_chart(charts.overlay(store, picked, "host_rss"), key="runs_overlay_memory")
 
 for run_id in picked:
     summary, run = summaries[run_id], next(r for r in listed if r["id"] == run_id)
