@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -132,7 +131,9 @@ def measured(store: RunStore, run_id: str) -> dict[str, Any]:
 def summary(store: RunStore, run: dict[str, Any]) -> dict[str, Any]:
     """What `nexa runs show --json` prints and the Runs page tabulates."""
     spec = run.get("spec") or {}
-    final = store.metrics(run["id"], ["loss", "eval_f1", "f1", "eval_accuracy", "accuracy"])
+    final = store.metrics(
+        run["id"], ["loss", "eval_f1", "f1", "eval_accuracy", "accuracy", "eval_perplexity"]
+    )
     last = {name: rows[-1][1] for name, rows in final.items() if rows}
     duration = None
     if run.get("started_at"):
@@ -143,7 +144,10 @@ def summary(store: RunStore, run: dict[str, Any]) -> dict[str, Any]:
     return {
         "run_id": run["id"],
         "name": run.get("name"),
+        "kind": run.get("kind"),
         "state": run["state"],
+        "tags": run.get("tags") or [],
+        "note": run.get("note"),
         "exit_reason": run.get("reason"),
         "exit_code": run.get("exit_code"),
         "stopped_by": run.get("stopped_by"),
@@ -162,6 +166,7 @@ def summary(store: RunStore, run: dict[str, Any]) -> dict[str, Any]:
         "final_loss": _clean(last.get("loss")),
         "f1": _clean(last.get("eval_f1", last.get("f1"))),
         "accuracy": _clean(last.get("eval_accuracy", last.get("accuracy"))),
+        "perplexity": _clean(last.get("eval_perplexity")),
         "estimate": run.get("estimate"),
         "measured": measured(store, run["id"]),
         "command": run.get("command"),
@@ -198,36 +203,6 @@ def run_label(run_id: str, name: str | None, state: str) -> str:
     return " · ".join(dict.fromkeys([name or run_id, state, run_id]))
 
 
-def history_rows(summaries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One flat row per run summary for the Runs table (memory in GiB, measured next to estimated)."""
-    rows = []
-    for s in summaries:
-        est, meas = s.get("estimate") or {}, s.get("measured") or {}
-        stage = s.get("zero_stage")
-        gpu_peaks = list((meas.get("peak_gpu_bytes") or {}).values())
-        rows.append(
-            {
-                "run": s.get("name") or s["run_id"],
-                "id": s["run_id"],
-                "model": s.get("model"),
-                "task": s.get("task"),
-                "stage": f"ZeRO-{stage}" if stage is not None else est.get("label", "default"),
-                "offload": f"opt {s.get('offload_optimizer') or 'default'} / param {s.get('offload_param') or 'default'}",
-                "state": s.get("state"),
-                "where": job_label(s.get("slurm")) or "this machine",
-                "step": s.get("step"),
-                "duration s": round(s["duration_s"], 1) if s.get("duration_s") is not None else None,
-                "host peak GiB": _gib(meas.get("peak_host_rss_bytes")),
-                "host est. GiB": _gib(est.get("host_total_bytes")),
-                "GPU peak GiB": _gib(max(gpu_peaks)) if gpu_peaks else None,
-                "GPU est. GiB": _gib(est.get("per_gpu_total_bytes")) or None,
-                "final loss": s.get("final_loss"),
-                "F1": s.get("f1"),
-            }
-        )
-    return rows
-
-
 def remove_run(store: RunStore, run_id: str) -> Path | None:
     """Delete a finished run from the store, and its folder only when that folder is exactly
     ``runs_root()/<run_id>`` once symlinks are resolved: a tampered or stale ``run_dir`` can never
@@ -246,7 +221,3 @@ def remove_run(store: RunStore, run_id: str) -> Path | None:
         return None
     shutil.rmtree(folder)
     return folder
-
-
-def _gib(value: Any) -> float | None:
-    return round(value / GIB, 2) if isinstance(value, (int, float)) else None

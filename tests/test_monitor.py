@@ -259,18 +259,6 @@ def test_progress_and_eta():
 # ------------------------------------------------------------------ history and delete
 
 
-def test_history_rows_put_measured_next_to_estimated(store):
-    _run(store, "r1")
-    summary = {
-        "run_id": "r1", "name": "r1", "state": "succeeded", "zero_stage": 2, "duration_s": 12.345,
-        "estimate": {"host_total_bytes": 2 * GIB, "per_gpu_total_bytes": 0, "label": "ZeRO-2"},
-        "measured": {"peak_host_rss_bytes": GIB, "peak_gpu_bytes": {}}, "final_loss": 0.4, "f1": None,
-    }  # fmt: skip
-    (row,) = runs.history_rows([summary])
-    assert row["stage"] == "ZeRO-2" and row["duration s"] == 12.3
-    assert row["host peak GiB"] == 1.0 and row["host est. GiB"] == 2.0 and row["GPU est. GiB"] is None
-
-
 def test_run_label_names_a_run_once():
     assert runs.run_label("20261125-1", "bert-zero3", "running") == "bert-zero3 · running · 20261125-1"
     assert runs.run_label("20261125-1", "20261125-1", "failed") == "20261125-1 · failed"
