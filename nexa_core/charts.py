@@ -166,6 +166,27 @@ def figures(
     return figs
 
 
+OVERLAY_NAMES = {
+    "loss": "training loss", "eval_loss": "validation loss", "eval_f1": "validation F1",
+    "eval_accuracy": "validation accuracy", "eval_perplexity": "validation perplexity", "lr": "learning rate",
+    "samples_per_s": "samples/s", "tokens_per_s": "tokens/s", "host_rss": "host memory (all ranks)",
+}  # fmt: skip
+
+
+def overlay_metrics(store: RunStore, run_ids: Sequence[str]) -> list[str]:
+    """What ``overlay`` can draw for these runs: the training loss, each validation metric one of
+    them recorded, learning rate, throughput and host memory (OVERLAY_NAMES gives their names)."""
+    recorded = {name for run_id in run_ids for name in store.metric_names(run_id)}
+    return [
+        "loss",
+        *(m for m in EVAL_METRICS if m in recorded),
+        "lr",
+        "samples_per_s",
+        "tokens_per_s",
+        "host_rss",
+    ]
+
+
 def overlay(
     store: RunStore, run_ids: Sequence[str], metric: str = "loss", max_points: int = 2000, log_y: bool = False
 ) -> go.Figure:
@@ -186,4 +207,5 @@ def overlay(
             _line(fig, downsample(store.curves(run_id, [metric])[metric], max_points), label)
     if metric == "host_rss":
         return _layout(fig, "Host memory, all ranks", "seconds", "GiB")
-    return _layout(fig, metric, "step", metric, yaxis_type="log" if log_y else "linear")
+    name = OVERLAY_NAMES.get(metric, metric)
+    return _layout(fig, name[0].upper() + name[1:], "step", name, yaxis_type="log" if log_y else "linear")

@@ -279,6 +279,12 @@ class RunStore:
         """name -> [(step, value, wall_time)] by step; ``since_step`` keeps steps after it (for polling)."""
         return self._metric_rows(run_id, names, since_step, "step, value, wall_time")
 
+    def metric_names(self, run_id: str) -> list[str]:
+        """The names of the metrics the run has recorded, sorted."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT DISTINCT name FROM metrics WHERE run_id = ? ORDER BY name", (run_id,))
+            return [r[0] for r in rows]
+
     def curves(
         self, run_id: str, names: list[str], since_step: int | None = None
     ) -> dict[str, list[tuple[int, float | None]]]:

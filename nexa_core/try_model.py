@@ -65,6 +65,16 @@ def folder_problems(folder: Path) -> list[str]:
     return problems
 
 
+def has_checkpoint(run_id: str) -> bool:
+    """Whether the run has a complete checkpoint to try."""
+    from nexa_core.checkpoints import latest_checkpoint
+
+    try:
+        return latest_checkpoint(paths.run_dir(run_id)) is not None
+    except ConfigError:
+        return False
+
+
 def run_folder(run_id: str) -> Path:
     """The run's latest complete checkpoint as a Hugging Face folder, exported on first use into the
     run folder and kept (an older checkpoint's export is removed when a newer one is made)."""

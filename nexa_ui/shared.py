@@ -180,6 +180,8 @@ def run_summary(store: RunStore, run: dict[str, Any]) -> dict[str, Any]:
         run.get("exit_code"),
         run.get("reason"),
         run.get("last_step"),
+        tuple(run.get("tags") or ()),  # tags and the note change after the run ended
+        run.get("note"),
     )
     return _ended_summary(str(store.path), run["id"], outcome)
 

@@ -1,11 +1,13 @@
-"""Monitor: one run's progress, loss, learning rate, throughput and memory against the estimate,
-live while it runs (read from the run store, so a closed tab loses nothing); stop, outcome, export."""
+"""Monitor: one run's progress, loss, learning rate, throughput, validation metrics and memory against
+the estimate, live while it runs (read from the run store, so a closed tab loses nothing); stop,
+outcome, export, and trying the finished model."""
 
 import streamlit as st
 
 from nexa_core import charts, monitor, runner, runs
 from nexa_ui.auth import require_access
 from nexa_ui.shared import export_form, hardware_sidebar, open_store, run_summary, series_reader
+from nexa_ui.try_panel import try_panel
 
 require_access()  # also when Streamlit runs this file without app.py (nexa_ui/auth.py)
 
@@ -59,6 +61,8 @@ else:
         c2.metric("F1", "—" if summary["f1"] is None else f"{summary['f1']:.3f}")
         c3.metric("Accuracy", "—" if summary["accuracy"] is None else f"{summary['accuracy']:.3f}")
         export_form(run, "monitor")
+        with st.expander("Try the model", expanded=True):
+            try_panel("monitor", run_id=run_id, task=(run.get("spec") or {}).get("task"))
 
 log_y = st.toggle("Log-scale loss", key="monitor_log_y")
 

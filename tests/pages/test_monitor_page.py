@@ -72,10 +72,25 @@ def test_a_finished_run_shows_its_curves_outcome_and_export(trained, monkeypatch
     host = _chart(at, "Host memory (RSS per rank)")
     assert host["data"] and [s["line"]["dash"] for s in host["layout"]["shapes"]] == ["dash"]  # the estimate
     assert not [b for b in at.button if b.key == "monitor_stop"]  # no Stop for an ended run
-    assert [b.label for b in at.get("form_submit_button")] == ["Export"]
+    assert [b.label for b in at.get("form_submit_button")] == ["Export", "Try it"]
     assert str(home / "exports" / run_id) in [t.value for t in at.text_input]
     at.toggle(key="monitor_log_y").set_value(True).run()
     assert not at.exception and _chart(at, "Loss")["layout"]["yaxis"]["type"] == "log"
+
+
+def test_the_finished_model_can_be_tried_on_a_sentence(trained, monkeypatch):
+    home, run_id = trained
+    monkeypatch.setenv("NEXA_HOME", str(home))
+    at = _page(run_id)
+    sentence = "Crew replaced the recloser on Feeder 1104 under WO-483920 ."
+    at.text_input(key="monitor_try_text").input(sentence)
+    at.button(key="FormSubmitter:monitor_try_form-Try it").click().run()
+    assert not at.exception and not at.error
+    result = at.session_state["monitor_try_result"]
+    assert result["task"] == "ner" and "".join(piece for piece, _ in result["spans"]) == sentence
+    tagged = [m.value for m in at.markdown if "nexa-tagged" in m.value]
+    assert tagged and all(f">{e['text']}" in tagged[0] for e in result["entities"])  # entities marked
+    assert (home / "runs" / run_id / "try-model").is_dir()  # exported once, into the run folder
 
 
 @pytest.fixture
