@@ -177,13 +177,21 @@ def test_export_loads_and_predicts_like_the_trained_model(nexa_home, tmp_path):
     assert model.config.id2label[0] == "O"
 
 
-def test_lora_export_merges_adapters(nexa_home, tmp_path):
+@pytest.mark.parametrize("layout", ["no-deepspeed", "zero3"])
+def test_lora_export_merges_adapters(nexa_home, tmp_path, layout):
+    """LoRA export, merged and separate, also from a ZeRO-3 run whose model was created sharded
+    (zero.Init, then peft on top): the merged model computes what base + adapter compute."""
+    import torch
     from transformers import AutoModelForTokenClassification
 
     from nexa_core.export import export_checkpoint
 
+    flags = {
+        "no-deepspeed": ["--deepspeed", "off"],
+        "zero3": ["--deepspeed", "on", "--zero-stage", "3", *NO_OFFLOAD],
+    }
     result = nexa_train(
-        nexa_home, "--model", MINILM, "--max-steps", "2", *FAST, "--lora", "--deepspeed", "off"
+        nexa_home, "--model", MINILM, "--max-steps", "2", *FAST, "--lora", "--lr", "1e-2", *flags[layout]
     )
     out = export_checkpoint(result["run_id"], tmp_path / "merged")
     model = AutoModelForTokenClassification.from_pretrained(out)
@@ -195,6 +203,11 @@ def test_lora_export_merges_adapters(nexa_home, tmp_path):
     assert not any("lora" in name for name, _ in base.named_parameters())
     with_adapter = PeftModel.from_pretrained(base, separate / "adapter")
     assert any("lora" in name for name, _ in with_adapter.named_parameters())
+    ids = torch.tensor([[101, 2047, 3193, 2006, 6045, 2395, 102]])
+    with torch.no_grad():
+        merged_logits = model.eval()(input_ids=ids).logits
+        adapter_logits = with_adapter.eval()(input_ids=ids).logits
+    assert torch.allclose(merged_logits, adapter_logits, atol=1e-4)
 
 
 def _final_weights(checkpoint_dir: str, tmp: Path):
