@@ -42,63 +42,28 @@ def metric_steps(home: Path, run_id: str, name: str = "loss") -> list[tuple[int,
 
 
 NO_OFFLOAD = ["--offload-optimizer", "none", "--offload-param", "none"]  # the template offloads both
+# Each variant's flags and what the DeepSpeed engine must report for it (trainer.engine_report, read
+# from the engine and its optimizer): stage, optimizer class, optimizer offload, parameter offload,
+# partitioned parameters.
+Z1, Z3 = "DeepSpeedZeroOptimizer", "DeepSpeedZeroOptimizer_Stage3"
 VARIANTS = {
-    "zero0": ["--deepspeed", "on", "--zero-stage", "0"],
-    "zero1": ["--deepspeed", "on", "--zero-stage", "1", *NO_OFFLOAD],
-    "zero2": ["--deepspeed", "on", "--zero-stage", "2", *NO_OFFLOAD],
-    "zero3": ["--deepspeed", "on", "--zero-stage", "3", *NO_OFFLOAD],
-    "zero2-offload": ["--deepspeed", "on", "--zero-stage", "2", "--offload-optimizer", "cpu"],
-    "zero3-offload": [
-        "--deepspeed",
-        "on",
-        "--zero-stage",
-        "3",
-        "--offload-optimizer",
-        "cpu",
-        "--offload-param",
-        "none",
-    ],
-    "zero3-offload-param": [
-        "--deepspeed",
-        "on",
-        "--zero-stage",
-        "3",
-        "--offload-optimizer",
-        "cpu",
-        "--offload-param",
-        "cpu",
-    ],
-    "lora-zero2": ["--deepspeed", "on", "--zero-stage", "2", *NO_OFFLOAD, "--lora", "--lora-rank", "4"],
-    "checkpointing-zero3": [
-        "--deepspeed",
-        "on",
-        "--zero-stage",
-        "3",
-        *NO_OFFLOAD,
-        "--gradient-checkpointing",
-    ],
-    "no-deepspeed": ["--deepspeed", "off"],
-}
-# What the DeepSpeed engine must report for each variant (trainer.engine_report, read from the engine
-# and its optimizer): stage, optimizer class, optimizer offload, parameter offload, partitioned.
-ENGINE = {
-    "zero0": "ZeRO stage 0 (AdamW), optimizer offload none, parameter offload none, parameters partitioned 0/",
-    "zero1": "ZeRO stage 1 (DeepSpeedZeroOptimizer), optimizer offload none, parameter offload none, parameters partitioned 0/",
-    "zero2": "ZeRO stage 2 (DeepSpeedZeroOptimizer), optimizer offload none, parameter offload none, parameters partitioned 0/",
-    "zero3": "ZeRO stage 3 (DeepSpeedZeroOptimizer_Stage3), optimizer offload none, parameter offload none, parameters partitioned 103/103",
-    "zero2-offload": "ZeRO stage 2 (DeepSpeedZeroOptimizer), optimizer offload cpu, parameter offload none, parameters partitioned 0/",
-    "zero3-offload": "ZeRO stage 3 (DeepSpeedZeroOptimizer_Stage3), optimizer offload cpu, parameter offload none, parameters partitioned 103/103",
-    "zero3-offload-param": "ZeRO stage 3 (DeepSpeedZeroOptimizer_Stage3), optimizer offload cpu, parameter offload cpu, parameters partitioned 103/103",
-    "lora-zero2": "ZeRO stage 2 (DeepSpeedZeroOptimizer), optimizer offload none, parameter offload none, parameters partitioned 0/",
-    "checkpointing-zero3": "ZeRO stage 3 (DeepSpeedZeroOptimizer_Stage3), optimizer offload none, parameter offload none, parameters partitioned 103/103",
-    "no-deepspeed": "DeepSpeed off",
+    "zero0": (["--deepspeed", "on", "--zero-stage", "0"], "ZeRO stage 0 (AdamW), optimizer offload none, parameter offload none, parameters partitioned 0/"),
+    "zero1": (["--deepspeed", "on", "--zero-stage", "1", *NO_OFFLOAD], f"ZeRO stage 1 ({Z1}), optimizer offload none, parameter offload none, parameters partitioned 0/"),
+    "zero2": (["--deepspeed", "on", "--zero-stage", "2", *NO_OFFLOAD], f"ZeRO stage 2 ({Z1}), optimizer offload none, parameter offload none, parameters partitioned 0/"),
+    "zero3": (["--deepspeed", "on", "--zero-stage", "3", *NO_OFFLOAD], f"ZeRO stage 3 ({Z3}), optimizer offload none, parameter offload none, parameters partitioned 103/103"),
+    "zero2-offload": (["--deepspeed", "on", "--zero-stage", "2", "--offload-optimizer", "cpu"], f"ZeRO stage 2 ({Z1}), optimizer offload cpu, parameter offload none, parameters partitioned 0/"),
+    "zero3-offload": (["--deepspeed", "on", "--zero-stage", "3", "--offload-optimizer", "cpu", "--offload-param", "none"], f"ZeRO stage 3 ({Z3}), optimizer offload cpu, parameter offload none, parameters partitioned 103/103"),
+    "zero3-offload-param": (["--deepspeed", "on", "--zero-stage", "3", "--offload-optimizer", "cpu", "--offload-param", "cpu"], f"ZeRO stage 3 ({Z3}), optimizer offload cpu, parameter offload cpu, parameters partitioned 103/103"),
+    "lora-zero2": (["--deepspeed", "on", "--zero-stage", "2", *NO_OFFLOAD, "--lora", "--lora-rank", "4"], f"ZeRO stage 2 ({Z1}), optimizer offload none, parameter offload none, parameters partitioned 0/"),
+    "checkpointing-zero3": (["--deepspeed", "on", "--zero-stage", "3", *NO_OFFLOAD, "--gradient-checkpointing"], f"ZeRO stage 3 ({Z3}), optimizer offload none, parameter offload none, parameters partitioned 103/103"),
+    "no-deepspeed": (["--deepspeed", "off"], "DeepSpeed off"),
 }  # fmt: skip
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_each_zero_stage_and_offload_trains(nexa_home, variant):
     result = nexa_train(
-        nexa_home, "--model", MINILM, "--task", "ner", "--max-steps", "3", *FAST, *VARIANTS[variant]
+        nexa_home, "--model", MINILM, "--task", "ner", "--max-steps", "3", *FAST, *VARIANTS[variant][0]
     )
     assert result["state"] == "succeeded" and result["steps"] == 3
     assert math.isfinite(result["final_loss"])
@@ -114,7 +79,7 @@ def test_each_zero_stage_and_offload_trains(nexa_home, variant):
     # the layout the engine really runs, not the one asked for (a regression ignoring --zero-stage or
     # an offload flag fails here)
     (engine,) = [e["message"] for e in store.events(result["run_id"]) if e["message"].startswith("engine: ")]
-    assert engine.removeprefix("engine: ").startswith(ENGINE[variant]), engine
+    assert engine.removeprefix("engine: ").startswith(VARIANTS[variant][1]), engine
 
 
 @pytest.mark.parametrize("task", ["classification", "embedding", "causal-lm"])
