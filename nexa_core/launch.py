@@ -7,15 +7,12 @@ import os
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nexa_core.enums import _Choice
 from nexa_core.errors import ConfigError, int_problems, raise_if
-from nexa_core.scaling import HOSTFILE, Host, active_resources, address_problem, hosts_problems, parse_hosts
+from nexa_core.hosts import HOSTFILE, Host, active_resources, address_problem, hosts_problems, parse_hosts
 from nexa_core.train_config import RUN_CONFIG, TrainConfig
-
-if TYPE_CHECKING:
-    from nexa_core.slurm import SlurmRequest
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEEPSPEED_FILE = "deepspeed_config.json"
@@ -312,10 +309,10 @@ def _train_flags(train: TrainConfig) -> list[str]:
     return argv
 
 
-def launch_command(spec: RunSpec, request: SlurmRequest | None = None) -> str:
+def launch_command(spec: RunSpec, request: Any = None) -> str:
     """The `nexa launch` command that starts ``spec`` as the panel would (a new run: run id, folder
-    and master port are assigned when it starts), or submits it with ``request`` to Slurm; for the
-    user to copy and run."""
+    and master port are assigned when it starts), or submits it to Slurm with ``request`` (a
+    slurm.SlurmRequest; not imported here, slurm.py imports this module); for the user to copy."""
     import shlex
 
     argv = ["nexa", "launch", *_train_flags(spec.train)]
