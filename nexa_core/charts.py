@@ -134,8 +134,14 @@ def figures(
     figs["lr"] = _layout(lr, "Learning rate", "step", "lr")
 
     throughput = go.Figure()
-    _line(throughput, series.get("samples_per_s", []), "samples/s")
-    _line(throughput, series.get("tokens_per_s", []), "tokens/s", yaxis="y2")
+    _line(throughput, series.get("samples_per_s", []), "samples/s", line=dict(color=SMOOTH_LOSS))
+    _line(
+        throughput,
+        series.get("tokens_per_s", []),
+        "tokens/s",
+        yaxis="y2",
+        line=dict(color=VALIDATION, dash="dot"),
+    )
     figs["throughput"] = _layout(throughput, "Throughput", "step", "samples/s",
                                  yaxis2=dict(title="tokens/s", overlaying="y", side="right"))  # fmt: skip
     evaluation = _evaluation(series.get("eval") or {})

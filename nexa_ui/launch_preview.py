@@ -20,7 +20,7 @@ PREVIEW_ID = "preview"  # the process preview names this run id; the real one is
 def show_command(spec: RunSpec, request: SlurmRequest | None, estimate: dict[str, Any] | None) -> None:
     """The `nexa launch` equivalent (runnable as shown), then what the run manager starts with it."""
     st.subheader("What will run")
-    st.code(launch_command(spec, request), language="bash")
+    st.code(launch_command(spec, request), language="bash", wrap_lines=True)
     st.caption(
         "The same run from a terminal (`nexa launch`, in the environment the panel runs in): copy and run "
         "it, or press the button below. The run id, its folder and a free master port are assigned when "

@@ -160,7 +160,7 @@ def _launch(tour: Tour) -> None:
     tour.see(page.get_by_text("shipped with NEXA"))
     page.get_by_role("radiogroup", name="Train for").get_by_text("max steps").click()
     _type_number(tour, "Max steps", STEPS)
-    _type_number(tour, "Learning rate", LR, shown="1.00e-03")
+    _type_number(tour, "Learning rate", LR, shown="1.00e-3")
     _type_number(tour, "Evaluate every N steps (0: at the end only)", EVAL_EVERY)
     tour.see(page.get_by_role("heading", name="What will run"))
     tour.see(page.get_by_text("Estimated host RAM"))
