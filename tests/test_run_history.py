@@ -123,3 +123,7 @@ def test_nexa_runs_tag_note_and_list_filters(tmp_path, monkeypatch, capsys):
     assert main(["runs", "tag", "run-a", "bad tag"]) == 2
     assert "tags (--tag): 'bad tag' is not a tag" in capsys.readouterr().err
     assert main(["runs", "note", "run-b", ""]) == 0 and store.get_run("run-b")["note"] is None
+    assert main(["runs", "list", "--state", "done"]) == 2
+    assert (
+        "state (--state): 'done' is not a run state; choose one of queued, running" in capsys.readouterr().err
+    )

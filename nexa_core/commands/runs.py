@@ -8,7 +8,7 @@ import sys
 
 from nexa_core.commands._output import print_result
 from nexa_core.commands.train import TRAIN_FIELDS, add_train_args
-from nexa_core.errors import ConfigError
+from nexa_core.errors import ConfigError, raise_if
 
 
 def add_launch_args(p: argparse.ArgumentParser) -> None:
@@ -210,7 +210,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
     store = runner.open_store()
     if args.action == "list":
         from nexa_core.run_history import filter_summaries
+        from nexa_core.runstore import RunState
 
+        states = [s.value for s in RunState]
+        raise_if([f"state (--state): {s!r} is not a run state; choose one of {', '.join(states)}"
+                  for s in args.state if s not in states])  # fmt: skip
         rows = filter_summaries((runs.summary(store, r) for r in store.list_runs()), args.search, args.tag,
                                 args.state, args.model, show_bench=True)  # fmt: skip
         if args.json:
