@@ -193,7 +193,7 @@ def _lengths(
     stamp: tuple[int, int] | None,
 ) -> tuple[int, ...]:  # fmt: skip
     from nexa_core import datasets
-    from nexa_core.training_run import load_tokenizer
+    from nexa_core.models import load_tokenizer
 
     records, _ = datasets.load_run_records(task, dataset, eval_dataset, seed=seed)  # as the run reads them
     tokenizer = load_tokenizer(model)

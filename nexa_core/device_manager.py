@@ -18,10 +18,10 @@ from typing import Any
 
 from nexa_core.enums import DeepSpeedMode, Offload, Precision
 from nexa_core.errors import raise_if
+from nexa_core.paths import deployment_file
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DEEPSPEED_CONFIG = PROJECT_ROOT / "deployment" / "deepspeed_config.json"
-DEFAULT_ACCELERATE_CONFIG = PROJECT_ROOT / "deployment" / "accelerate_config.yaml"
+DEFAULT_DEEPSPEED_CONFIG = deployment_file("deepspeed_config.json")
+DEFAULT_ACCELERATE_CONFIG = deployment_file("accelerate_config.yaml")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 

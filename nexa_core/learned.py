@@ -4,8 +4,8 @@ the same machine, shown beside the formula estimate, never instead of it.
 Every run records its estimate (runs.estimate_for: the expected peak for its data, the layout and this
 machine's fingerprint) when it starts, and each rank records its kernel peak RSS when it ends; GPU
 peaks come from the memory samples. So the run store holds, for every finished run, measured and
-estimated per term: the host peak per rank and, with GPUs, the peak per device. ``history`` reads
-them back as ``Outcome`` pairs.
+estimated per term: the host peak per rank and, with GPUs, the peak per device. ``outcomes`` turns one
+run into ``Outcome`` pairs (runs.learned_history reads every run of a machine).
 
 Method (``correction``): the median of measured / estimated over the matching runs, with the band
 from the 10th to the 90th percentile of those ratios. Why: errors of a memory model are
@@ -196,25 +196,3 @@ def outcomes(run: dict[str, Any], measured: dict[str, Any]) -> list[Outcome]:
     if gpu_est and gpu_peaks:
         out.append(Outcome(run["id"], machine, GPU, layout, technique, int(gpu_est), int(max(gpu_peaks))))
     return out
-
-
-def history(store: Any, machine_id: str, limit: int = 1000) -> list[Outcome]:
-    """Outcomes of the finished runs in ``store`` that ran on ``machine_id``."""
-    from nexa_core.runs import measured
-
-    found = []
-    for run in store.list_runs(limit=limit, state="succeeded"):
-        if ((run.get("estimate") or {}).get("machine") or {}).get("id") == machine_id:
-            found += outcomes(run, measured(store, run["id"]))
-    return found
-
-
-def local_history() -> list[Outcome]:
-    """Outcomes of this NEXA_HOME's finished runs that ran on this machine; [] before the first run
-    (no run store is created for it)."""
-    from nexa_core import paths
-    from nexa_core.runstore import RunStore
-
-    if not paths.store_path().is_file():
-        return []
-    return history(RunStore(), this_machine().id)

@@ -8,6 +8,7 @@ config with no weights (meta device), then count. Tied weights are counted once 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import threading
@@ -395,3 +396,33 @@ def seq_len_problems(model: str, seq_len: int, flag: str = "seq_len (--seq-len)"
     if limit is not None and isinstance(seq_len, int) and seq_len > limit[0]:
         return [f"{flag}: {seq_len} is longer than {model}'s limit of {limit[0]} tokens ({limit[1]})"]
     return []
+
+
+def load_tokenizer(model: str):
+    """The model's own tokenizer when its folder has one, else the packaged MiniLM tokenizer (for
+    random-initialised test variants whose config sets a vocabulary at least that large)."""
+    from transformers import AutoTokenizer
+
+    resolved = resolve_model(model)
+    for folder in (resolved.weights_dir, Path(model) if Path(model).is_dir() else None):
+        if folder is not None and any(
+            (folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+        ):
+            return AutoTokenizer.from_pretrained(folder)
+    fallback = _packaged_minilm_dir()
+    if fallback is None:
+        raise ConfigError(
+            [f"model: no tokenizer found for {model!r} and the packaged MiniLM is not installed"]
+        )
+    tokenizer = AutoTokenizer.from_pretrained(fallback)
+    vocab = int(resolved.config.get("vocab_size") or resolved.config.get("n_vocab") or 0)
+    if vocab and vocab < len(tokenizer):
+        raise ConfigError(
+            [
+                f"model: {model!r} has no tokenizer and its vocab_size {vocab} is smaller than the fallback tokenizer's {len(tokenizer)}"
+            ]
+        )
+    logging.getLogger("nexa.run").warning(
+        "tokenizer: %s has none; using the packaged all-MiniLM-L6-v2 tokenizer", model
+    )
+    return tokenizer

@@ -295,7 +295,7 @@ def make_plan(
 ) -> Plan:
     """Estimate every layout and recommend the fastest that fits. Raises ConfigError on bad input.
 
-    ``history``: outcomes of the user's finished runs on this machine (learned.history); each
+    ``history``: outcomes of the user's finished runs on this machine (runs.learned_history); each
     estimate then carries the correction they give (Estimate.learned), unless the plan is for
     another machine."""
     calibration = calibration or DEFAULT_CALIBRATION

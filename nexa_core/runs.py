@@ -6,15 +6,18 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nexa_core import paths
+from nexa_core import learned, paths
 from nexa_core.errors import ConfigError
 from nexa_core.launch import RunSpec
 from nexa_core.memory import GIB
 from nexa_core.runstore import RunState, RunStore
+
+if TYPE_CHECKING:
+    from nexa_core.hardware import Hardware
 
 
 def estimate_for(
@@ -28,14 +31,14 @@ def estimate_for(
     tokens per training example when the caller has tokenised them already), with the resolved
     layout and, for a run on this machine, its fingerprint (learned.py reads them back after the run).
     ``gpus_per_node`` / ``nodes`` describe a cluster job's nodes instead of this machine's GPUs."""
-    from nexa_core import data_shapes, hardware, learned
+    from nexa_core import data_shapes, hardware
     from nexa_core.planner import PlanConfig, make_plan
 
     train = spec.train
     settings = train.deepspeed_settings()
     gpus = gpus_per_node if gpus_per_node is not None else len(spec.gpus) or len(hardware.list_gpus())
     use_ds = settings.deepspeed_enabled(has_gpu=bool(gpus))
-    stage, off_opt, off_param = settings.layout() if use_ds else (0, None, None)
+    stage, off_opt, off_param = train.layout(has_gpu=bool(gpus))
     ranks_per_node = (gpus if gpus_per_node is not None else min(gpus, spec.nproc)) if gpus else spec.nproc
     total_nodes = nodes or spec.nodes
     profile, data_note = None, None
@@ -115,6 +118,33 @@ def estimate_for(
     return None
 
 
+def fit_warnings(estimate: dict[str, Any] | None, hw: Hardware, gpus: list[int]) -> list[str]:
+    """What this machine cannot hold of a run's estimate, one sentence each: host RAM beyond what is
+    available now, per-GPU memory beyond the free memory of the chosen GPUs (all GPUs when none are
+    chosen). Empty when it fits, or when there is no estimate."""
+    if not estimate:
+        return []
+    out = []
+    # the estimate for the run's data when there is one (the --seq-len cap is a worst case it may not reach)
+    host = estimate.get("expected_host_total_bytes") or estimate.get("host_total_bytes") or 0
+    if host > hw.host_available_bytes:
+        out.append(
+            f"The estimate needs {host / GIB:,.1f} GiB of host RAM; this machine has "
+            f"{hw.host_available_bytes / GIB:,.1f} GiB available ({hw.host_total_bytes / GIB:,.1f} GiB in all), "
+            "so the run will probably be killed for lack of memory. Lower the batch or sequence length, or "
+            "plan another layout on the Plan page."
+        )
+    per_gpu = estimate.get("expected_per_gpu_total_bytes") or estimate.get("per_gpu_total_bytes") or 0
+    chosen = [g for g in hw.gpus if g.index in gpus] or list(hw.gpus)
+    if per_gpu and chosen and per_gpu > min(g.free_bytes for g in chosen):
+        tightest = min(chosen, key=lambda g: g.free_bytes)
+        out.append(
+            f"The estimate needs {per_gpu / GIB:,.1f} GiB per GPU; GPU {tightest.index} has "
+            f"{tightest.free_bytes / GIB:,.1f} GiB free, so the run will probably run out of GPU memory."
+        )
+    return out
+
+
 def measured(store: RunStore, run_id: str) -> dict[str, Any]:
     """Peaks: host RSS summed over ranks (each rank's kernel high-water mark when the run recorded it,
     else the highest sample), GPU per device from the samples."""
@@ -148,7 +178,9 @@ def measured(store: RunStore, run_id: str) -> dict[str, Any]:
 def summary(store: RunStore, run: dict[str, Any]) -> dict[str, Any]:
     """What `nexa runs show --json` prints and the Runs page tabulates."""
     spec = run.get("spec") or {}
-    final = store.metrics(run["id"], ["loss", "eval_f1", "f1", "eval_accuracy", "accuracy"])
+    final = store.metrics(
+        run["id"], ["loss", "eval_f1", "f1", "eval_accuracy", "accuracy", "eval_perplexity"]
+    )
     last = {name: rows[-1][1] for name, rows in final.items() if rows}
     duration = None
     if run.get("started_at"):
@@ -164,7 +196,10 @@ def summary(store: RunStore, run: dict[str, Any]) -> dict[str, Any]:
     return {
         "run_id": run["id"],
         "name": run.get("name"),
+        "kind": run.get("kind"),
         "state": run["state"],
+        "tags": run.get("tags") or [],
+        "note": run.get("note"),
         "exit_reason": run.get("reason"),
         "exit_code": run.get("exit_code"),
         "stopped_by": run.get("stopped_by"),
@@ -185,6 +220,7 @@ def summary(store: RunStore, run: dict[str, Any]) -> dict[str, Any]:
         "final_loss": _clean(last.get("loss")),
         "f1": _clean(last.get("eval_f1", last.get("f1"))),
         "accuracy": _clean(last.get("eval_accuracy", last.get("accuracy"))),
+        "perplexity": _clean(last.get("eval_perplexity")),
         "estimate": run.get("estimate"),
         "measured": measured(store, run["id"]),
         "command": run.get("command"),
@@ -221,40 +257,6 @@ def run_label(run_id: str, name: str | None, state: str) -> str:
     return " · ".join(dict.fromkeys([name or run_id, state, run_id]))
 
 
-def history_rows(summaries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One flat row per run summary for the Runs table (memory in GiB, measured next to estimated)."""
-    rows = []
-    for s in summaries:
-        est, meas = s.get("estimate") or {}, s.get("measured") or {}
-        stage = s.get("zero_stage")
-        gpu_peaks = list((meas.get("peak_gpu_bytes") or {}).values())
-        rows.append(
-            {
-                "run": s.get("name") or s["run_id"],
-                "id": s["run_id"],
-                "model": s.get("model"),
-                "task": s.get("task"),
-                "stage": f"ZeRO-{stage}" if stage is not None else est.get("label", "default"),
-                "offload": f"opt {s.get('offload_optimizer') or 'default'} / param {s.get('offload_param') or 'default'}",
-                "state": s.get("state"),
-                "where": job_label(s.get("slurm")) or "this machine",
-                "step": s.get("step"),
-                "duration s": round(s["duration_s"], 1) if s.get("duration_s") is not None else None,
-                "host peak GiB": _gib(meas.get("peak_host_rss_bytes")),
-                # the estimate for the run's data where it was recorded, else the --seq-len cap
-                "host est. GiB": _gib(est.get("expected_host_total_bytes") or est.get("host_total_bytes")),
-                "GPU peak GiB": _gib(max(gpu_peaks)) if gpu_peaks else None,
-                "GPU est. GiB": _gib(
-                    est.get("expected_per_gpu_total_bytes") or est.get("per_gpu_total_bytes")
-                )
-                or None,
-                "final loss": s.get("final_loss"),
-                "F1": s.get("f1"),
-            }
-        )
-    return rows
-
-
 def remove_run(store: RunStore, run_id: str) -> Path | None:
     """Delete a finished run from the store, and its folder only when that folder is exactly
     ``runs_root()/<run_id>`` once symlinks are resolved: a tampered or stale ``run_dir`` can never
@@ -275,5 +277,18 @@ def remove_run(store: RunStore, run_id: str) -> Path | None:
     return folder
 
 
-def _gib(value: Any) -> float | None:
-    return round(value / GIB, 2) if isinstance(value, (int, float)) else None
+def learned_history(store: RunStore, machine_id: str, limit: int = 1000) -> list[learned.Outcome]:
+    """(estimate, measured) pairs of the finished runs in ``store`` that ran on ``machine_id``."""
+    found = []
+    for run in store.list_runs(limit=limit, state="succeeded"):
+        if ((run.get("estimate") or {}).get("machine") or {}).get("id") == machine_id:
+            found += learned.outcomes(run, measured(store, run["id"]))
+    return found
+
+
+def local_history() -> list[learned.Outcome]:
+    """learned_history of this NEXA_HOME's runs on this machine; [] before the first run (no run store
+    is created for it)."""
+    if not paths.store_path().is_file():
+        return []
+    return learned_history(RunStore(), learned.this_machine().id)

@@ -10,45 +10,14 @@ import json
 import logging
 import os
 import traceback
-from pathlib import Path
 from typing import Any
 
 from nexa_core import paths
 from nexa_core.errors import ConfigError
+from nexa_core.models import load_tokenizer  # (also imported from here by tests and benchmarks)
 from nexa_core.train_config import RUN_CONFIG, TrainConfig
 
 log = logging.getLogger("nexa.run")
-
-
-def load_tokenizer(model: str):
-    """The model's own tokenizer when its folder has one, else the packaged MiniLM tokenizer (for
-    random-initialised test variants whose config sets a vocabulary at least that large)."""
-    from transformers import AutoTokenizer
-
-    from nexa_core.models import _packaged_minilm_dir, resolve_model
-
-    resolved = resolve_model(model)
-    for folder in (resolved.weights_dir, Path(model) if Path(model).is_dir() else None):
-        if folder is not None and any(
-            (folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")
-        ):
-            return AutoTokenizer.from_pretrained(folder)
-    fallback = _packaged_minilm_dir()
-    if fallback is None:
-        raise ConfigError(
-            [f"model: no tokenizer found for {model!r} and the packaged MiniLM is not installed"]
-        )
-    tokenizer = AutoTokenizer.from_pretrained(fallback)
-    vocab = int(resolved.config.get("vocab_size") or resolved.config.get("n_vocab") or 0)
-    if vocab and vocab < len(tokenizer):
-        raise ConfigError(
-            [
-                f"model: {model!r} has no tokenizer and its vocab_size {vocab} is smaller than the fallback tokenizer's {len(tokenizer)}"
-            ]
-        )
-    log.warning("tokenizer: %s has none; using the packaged all-MiniLM-L6-v2 tokenizer", model)
-    return tokenizer
-
 
 DUPLICATE_SIGNAL_S = 2.0  # a repeat of the same signal this soon is the same stop request
 
@@ -187,6 +156,7 @@ def run_training(
             gradient_accumulation_steps=config.gradient_accumulation,
             max_steps=config.max_steps,
             save_every=config.save_every,
+            eval_every=config.eval_every,
             keep_last=config.keep_last,
             seed=config.seed,
             label_names=data.label_names or None,

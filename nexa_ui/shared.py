@@ -39,12 +39,16 @@ def cached_plan(history: tuple[learned.Outcome, ...] = (), **fields: Any) -> pla
     return planner.make_plan(planner.PlanConfig(**fields), detected_hardware(), history=history or None)
 
 
-@st.cache_data(ttl=30, show_spinner=False)
 def learned_history() -> tuple[learned.Outcome, ...]:
-    """This machine's finished runs as (estimate, measured) pairs (learned.local_history), read at most
-    every 30 s; none when the run store cannot be read (the Runs page says why)."""
+    """This machine's finished runs as (estimate, measured) pairs (runs.local_history), read at most
+    every 30 s per run store; none when the run store cannot be read (the Runs page says why)."""
+    return _learned_history(str(paths.store_path()))
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _learned_history(store_path: str) -> tuple[learned.Outcome, ...]:  # keyed on the store it reads
     try:
-        return tuple(learned.local_history())
+        return tuple(runs.local_history())
     except (ConfigError, OSError, sqlite3.Error):
         return ()
 
@@ -160,10 +164,11 @@ def save_upload(name: str, data: bytes) -> Path:
 
 
 @st.cache_data(max_entries=32, show_spinner="Checking the file…")
-def check_dataset(path: str, task: str) -> tuple[int, list[str]]:
-    """(records, problems) from datasets.load_records; keyed by path, which names the content."""
+def check_dataset(path: str, task: str, shown_as: str | None = None) -> tuple[int, list[str]]:
+    """(records, problems) from datasets.load_records, the problems naming the file ``shown_as`` (the
+    user's own file name); keyed by path, which names the content."""
     try:
-        return len(datasets.load_records(path, task)), []
+        return len(datasets.load_records(path, task, shown_as=shown_as)), []
     except ConfigError as exc:
         return 0, exc.problems
 
@@ -191,6 +196,8 @@ def run_summary(store: RunStore, run: dict[str, Any]) -> dict[str, Any]:
         run.get("exit_code"),
         run.get("reason"),
         run.get("last_step"),
+        tuple(run.get("tags") or ()),  # tags and the note change after the run ended
+        run.get("note"),
     )
     return _ended_summary(str(store.path), run["id"], outcome)
 

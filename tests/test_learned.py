@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from nexa_core import cli, learned
+from nexa_core import cli, learned, runs
 from nexa_core.learned import GPU, HOST, Outcome, correction, correction_for
 from nexa_core.memory import GIB
 from nexa_core.planner import PlanConfig, make_plan
@@ -77,7 +77,7 @@ def test_history_pairs_each_finished_run_on_this_machine_with_its_recorded_estim
     _finished_run(store, "two-ranks", "m1", 2000, [900, 1100])
     _finished_run(store, "elsewhere", "m2", 1000, [1000])
     _finished_run(store, "failed", "m1", 1000, [1000], state=RunState.FAILED)
-    (pair,) = learned.history(store, "m1")
+    (pair,) = runs.learned_history(store, "m1")
     assert (pair.run_id, pair.term, pair.estimated_bytes, pair.measured_bytes) == (
         "two-ranks",
         HOST,

@@ -112,8 +112,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         random_init=args.random_init,
         zero3_init=args.zero3_init,
     )
-    from nexa_core import learned
+    from nexa_core import runs
 
-    plan = planner.make_plan(config, history=learned.local_history())
+    plan = planner.make_plan(config, history=runs.local_history())
     print_result(json.dumps(plan.to_dict(), indent=2) if args.json else report.plan_text(plan))
     return 0
