@@ -196,7 +196,14 @@ def _lengths(
     from nexa_core.models import load_tokenizer
 
     records, _ = datasets.load_run_records(task, dataset, eval_dataset, seed=seed)  # as the run reads them
-    tokenizer = load_tokenizer(model)
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # an estimate prints no library chatter (the CLI's errors are one line)
+    try:
+        tokenizer = load_tokenizer(model, announce=False)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     datasets.ensure_pad_token(tokenizer)
     columns = datasets.tokenise_records(
         task, tokenizer, records, seq_len=seq_len, label_names=datasets.label_names_for(task, records)

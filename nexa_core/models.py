@@ -251,7 +251,9 @@ def _attention_dropout(config) -> float:
 
 
 def _stored_dtype(config) -> str:
-    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    # transformers 5 reads a config's torch_dtype into dtype; asking for the old name only prints a
+    # deprecation warning (one stray line on stderr of every command that plans)
+    value = getattr(config, "dtype", None)
     text = str(value).removeprefix("torch.") if value is not None else "float32"
     return text if text in ("float32", "float16", "bfloat16") else "float32"
 
@@ -398,9 +400,10 @@ def seq_len_problems(model: str, seq_len: int, flag: str = "seq_len (--seq-len)"
     return []
 
 
-def load_tokenizer(model: str):
+def load_tokenizer(model: str, announce: bool = True):
     """The model's own tokenizer when its folder has one, else the packaged MiniLM tokenizer (for
-    random-initialised test variants whose config sets a vocabulary at least that large)."""
+    random-initialised test variants whose config sets a vocabulary at least that large; a run's log
+    says so unless ``announce`` is off)."""
     from transformers import AutoTokenizer
 
     resolved = resolve_model(model)
@@ -422,7 +425,8 @@ def load_tokenizer(model: str):
                 f"model: {model!r} has no tokenizer and its vocab_size {vocab} is smaller than the fallback tokenizer's {len(tokenizer)}"
             ]
         )
-    logging.getLogger("nexa.run").warning(
-        "tokenizer: %s has none; using the packaged all-MiniLM-L6-v2 tokenizer", model
-    )
+    if announce:
+        logging.getLogger("nexa.run").warning(
+            "tokenizer: %s has none; using the packaged all-MiniLM-L6-v2 tokenizer", model
+        )
     return tokenizer
