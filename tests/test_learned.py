@@ -87,6 +87,17 @@ def test_history_pairs_each_finished_run_on_this_machine_with_its_recorded_estim
     assert pair.technique == "ZeRO-0 · fp32 · 2 ranks"
 
 
+def test_a_gpu_run_gives_a_pair_per_term_the_busiest_device_for_the_gpu(tmp_path):
+    store = RunStore(tmp_path / "runs.sqlite")
+    _finished_run(store, "gpu-run", "m1", 1000, [1200], gpus={0: 5 * GIB, 1: 6 * GIB})
+    run = store.get_run("gpu-run")
+    run["estimate"]["per_gpu_total_bytes"] = 8 * GIB  # (recorded at the cap; no expected figure)
+    store.update_run("gpu-run", estimate=run["estimate"])
+    host, gpu = sorted(runs.learned_history(store, "m1"), key=lambda o: o.term, reverse=True)
+    assert (host.term, host.estimated_bytes, host.measured_bytes) == (HOST, 1000, 1200)
+    assert (gpu.term, gpu.estimated_bytes, gpu.measured_bytes) == (GPU, 8 * GIB, 6 * GIB)
+
+
 def test_the_plan_shows_the_correction_beside_the_formula_and_says_how_many_runs(nexa_home):
     history = [_outcome(i, ratio=r) for i, r in enumerate((0.80, 0.85, 0.90))]
     config = PlanConfig(gpus=0, host_memory_gb=64)
