@@ -22,8 +22,9 @@ from urllib.parse import quote
 
 from nexa_core import paths
 from nexa_core.errors import ConfigError
+from nexa_core.run_queue import QUEUE_SCHEMA, QueueTable
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, name TEXT, kind TEXT DEFAULT 'train', state TEXT NOT NULL,
@@ -80,8 +81,9 @@ class RunState(str, Enum):
 TERMINAL = {RunState.SUCCEEDED, RunState.FAILED, RunState.STOPPED}
 
 
-class RunStore:
-    """Runs, metrics, memory samples and events in one SQLite file; safe for many processes at once."""
+class RunStore(QueueTable):
+    """Runs, metrics, memory samples and events in one SQLite file; safe for many processes at once.
+    The run queue's table and its SQL are in nexa_core/run_queue.py."""
 
     def __init__(self, path: Path | str | None = None) -> None:
         self.path = Path(path) if path is not None else paths.store_path()
@@ -257,6 +259,7 @@ class RunStore:
                 ("events", "run_id"),
                 ("jobs", "run_id"),
                 ("relay_offsets", "run_id"),
+                ("queue", "run_id"),
             ):
                 conn.execute(f"DELETE FROM {table} WHERE {key} = ?", (run_id,))
 
@@ -435,6 +438,8 @@ def _prepare(conn: sqlite3.Connection) -> None:
                 if version == 1:  # v2 added runs.total_steps (and an index, created above)
                     conn.execute("ALTER TABLE runs ADD COLUMN total_steps INTEGER")
                 # v3 added the jobs and relay_offsets tables: created above, nothing to alter
+                if version < 4:  # v4: the run queue (nexa_core/run_queue.py)
+                    conn.execute(QUEUE_SCHEMA)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 

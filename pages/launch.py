@@ -321,7 +321,9 @@ with st.expander("Save this configuration as a preset", expanded=False):
 if st.button("Submit to Slurm" if request else "Launch", type="primary", key="launch_go"):
     try:
         run_id = (
-            slurm_jobs.submit(spec, request, estimate) if request else runner.launch(spec, estimate=estimate)
+            slurm_jobs.submit(spec, request, estimate)
+            if request
+            else runner.launch(spec, estimate=estimate, queue=True)  # a busy device: it waits in the queue
         )
     except ConfigError as exc:
         show_problems(exc.problems)
