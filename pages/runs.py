@@ -6,6 +6,7 @@ import streamlit as st
 from nexa_core import monitor, runner, runs
 from nexa_core.errors import ConfigError
 from nexa_ui.auth import require_access
+from nexa_ui.queue_view import queue_section
 from nexa_ui.shared import export_form, hardware_sidebar, open_store, run_summary, show_problems
 
 require_access()  # also when Streamlit runs this file without app.py (nexa_ui/auth.py)
@@ -43,6 +44,7 @@ if not listed:
     st.stop()
 summaries = {r["id"]: run_summary(store, r) for r in listed}
 st.dataframe(runs.history_rows(summaries.values()), hide_index=True, width="stretch")
+queue_section(store)  # the runs waiting for a busy device: reorder or cancel (nexa_ui/queue_view.py)
 
 ids = list(summaries)
 about = {i: runs.run_label(i, s["name"], s["state"]) for i, s in summaries.items()}
