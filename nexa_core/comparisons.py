@@ -7,24 +7,25 @@ whoever asks first, so a closed tab or a restarted panel loses nothing."""
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from nexa_core import paths, run_queue, runner, runs
 from nexa_core.bench import SKIP_STEPS, BenchConfig, environment, measured, skip_reason, technique_spec
 from nexa_core.errors import ConfigError
-from nexa_core.exits import log_tail
 from nexa_core.runstore import TERMINAL, RunState, RunStore
 
 RUNS = ".runs.json"  # the plan: config, environment, one row per technique with its run id
 RESULT = ".json"  # the result, once every run has ended
 LEGACY_PROGRESS = ".progress.json"  # written by the bench process of NEXA before the run queue
 DEDUPE_S = 10.0  # the same comparison asked for again within this many seconds is the same one
-# A DeepSpeed op being JIT-built (torch's cpp_extension and ninja's "[n/m]" lines), and its end
-_BUILDING = re.compile(r"Building extension module|Emitting ninja build file|^\[\d+/\d+\] ", re.MULTILINE)
-_BUILT = re.compile(r"Time to load \S+ op|Loading extension module", re.MULTILINE)
+# What a DeepSpeed op's JIT build runs (torch's cpp_extension starts ninja, ninja the compilers). It
+# prints nothing to the run's log (DeepSpeed loads its ops with verbose=False), so the run's processes
+# are what show it.
+_BUILD_PROCESSES = {"ninja", "c++", "g++", "gcc", "cc", "cc1plus", "ld", "as", "nvcc", "cicc", "ptxas"}
 
 
 def comparisons_dir() -> Path:
@@ -186,7 +187,7 @@ def run_phase(store: RunStore, run: dict[str, Any], steps: int) -> str:
         )
     step = run.get("last_step") or 0
     if step == 0:
-        if compiling(log_tail(run.get("run_dir"))):
+        if compiling(run):
             return ("compiling DeepSpeed's CPU ops (the first DeepSpeed run on this machine builds them: "
                     "minutes; later runs load them in seconds)")  # fmt: skip
         deepspeed = (run.get("spec") or {}).get("deepspeed") == "on"
@@ -198,12 +199,15 @@ def run_phase(store: RunStore, run: dict[str, Any], steps: int) -> str:
     return f"timed step {step - SKIP_STEPS} of {steps - SKIP_STEPS}"
 
 
-def compiling(log: str) -> bool:
-    """Whether the latest attempt in a run log is JIT-building a DeepSpeed op right now."""
-    attempt = log[log.rfind("\n=== ") + 1 :]
-    building = [m.start() for m in _BUILDING.finditer(attempt)]
-    built = [m.start() for m in _BUILT.finditer(attempt)]
-    return bool(building) and (not built or built[-1] < building[-1])
+def compiling(run: dict[str, Any]) -> bool:
+    """Whether a process of the run is a compiler or ninja: a DeepSpeed op being JIT-built."""
+    for proc in runner.run_processes(run):
+        try:
+            if proc.name() in _BUILD_PROCESSES:
+                return True
+        except psutil.Error:
+            continue
+    return False
 
 
 def wait_comparison(
