@@ -17,9 +17,10 @@ from typing import Any
 import yaml
 
 from nexa_core.errors import ConfigError
+from nexa_core.paths import deployment_file
 from nexa_core.planner import PlanConfig, make_plan
 
-DEFAULT_INSTANCES = Path(__file__).resolve().parent.parent / "deployment" / "instances.yaml"
+DEFAULT_INSTANCES = deployment_file("instances.yaml")
 _FIELDS = ("name", "gpus", "gpu_memory_gb", "host_memory_gb", "peak_tflops", "price_per_hour")
 _DATE = re.compile(r"^\d{4}(-\d{2}(-\d{2})?)?$")  # 2026, 2026-04 or 2026-05-07: as the source dates it
 CPU = "cpu"

@@ -18,10 +18,10 @@ from typing import Any
 
 from nexa_core.enums import DeepSpeedMode, Offload, Precision
 from nexa_core.errors import raise_if
+from nexa_core.paths import deployment_file
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DEEPSPEED_CONFIG = PROJECT_ROOT / "deployment" / "deepspeed_config.json"
-DEFAULT_ACCELERATE_CONFIG = PROJECT_ROOT / "deployment" / "accelerate_config.yaml"
+DEFAULT_DEEPSPEED_CONFIG = deployment_file("deepspeed_config.json")
+DEFAULT_ACCELERATE_CONFIG = deployment_file("accelerate_config.yaml")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -81,6 +81,11 @@ class DeepSpeedSettings:
                 problems.append("offload_optimizer (--offload-optimizer): cpu needs ZeRO stage 1, 2 or 3")
             if off_param is Offload.CPU and stage != 3:
                 problems.append("offload_param (--offload-param): cpu needs ZeRO stage 3")
+            if self.precision is Precision.BF16_TRUE and stage == 0 and self.mode is DeepSpeedMode.ON:
+                problems.append(
+                    "precision (--precision): bf16-true with DeepSpeed needs ZeRO stage 1, 2 or 3 "
+                    "(DeepSpeed keeps bf16 master weights only there); use --deepspeed off for stage 0"
+                )
         if (
             not isinstance(self.gradient_accumulation_steps, int)
             or not 1 <= self.gradient_accumulation_steps <= 4096
@@ -192,7 +197,15 @@ class DeepSpeedSettings:
             else:
                 zero.pop(key, None)
         config.setdefault("fp16", {})["enabled"] = precision is Precision.FP16
-        config.setdefault("bf16", {})["enabled"] = precision is Precision.BF16
+        bf16 = config.setdefault("bf16", {})
+        bf16["enabled"] = precision in (Precision.BF16, Precision.BF16_TRUE)
+        # bf16-true: DeepSpeed keeps its master copy, gradients and optimizer states in bf16 too
+        # (ZeRO 1-3 only; DeepSpeedSettings refuses stage 0)
+        for key in ("bf16_master_weights_and_grads", "bf16_optimizer_states"):
+            if precision is Precision.BF16_TRUE:
+                bf16[key] = True
+            else:
+                bf16.pop(key, None)
         config["gradient_accumulation_steps"] = self.gradient_accumulation_steps
         config.setdefault("activation_checkpointing", {})["cpu_checkpointing"] = self.cpu_checkpointing
         if off_opt is Offload.NONE and _cpu_only():
@@ -239,7 +252,10 @@ def get_accelerator(
     settings = settings or DeepSpeedSettings.from_env()
     enabled = settings.deepspeed_enabled() if use_deepspeed is None else use_deepspeed
     precision = settings.resolved_precision()
-    mixed = {Precision.FP32: "no", Precision.FP16: "fp16", Precision.BF16: "bf16"}[precision]
+    # bf16-true has no autocast: the weights themselves are bf16 (the trainer creates them so)
+    mixed = {Precision.FP32: "no", Precision.FP16: "fp16", Precision.BF16: "bf16", Precision.BF16_TRUE: "no"}[
+        precision
+    ]
     if not enabled:
         if not gpu_available():
             # Without CUDA, Accelerate joins the ranks a launcher started (gloo, MULTI_CPU) only when

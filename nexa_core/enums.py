@@ -33,13 +33,24 @@ class Task(_Choice):
 
 
 class Precision(_Choice):
+    """fp16 and bf16 are mixed precision: 16-bit compute with an fp32 master copy and fp32 Adam
+    states. bf16-true (Lightning's and litgpt's name) keeps weights, gradients and Adam states all
+    in bf16, with no fp32 copy: half the model-state memory, at bf16's rounding of every update."""
+
     FP32 = "fp32"
     FP16 = "fp16"
     BF16 = "bf16"
+    BF16_TRUE = "bf16-true"
 
     @property
     def bytes_per_value(self) -> int:
         return 4 if self is Precision.FP32 else 2
+
+    @property
+    def master_bytes_per_value(self) -> int:
+        """Bytes of each value the optimizer steps and keeps (master weights, their gradients, each
+        Adam moment): fp32 except in bf16-true."""
+        return 2 if self is Precision.BF16_TRUE else 4
 
 
 class Offload(_Choice):

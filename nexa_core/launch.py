@@ -11,7 +11,7 @@ from typing import Any
 
 from nexa_core.enums import _Choice
 from nexa_core.errors import ConfigError, int_problems, raise_if
-from nexa_core.scaling import HOSTFILE, Host, active_resources, address_problem, hosts_problems, parse_hosts
+from nexa_core.hosts import HOSTFILE, Host, active_resources, address_problem, hosts_problems, parse_hosts
 from nexa_core.train_config import RUN_CONFIG, TrainConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

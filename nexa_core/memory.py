@@ -1,7 +1,7 @@
 """Memory formulas: pure functions of parameter counts, shapes and the parallel layout.
 
-Every term cites its source (docs/MEMORY.md lists them; docs/REFERENCES.md gives the public
-titles and URLs). Notation: Ψ params, Ψt trainable params, N data-parallel ranks, p bytes per value
+Every term cites its source as [R1]..[R16] (docs/REFERENCES.md gives the public titles and URLs;
+docs/MEMORY.md the measurements). Notation: Ψ params, Ψt trainable params, N data-parallel ranks, p bytes per value
 of the compute dtype, b micro-batch, s sequence length, h hidden, a heads, k key/value heads, d head
 width, I MLP width, V vocabulary, L layers.
 """
@@ -25,7 +25,7 @@ class Calibration:
     short training runs on this project's reference machine (docs/MEMORY.md has the table).
     """
 
-    # CUDA context per process. Cited: 300-700 MB depending on lazy module loading (MEMORY-REFERENCES).
+    # CUDA context per process. Assumed: a few hundred MB with CUDA's lazy module loading [R10].
     # Checked, not fitted (benchmarks/gpu_published.py): a 2022 stack loading kernels eagerly measured 1343 MB.
     cuda_context_bytes: int = 500 * MIB
     # Allocator fragmentation and temporaries on GPU. Assumed (ZeRO paper section 3.2), not fitted;
@@ -121,15 +121,16 @@ def model_states_bytes(
 ) -> ModelStates:
     """Per-rank model-state bytes for DeepSpeed ZeRO.
 
-    Sources: ZeRO paper (arXiv 1910.02054) sections 3.1 and 5 for the partitioning by stage;
-    DeepSpeed's estimate_zero2/zero3_model_states_mem_needs for the 18 bytes per partitioned
+    Sources: ZeRO paper [R1] sections 3.1 and 5 for the partitioning by stage;
+    DeepSpeed's estimate_zero2/zero3_model_states_mem_needs [R5] for the 18 bytes per partitioned
     trainable parameter (16-bit grads 2 + fp32 grads 4 + fp32 master 4 + Adam m, v 8). The
     parameters ZeRO-3 gathers during a step are not model states: zero3_gathered_bytes.
     """
     p = precision.bytes_per_value
     n = layout.ranks
     stage = layout.zero_stage
-    mixed = precision is not Precision.FP32
+    mixed = precision in (Precision.FP16, Precision.BF16)
+    m = precision.master_bytes_per_value  # 4, or 2 in bf16-true
     n_opt = n if stage >= 1 else 1  # optimizer states partitioned from stage 1
     n_grad = n if stage >= 2 else 1  # gradients from stage 2
     n_param = n if stage >= 3 else 1  # parameters from stage 3
@@ -139,22 +140,24 @@ def model_states_bytes(
     # DeepSpeed keeps an fp32 master copy of the trainable partition (stage 1-3 clone it even for
     # fp32 models: stage_1_and_2.py single_partition_of_fp32_groups, stage3.py
     # fp32_partitioned_groups_flat), plus fp32 gradients of that partition for the optimizer step.
-    # Stage 0 in fp32 steps the model's own tensors: no copy, no separate fp32 gradients.
+    # Stage 0 in fp32 (and bf16-true without DeepSpeed) steps the model's own tensors: no copy, no
+    # separate gradients. bf16-true under ZeRO 1-3 is DeepSpeed's bf16_master_weights_and_grads +
+    # bf16_optimizer_states: the same copies, in bf16 (deepspeed/runtime/config.py).
     keeps_fp32_copy = stage >= 1 or mixed
-    master = trainable * 4 // n_opt if keeps_fp32_copy else 0
-    fp32_grads = trainable * 4 // n_opt if keeps_fp32_copy else 0
-    adam_moments = trainable * 8 // n_opt  # Adam momentum + variance, fp32 (ZeRO paper K=12 incl. master)
+    master = trainable * m // n_opt if keeps_fp32_copy else 0
+    fp32_grads = trainable * m // n_opt if keeps_fp32_copy else 0
+    adam_moments = trainable * 2 * m // n_opt  # Adam momentum + variance (ZeRO paper K=12 incl. master)
 
     host = Breakdown()
     if layout.offload_optimizer:
-        # ZeRO-Offload (arXiv 2101.06840): the fp32 master, fp32 gradients and Adam states move to
+        # ZeRO-Offload [R2]: the fp32 master, fp32 gradients and Adam states move to
         # host; from stage 2 the 16-bit gradients stream out of the reduce buckets instead of staying.
         host = Breakdown(gradients_bytes=fp32_grads, optimizer_bytes=master + adam_moments)
         master = fp32_grads = adam_moments = 0
         if stage >= 2:
             compute_grads = 0
     if layout.offload_param:
-        # ZeRO-Infinity parameter offload: the 16-bit partition lives on host; the GPU keeps only
+        # ZeRO-Infinity parameter offload [R3]: the 16-bit partition lives on host; the GPU keeps only
         # the gathered parameters (zero3_gathered_bytes).
         host = Breakdown(
             params_bytes=compute_params,
@@ -201,7 +204,7 @@ def kv_heads_stored(arch: Architecture, attention: Attention, batch_size: int) -
     (``repeat_kv``) before the matmuls, so the saved tensors have a heads. SDPA takes K and V as
     they are (``enable_gqa``) only without an attention mask (``use_gqa_in_sdpa``): a micro-batch of
     one needs no padding mask; a padded batch gets one, and K/V are repeated. flash_attention_2
-    takes k heads natively (transformers integrations/sdpa_attention.py, flash_attention.py).
+    takes k heads natively (transformers integrations/sdpa_attention.py, flash_attention.py [R12]).
     """
     impl = resolved_attention(arch, attention)
     if impl is Attention.FLASH or (impl is Attention.SDPA and batch_size == 1):
@@ -222,7 +225,7 @@ def activation_bytes(
 ) -> int:
     """Activations kept for backward on one rank.
 
-    Per layer, Korthikanti et al. 2022 (arXiv 2205.05198, section 4.1) give for 16-bit values
+    Per layer, Korthikanti et al. 2022 [R4] (section 4.1) give for 16-bit values
     sbh(34 + 5as/h): attention 11sbh + 5as²b, MLP 19sbh, layer norms 4sbh. The attention 11sbh is
     QKV input 2sbh, Q 2sbh, K 2sbh, V 2sbh, output-projection input 2sbh and the dropout mask sbh;
     with k key/value heads of width d (GQA) K and V are 2sb·kd each instead of 2sbh (``kv_heads``:
@@ -233,7 +236,7 @@ def activation_bytes(
     figure (same reference). With full activation checkpointing each layer keeps its 16-bit input
     (2sbh) and one layer is recomputed at a time. During backward one layer's activation gradients
     coexist with the stored activations (one more layer's worth). The head: causal LM logits and
-    loss in fp32, about 4bsV (MEMORY-REFERENCES); a classifier's logits are b·s·labels or b·labels
+    loss in fp32, about 4bsV for the logits alone; a classifier's logits are b·s·labels or b·labels
     values, negligible but counted.
     """
     b, s = batch_size, seq_len
@@ -260,7 +263,7 @@ def activation_bytes(
     embeddings = int(2 * s * b * h * scale)  # embedding output kept for the first layer norm
     if task is Task.CAUSAL_LM:
         # fp32 logits (returned to the caller, so alive) and the log-softmax output cross-entropy
-        # keeps for backward, then the gradients of both during backward: 4 × 4bsV. MEMORY-REFERENCES'
+        # keeps for backward, then the gradients of both during backward: 4 × 4bsV. The usual
         # 4bsV counts the logits alone; measured on GPT-2 (V = 50257): 3.5 × 4bsV at the peak.
         head = 4 * 4 * b * s * arch.vocab_size
     elif task is Task.NER:
@@ -277,7 +280,7 @@ def activation_bytes(
 
 def deepspeed_buffer_bytes(arch: Architecture | None, precision: Precision, layout: Layout) -> int:
     """Communication buffers with the "auto" sizes Accelerate fills in from hidden_size
-    (accelerate/accelerator.py _prepare_deepspeed): reduce bucket h², ZeRO-3 prefetch 0.9h².
+    (accelerate/accelerator.py _prepare_deepspeed; [R7]): reduce bucket h², ZeRO-3 prefetch 0.9h².
     overlap_comm (on in deployment/deepspeed_config.json) double-buffers the reduce bucket
     (HF DeepSpeed integration docs). Without a known hidden size, DeepSpeed's defaults (5e8
     reduce, 5e7 prefetch elements) apply."""
@@ -323,8 +326,11 @@ class Workload:
 
     def load_bytes_per_param(self, layout: Layout, deepspeed: bool = True) -> int:
         """The dtype the weights are materialised in: the compute dtype when DeepSpeed runs in 16 bits
-        (its engine casts the module to it anyway), else fp32 (the fp32 weights that autocast or
-        plain fp32 training step on). trainer.load_dtype makes the same choice."""
+        (its engine casts the module to it anyway) and always in bf16-true, else fp32 (the fp32
+        weights that autocast or plain fp32 training step on). trainer.load_dtype makes the same
+        choice."""
+        if self.precision is Precision.BF16_TRUE:
+            return 2
         return self.precision.bytes_per_value if deepspeed and not layout.cpu_only else 4
 
 
@@ -338,7 +344,7 @@ def zero3_gathered_bytes(workload: Workload, layout: Layout) -> int:
 
     DeepSpeed releases a gathered parameter only when more than stage3_max_live_parameters are
     resident, or when its next use is further than stage3_max_reuse_distance away; both default to
-    1e9 (DeepSpeed's ZeRO config docs), so a model below 1e9 parameters ends up wholly gathered on
+    1e9 (DeepSpeed's ZeRO config docs [R6]), so a model below 1e9 parameters ends up wholly gathered on
     every rank during a step, and a larger one holds about 1e9 (measured on CPU, 2 ranks, 331M
     Llama-style: the step's peak rose by the full model's size at 1e9, by the embedding's at 1e7).
     DeepSpeed's estimator counts 4 × the largest layer (the live layer's buffer); the larger of the
@@ -425,7 +431,7 @@ def host_load_bytes(workload: Workload, layout: Layout) -> int:
 
     Sharded (ZeRO-3 with zero.Init): no rank creates a full parameter; from a checkpoint, transformers
     reads the whole state dict on global rank 0 only (the others use the meta device) and copies it
-    into the partitions module by module (modeling_utils: map_location "cpu" on rank 0, "meta"
+    into the partitions module by module ([R12] modeling_utils: map_location "cpu" on rank 0, "meta"
     elsewhere), so the first node holds one copy in the stored dtype. Not sharded (stages 0-2, or
     ZeRO-3 with zero.Init off): every rank of the node materialises the whole model in the load
     dtype (from_pretrained builds it on the meta device, then fills it: one copy, no second fp32 one)

@@ -1,4 +1,6 @@
-"""Where NEXA keeps runs: ``$NEXA_HOME`` (default ``~/.nexa``) holds runs.sqlite and runs/<run_id>/."""
+"""Where NEXA keeps runs: ``$NEXA_HOME`` (default ``~/.nexa``) holds runs.sqlite and runs/<run_id>/.
+Also where NEXA's own files are: the panel (app.py, pages/, .streamlit/) and deployment/, in a
+checkout or in an installed package."""
 
 from __future__ import annotations
 
@@ -9,6 +11,35 @@ import time
 from pathlib import Path
 
 from nexa_core.errors import ConfigError
+
+_PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def panel_dir() -> Path:
+    """The folder holding app.py, pages/, .streamlit/config.toml and deployment/: the checkout's
+    root, or, after `pip install .`, the installed ``nexa_panel`` package (pyproject.toml maps those
+    files into it)."""
+    if (_PACKAGE_ROOT / "app.py").is_file() and (_PACKAGE_ROOT / "pages").is_dir():
+        return _PACKAGE_ROOT
+    import importlib.util
+
+    spec = importlib.util.find_spec("nexa_panel")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(["NEXA's panel files (app.py, pages/) are missing: reinstall NEXA (pip install .)"])
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def ui_server() -> Path:
+    """nexa_ui/server.py, the panel inside NEXA's guard. nexa_ui sits beside nexa_core in a checkout
+    and in site-packages alike; it is located here, never imported (nexa_core never imports the UI
+    layer, nor streamlit through it)."""
+    return _PACKAGE_ROOT / "nexa_ui" / "server.py"
+
+
+def deployment_file(name: str) -> Path:
+    """A file of deployment/ (DeepSpeed and Accelerate templates, hardware presets, instance prices)."""
+    return panel_dir() / "deployment" / name
+
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 

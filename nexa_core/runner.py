@@ -5,7 +5,6 @@ depends on a browser session."""
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import signal
 import subprocess
@@ -19,11 +18,12 @@ from typing import Any
 
 import psutil
 
-from nexa_core import paths, scaling
+from nexa_core import paths
 from nexa_core.errors import ConfigError, raise_if
 from nexa_core.exits import LOG_FILE, log_tail
-from nexa_core.launch import DEEPSPEED_FILE, PROJECT_ROOT, RUN_CONFIG, RunSpec, build_launch
+from nexa_core.launch import PROJECT_ROOT, RunSpec, build_launch
 from nexa_core.runstore import TERMINAL, RunState, RunStore
+from nexa_core.scaling import write_run_files
 
 ACTIVE = (RunState.QUEUED, RunState.RUNNING)
 DEFAULT_GRACE_S = 15.0
@@ -208,23 +208,6 @@ def register_foreground(
         if store.get_run(run_id) is None:
             store.create_run(run_id, name=name, spec=spec, run_dir=str(run_dir), gpus=devices)
         store.update_run(run_id, pid=os.getpid(), pid_create_time=psutil.Process().create_time())
-
-
-def write_run_files(spec: RunSpec, run_dir: Path) -> None:
-    """run_config.json, deepspeed_config.json, accelerate_config.yaml, spec.json (and the hostfile)."""
-    spec.train.write(run_dir / RUN_CONFIG)
-    settings = spec.train.deepspeed_settings()
-    (run_dir / DEEPSPEED_FILE).write_text(
-        json.dumps(settings.deepspeed_config(settings.resolved_precision()), indent=2)
-    )
-    # accelerate_config.yaml (multi-machine when nodes > 1), the hostfile, spec.json: scaling.py
-    scaling.write_launch_files(spec, run_dir, has_gpu=bool(spec.gpus) or _has_gpu())
-
-
-def _has_gpu() -> bool:
-    from nexa_core.hardware import list_gpus
-
-    return bool(list_gpus())
 
 
 def launch(

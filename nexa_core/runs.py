@@ -74,9 +74,7 @@ def measured(store: RunStore, run_id: str) -> dict[str, Any]:
     else the highest sample), GPU per device from the samples."""
     from nexa_core.telemetry import PEAK_RSS_METRIC
 
-    kernel: dict[str, float] = {}
-    for name, value in store.metric_maxima(run_id, PEAK_RSS_METRIC).items():
-        kernel[name] = value
+    kernel = store.metric_maxima(run_id, PEAK_RSS_METRIC)
     rows = store.memory(run_id)
     per_rank: dict[tuple[str, int], int] = {}
     per_gpu: dict[int, int] = {}

@@ -352,24 +352,6 @@ class RunStore(QueueTable):
         with self._connect() as conn:
             return [dict(r) for r in conn.execute(query + " ORDER BY t", args)]
 
-    def peak_memory(self, run_id: str) -> dict[str, int | None]:
-        """Peaks over the run: host RSS summed over ranks (each rank's own peak), GPU figures max."""
-        with self._connect() as conn:
-            rss = conn.execute(
-                "SELECT SUM(peak) FROM (SELECT MAX(rss_bytes) AS peak FROM memory WHERE run_id = ? GROUP BY host, rank)",
-                (run_id,),
-            ).fetchone()[0]
-            gpu = conn.execute(
-                "SELECT MAX(gpu_allocated_bytes), MAX(gpu_reserved_bytes), MAX(nvml_used_bytes) FROM memory WHERE run_id = ?",
-                (run_id,),
-            ).fetchone()
-        return {
-            "peak_rss_bytes": rss,
-            "peak_gpu_allocated_bytes": gpu[0],
-            "peak_gpu_reserved_bytes": gpu[1],
-            "peak_nvml_used_bytes": gpu[2],
-        }
-
     # -------------------------------------------------------------- events
     def add_event(self, run_id: str, message: str, level: str = "info", t: float | None = None) -> None:
         """Append a timestamped message (``t``: when it happened, default now) to the run's log."""

@@ -322,7 +322,10 @@ def serve_argv(settings: ServeSettings, project_root: Path, python: str) -> list
     """``streamlit run nexa_ui/server.py --server.address A --server.port P`` and the size limits,
     as an argv list (no shell). nexa_ui/server.py is app.py inside NEXA's guard (st.App with its
     middleware); st.App cannot bind a unix socket, so for one app.py runs as it is (loopback only)."""
-    script = project_root / ("app.py" if not settings.guarded else "nexa_ui/server.py")
+    from nexa_core.paths import ui_server
+
+    guarded = ui_server()
+    script = guarded if settings.guarded else project_root / "app.py"
     return [python, "-m", "streamlit", "run", str(script),
             "--server.address", str(settings.address), "--server.port", str(settings.port),
             "--server.maxUploadSize", str(settings.max_upload_mb),

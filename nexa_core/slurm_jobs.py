@@ -86,7 +86,7 @@ def submit(
 ) -> str:
     """Write the run's files and batch script into its folder, ``sbatch --parsable`` it, and record
     the run (kind ``slurm``) with its job. Returns the run id at once; the job may wait in the queue."""
-    from nexa_core.runner import write_run_files
+    from nexa_core.scaling import write_run_files
 
     store = store or RunStore()
     request, _ = prepare(spec, request, estimate)
@@ -255,9 +255,7 @@ def _apply(store: RunStore, run: dict[str, Any], job: dict[str, Any], info: JobI
 
 
 def _poll(store: RunStore) -> None:
-    from nexa_core.runner import refresh as runner_refresh
-
-    runner_refresh(store, poll_scheduler=True)
+    refresh(store, force=True)  # this run is a Slurm job: the scheduler's view is all it needs
 
 
 def stop(

@@ -11,8 +11,9 @@ from pathlib import Path
 import yaml
 
 from nexa_core.errors import ConfigError
+from nexa_core.paths import deployment_file
 
-DEFAULT_PRESETS = Path(__file__).resolve().parent.parent / "deployment" / "hardware.yaml"
+DEFAULT_PRESETS = deployment_file("hardware.yaml")
 
 
 @dataclass(frozen=True)

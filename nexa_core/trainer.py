@@ -121,6 +121,8 @@ class DeepSpeedTrainer:
         which steps fp32 weights). memory.Workload.load_bytes_per_param makes the same choice."""
         import torch
 
+        if self.precision is Precision.BF16_TRUE:
+            return torch.bfloat16  # weights, gradients and Adam states all bf16, no fp32 copy
         if self.use_deepspeed and self.precision is not Precision.FP32:
             return {Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}[self.precision]
         return torch.float32
@@ -286,6 +288,7 @@ class DeepSpeedTrainer:
                 self.run_id or "nexa", config={"model": self.model_name, "task": str(self.task)}
             )
         self._log_memory_state("after prepare")
+        self._event("engine: " + engine_text(engine_report(model, optimizer)))
         if self.store is not None and self.run_id and acc.is_main_process:
             self.store.update_run(
                 self.run_id, total_steps=total_steps
@@ -439,6 +442,39 @@ class DeepSpeedTrainer:
     def evaluate(self, eval_loader) -> dict[str, float]:
         labels = self.label_names or [str(i) for i in range(self.num_labels)]
         return task_metrics.evaluate(self.task, self.model, eval_loader, self.accelerator, labels)
+
+
+def engine_report(model, optimizer) -> dict[str, Any]:
+    """What DeepSpeed really set up, read from the engine and its optimizer rather than from NEXA's
+    settings: the ZeRO stage, the optimizer class, whether the optimizer states and the parameters
+    live on the CPU, and how many of the module's parameters are partitioned (ZeRO-3)."""
+    if not hasattr(model, "zero_optimization_stage"):  # Accelerate without DeepSpeed
+        return {"deepspeed": False}
+    zero = getattr(optimizer, "optimizer", optimizer)  # Accelerate's wrapper -> DeepSpeed's optimizer
+    params = list(model.module.parameters())
+    return {
+        "deepspeed": True,
+        "zero_stage": int(model.zero_optimization_stage()),
+        "optimizer": type(zero).__name__,
+        # stage 1-2: DeepSpeedZeroOptimizer.cpu_offload; stage 3: .offload_optimizer / .offload_param
+        "offload_optimizer": bool(
+            getattr(zero, "cpu_offload", False) or getattr(zero, "offload_optimizer", False)
+        ),
+        "offload_param": bool(getattr(zero, "offload_param", False)),
+        "partitioned_params": sum(hasattr(p, "ds_tensor") for p in params),
+        "params": len(params),
+    }
+
+
+def engine_text(report: dict[str, Any]) -> str:
+    if not report["deepspeed"]:
+        return "DeepSpeed off"
+    off = {True: "cpu", False: "none"}
+    return (
+        f"ZeRO stage {report['zero_stage']} ({report['optimizer']}), optimizer offload "
+        f"{off[report['offload_optimizer']]}, parameter offload {off[report['offload_param']]}, "
+        f"parameters partitioned {report['partitioned_params']}/{report['params']}"
+    )
 
 
 def _dtype_name(dtype) -> str:

@@ -7,11 +7,10 @@ Nothing else: app.py stays the router, and a plain `streamlit run app.py` still 
 project root (the working directory `nexa serve` sets) is where ``nexa_ui`` and ``nexa_core`` come
 from."""
 
-from pathlib import Path
-
 import streamlit as st
 from starlette.middleware import Middleware
 
+from nexa_core.paths import panel_dir
 from nexa_ui.guard import NexaGuard
 
-app = st.App(Path(__file__).resolve().parents[1] / "app.py", middleware=[Middleware(NexaGuard)])
+app = st.App(panel_dir() / "app.py", middleware=[Middleware(NexaGuard)])

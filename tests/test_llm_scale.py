@@ -127,3 +127,30 @@ def test_instruction_tuning_on_the_bundled_sample_learns_the_answers(nexa_home, 
     assert len(losses) == 40
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:3]) / 3, losses  # about 10.1 -> 5.3 with seed 0
     assert "eval_perplexity" in result
+
+
+def test_bf16_true_trains_bf16_weights_and_adam_states_and_the_loss_falls(nexa_home, tmp_path):
+    model = tiny_llama(tmp_path / "llama-fp32", stored_dtype="float32")
+    result = nexa_train(nexa_home, "--model", str(model), "--task", "causal-lm", "--dataset", "sample:instructions",
+                        "--max-steps", "20", "--batch-size", "8", "--seq-len", "128", "--lr", "3e-3",
+                        "--precision", "bf16-true", "--deepspeed", "on", "--zero-stage", "2", "--no-save")  # fmt: skip
+    assert events(nexa_home, result["run_id"], "precision:") == [
+        "precision: weights=bf16 optimizer_params=bf16 optimizer_states=bf16"
+    ]
+    losses = [
+        row[1] for row in RunStore(nexa_home / "runs.sqlite").metrics(result["run_id"], ["loss"])["loss"]
+    ]
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
+
+
+def test_bf16_true_with_deepspeed_stage_0_is_refused_with_the_alternative(nexa_home, tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "nexa_core", "train", "--precision", "bf16-true", "--deepspeed", "on",
+         "--zero-stage", "0", "--max-steps", "1"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, NEXA_HOME=str(nexa_home)),
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert (
+        "bf16-true with DeepSpeed needs ZeRO stage 1, 2 or 3" in out.stderr
+        and "--deepspeed off" in out.stderr
+    )

@@ -236,3 +236,17 @@ def test_composite_gelu_keeps_four_more_mlp_tensors():
     plain = activation_bytes(GPT2_LIKE, 2, 64, Precision.BF16, False, Task.CLASSIFICATION, 0)
     composite = activation_bytes(gelu_new, 2, 64, Precision.BF16, False, Task.CLASSIFICATION, 0)
     assert composite - plain == (48 + 1) * 4 * 2 * 2 * 64 * 6400
+
+
+def test_bf16_true_keeps_every_state_in_bf16():
+    """bf16-true: weights 2 + gradients 2 + Adam moments 2 + 2 = 8 bytes per parameter without
+    DeepSpeed (torch AdamW steps the bf16 weights); under ZeRO-2 DeepSpeed's bf16 master copy and
+    gradient partition replace the fp32 ones (bf16_master_weights_and_grads, bf16_optimizer_states)."""
+    s0 = gpu_states(0, False, False, 1, 1, precision=Precision.BF16_TRUE).gpu
+    assert (s0.params_bytes, s0.gradients_bytes, s0.optimizer_bytes) == (2 * PSI, 2 * PSI, 4 * PSI)
+    n = 8
+    s2 = gpu_states(2, False, False, n, 1, precision=Precision.BF16_TRUE).gpu
+    mixed = gpu_states(2, False, False, n, 1, precision=Precision.BF16).gpu
+    assert s2.gradients_bytes == 2 * PSI // n + 2 * PSI // n  # 16-bit grads + bf16 "master" grads
+    assert s2.optimizer_bytes == (2 + 4) * PSI // n  # bf16 master + two bf16 moments
+    assert mixed.optimizer_bytes == (4 + 8) * PSI // n

@@ -120,12 +120,9 @@ def test_metric_rows_are_idempotent_per_step(store):
 
 
 def test_memory_events_and_peaks(store):
-    assert store.peak_memory("p") == {
-        "peak_rss_bytes": None,
-        "peak_gpu_allocated_bytes": None,
-        "peak_gpu_reserved_bytes": None,
-        "peak_nvml_used_bytes": None,
-    }
+    from nexa_core.runs import measured
+
+    assert measured(store, "p")["peak_host_rss_bytes"] is None
     store.log_memory(
         "p",
         [
@@ -133,14 +130,18 @@ def test_memory_events_and_peaks(store):
             {"t": 1, "rank": 1, "host": "h", "rss_bytes": 50, "gpu_index": 1, "nvml_used_bytes": 9},
         ],
     )
-    store.log_memory("p", [{"t": 2, "rank": 0, "host": "h", "rss_bytes": 80, "gpu_reserved_bytes": 8}])
-    peaks = store.peak_memory("p")
-    assert peaks == {
-        "peak_rss_bytes": 150,  # rank 0's peak + rank 1's peak
-        "peak_gpu_allocated_bytes": 7,
-        "peak_gpu_reserved_bytes": 8,
-        "peak_nvml_used_bytes": 9,
-    }
+    store.log_memory(
+        "p", [{"t": 2, "rank": 0, "host": "h", "rss_bytes": 80, "gpu_index": 0, "gpu_reserved_bytes": 8}]
+    )
+    peaks = measured(store, "p")
+    assert peaks["peak_host_rss_bytes"] == 150  # rank 0's sampled peak + rank 1's
+    assert peaks["peak_host_rss_source"] == "sampled"
+    assert peaks["peak_gpu_bytes"] == {"0": 8, "1": 9}  # NVML's figure, else the reserved bytes
+    # each rank's kernel high-water mark, once recorded, wins over the samples (they miss spikes)
+    store.log_metrics("p", 3, {"peak_rss_bytes/rank0": 120, "peak_rss_bytes/rank1": 70})
+    peaks = measured(store, "p")
+    assert peaks["peak_host_rss_bytes"] == 190 and peaks["peak_host_rss_source"].startswith("kernel")
+    assert peaks["peak_rss_bytes_per_rank"] == {"0": 120, "1": 70}
     assert [r["t"] for r in store.memory("p")] == [1, 1, 2] and len(store.memory("p", since_t=1)) == 1
     store.add_event("p", "started")
     store.add_event("p", "slow", level="warning")

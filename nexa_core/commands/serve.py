@@ -20,7 +20,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app.py inside NEXA's guard (nexa_ui/server.py) and its request sizes capped at NEXA's limit."""
 
     from nexa_core import security
-    from nexa_core.launch import PROJECT_ROOT as root
+    from nexa_core.paths import panel_dir
+
+    root = panel_dir()  # the checkout, or the installed package's copy of the panel
 
     flags = {security.ADDRESS_ENV: args.address, security.PORT_ENV: args.port}
     env = {**os.environ, **{k: v for k, v in flags.items() if v is not None}}
@@ -31,7 +33,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     argv = security.serve_argv(settings, root, sys.executable)
     if os.environ.get("NEXA_HOME"):  # the project folder becomes the working directory below
         os.environ["NEXA_HOME"] = str(Path(os.environ["NEXA_HOME"]).expanduser().resolve())
-    os.chdir(root)  # Streamlit reads the project's .streamlit/config.toml from the working directory
+    os.chdir(root)  # Streamlit reads the panel's .streamlit/config.toml from the working directory
     sys.stdout.flush()
     os.execv(argv[0], argv)  # same pid: supervisors and tests see the server itself
     return 0  # not reached

@@ -60,13 +60,18 @@ _FINDINGS = list(FINDINGS)
 
 def make_split(split: str, rng: random.Random, exclude: list[dict] = ()) -> list[dict]:
     def make() -> dict:
-        values = sample_values(rng, split)
-        finding = rng.choice(_FINDINGS)
-        parts = [rng.choice(OPENINGS), rng.choice(ARRIVALS), finding, rng.choice(FINDINGS[finding])]
-        parts.append(rng.choice(CLOSINGS))
-        return {"text": " ".join(render(part, values) for part in parts)}
+        return {"text": report(rng, sample_values(rng, split))}
 
     return unique(make, SIZES[split], f"causal-lm {split}", exclude)
+
+
+def report(rng: random.Random, values: dict[str, str]) -> str:
+    """One five-sentence field report about the job ``values`` describe (the instruction sample
+    asks questions about the same reports)."""
+    finding = rng.choice(_FINDINGS)
+    parts = [rng.choice(OPENINGS), rng.choice(ARRIVALS), finding, rng.choice(FINDINGS[finding])]
+    parts.append(rng.choice(CLOSINGS))
+    return " ".join(render(part, values) for part in parts)
 
 
 def generate(out_dir: Path = DATA_DIR) -> list[Path]:

@@ -13,7 +13,7 @@ import random
 from pathlib import Path
 
 from nexa_core.data._templates import DATA_DIR, TRAIN, VALIDATION, render, sample_values, unique, write_splits
-from nexa_core.data.make_causal_lm import _FINDINGS, ARRIVALS, CLOSINGS, FINDINGS, OPENINGS
+from nexa_core.data.make_causal_lm import report
 
 SEED = 4417
 SIZES = {TRAIN: 240, VALIDATION: 60}
@@ -28,13 +28,10 @@ QUESTIONS = [
 def make_split(split: str, rng: random.Random, exclude: list[dict] = ()) -> list[dict]:
     def make() -> dict:
         values = sample_values(rng, split)
-        finding = rng.choice(_FINDINGS)
-        parts = [rng.choice(OPENINGS), rng.choice(ARRIVALS), finding, rng.choice(FINDINGS[finding])]
-        parts.append(rng.choice(CLOSINGS))
-        report = " ".join(render(part, values) for part in parts)
+        text = report(rng, values)
         question, answer = rng.choice(QUESTIONS)
         return {
-            "prompt": f"Field report: {report}\nQuestion: {question}\nAnswer:",
+            "prompt": f"Field report: {text}\nQuestion: {question}\nAnswer:",
             "completion": " " + render(answer, values),
         }
 

@@ -127,8 +127,7 @@ def _plan(tour: Tour) -> None:
     page = tour.page
     page.goto(tour.app.url)
     tour.see(page.get_by_role("heading", name="Plan memory before a run"))
-    # A person sees the first plan before changing it. (Changing a field while the server's very first
-    # plan is still being built can break transformers' first import: a known app race, reported.)
+    # A person sees the first plan before changing it.
     tour.see(page.get_by_text(re.compile(r"^Recommended: ZeRO-\d")))
     tour.select("Model (catalogue)", "sentence-transformers/all-MiniLM-L6-v2")
     tour.select("Task", "ner")
