@@ -15,114 +15,19 @@ Slurm runs are never queued here: the cluster's scheduler queues them.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nexa_core.errors import ConfigError
+from nexa_core.queue_table import MOVES, Entry, not_queued  # noqa: F401 (not_queued: for the CLI and the Runs page)
+from nexa_core.runstore import RunState, RunStore
 
 if TYPE_CHECKING:
-    import sqlite3
-
     from nexa_core.launch import RunSpec
-    from nexa_core.runstore import RunStore
 
-# Schema v4 (runstore._prepare creates it for a new store and for an older one).
-QUEUE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS queue (
-    run_id TEXT PRIMARY KEY, position INTEGER NOT NULL, devices_json TEXT NOT NULL,
-    resume INTEGER NOT NULL DEFAULT 0, enqueued_at REAL NOT NULL
-)
-"""
-MOVES = ("up", "down", "top", "bottom")
 ACTIONS = ("list", *MOVES, "cancel")
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One queued run: its place in line (1 is next), what it needs, whether it resumes."""
-
-    run_id: str
-    position: int
-    devices: tuple[str, ...]
-    resume: bool
-    enqueued_at: float
-
-
-class QueueTable:
-    """The queue's SQL, mixed into RunStore (which provides ``_connect`` and ``_write``)."""
-
-    _connect: Any
-    _write: Any
-
-    def queue_entries(self) -> list[Entry]:
-        """The queue in order, numbered from 1 (empty in an older store opened read-only)."""
-        import sqlite3
-
-        with self._connect() as conn:
-            try:
-                rows = conn.execute(
-                    "SELECT run_id, devices_json, resume, enqueued_at FROM queue ORDER BY position, enqueued_at"
-                ).fetchall()
-            except sqlite3.OperationalError as exc:
-                if "no such table" not in str(exc):
-                    raise
-                rows = []
-        return [
-            Entry(r[0], i, tuple(json.loads(r[1])), bool(r[2]), r[3]) for i, r in enumerate(rows, start=1)
-        ]
-
-    def queue_add(self, run_id: str, devices: list[str], resume: bool = False) -> int:
-        """Append the run to the end of the line; returns its position (1 is next)."""
-        with self._write() as conn:
-            last = conn.execute("SELECT COALESCE(MAX(position), 0) FROM queue").fetchone()[0]
-            conn.execute(
-                "INSERT INTO queue VALUES (?, ?, ?, ?, ?)",
-                (run_id, last + 1, json.dumps(list(devices)), int(resume), time.time()),
-            )
-            return conn.execute("SELECT COUNT(*) FROM queue").fetchone()[0]
-
-    def queue_remove(self, run_id: str) -> bool:
-        """Take the run out of the line; whether it was in it."""
-        with self._write() as conn:
-            return conn.execute("DELETE FROM queue WHERE run_id = ?", (run_id,)).rowcount > 0
-
-    def queue_move(self, run_id: str, move: str) -> int:
-        """Move the run one place up or down, or to the top or the bottom, in one transaction;
-        returns its new position. A run that is not queued is a ConfigError naming it."""
-        if move not in MOVES:
-            raise ConfigError([f"move: {move!r} is not a queue move; choose one of {', '.join(MOVES)}"])
-        with self._write() as conn:
-            order = [r[0] for r in conn.execute("SELECT run_id FROM queue ORDER BY position, enqueued_at")]
-            if run_id not in order:
-                raise ConfigError([not_queued(run_id)])
-            i = order.index(run_id)
-            order.pop(i)
-            where = {"up": max(i - 1, 0), "down": i + 1, "top": 0, "bottom": len(order)}[move]
-            order.insert(where, run_id)
-            _renumber(conn, order)
-            return order.index(run_id) + 1
-
-
-def _renumber(conn: sqlite3.Connection, order: list[str]) -> None:
-    conn.executemany("UPDATE queue SET position = ? WHERE run_id = ?", list(enumerate(order, start=1)))
-
-
-def not_queued(run_id: str) -> str:
-    return f"run_id: {run_id!r} is not waiting in the queue (see `nexa runs queue`); a run that started is stopped instead"
-
-
-def move(store: RunStore, run_id: str, where: str) -> str:
-    """Move a waiting run (``where``: up, down, top or bottom) and say where it is now."""
-    position = store.queue_move(run_id, where)
-    return f"moved {run_id} {where}: now {position} of {len(store.queue_entries())} in the queue"
-
-
-def cancelled(run_id: str) -> str:
-    return f"cancelled {run_id}: it left the queue without starting (state stopped)"
 
 
 def ready(entries: list[Entry], busy: dict[str, str]) -> list[Entry]:
@@ -173,6 +78,16 @@ def describe(store: RunStore, busy: dict[str, str]) -> list[dict[str, Any]]:
     return rows
 
 
+def move(store: RunStore, run_id: str, where: str) -> str:
+    """Move a waiting run (``where``: up, down, top or bottom) and say where it is now."""
+    position = store.queue_move(run_id, where)
+    return f"moved {run_id} {where}: now {position} of {len(store.queue_entries())} in the queue"
+
+
+def cancelled(run_id: str) -> str:
+    return f"cancelled {run_id}: it left the queue without starting (state stopped)"
+
+
 def position(store: RunStore, run_id: str) -> int | None:
     """The run's place in line (1 is next), or None when it is not queued."""
     return next((e.position for e in store.queue_entries() if e.run_id == run_id), None)
@@ -186,7 +101,6 @@ def start_due(
     (its folder gone, no process could be made) is failed with the reason and leaves the line, so
     it never blocks the runs behind it. Returns the ids started."""
     from nexa_core import presets
-    from nexa_core.runstore import RunState
 
     started: list[str] = []
     while True:
@@ -211,8 +125,6 @@ def start_due(
 def cancel(store: RunStore, run_id: str, by: str) -> bool:
     """Take a waiting run out of the line, stopped with the reason (the caller holds the launch
     lock, so the dispatcher is not starting it); whether it was waiting."""
-    from nexa_core.runstore import RunState
-
     if not store.queue_remove(run_id):
         return False
     store.set_state(run_id, RunState.STOPPED, reason=f"cancelled by {by} while waiting in the queue",

@@ -5,6 +5,7 @@ depends on a browser session."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import signal
 import subprocess

@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 from nexa_core import paths
 from nexa_core.errors import ConfigError
-from nexa_core.run_queue import QUEUE_SCHEMA, QueueTable
+from nexa_core.queue_table import QUEUE_SCHEMA, QueueTable
 
 SCHEMA_VERSION = 4
 SCHEMA = """
@@ -83,7 +83,7 @@ TERMINAL = {RunState.SUCCEEDED, RunState.FAILED, RunState.STOPPED}
 
 class RunStore(QueueTable):
     """Runs, metrics, memory samples and events in one SQLite file; safe for many processes at once.
-    The run queue's table and its SQL are in nexa_core/run_queue.py."""
+    The run queue's table and its SQL are in nexa_core/queue_table.py."""
 
     def __init__(self, path: Path | str | None = None) -> None:
         self.path = Path(path) if path is not None else paths.store_path()
@@ -420,7 +420,7 @@ def _prepare(conn: sqlite3.Connection) -> None:
                 if version == 1:  # v2 added runs.total_steps (and an index, created above)
                     conn.execute("ALTER TABLE runs ADD COLUMN total_steps INTEGER")
                 # v3 added the jobs and relay_offsets tables: created above, nothing to alter
-                if version < 4:  # v4: the run queue (nexa_core/run_queue.py)
+                if version < 4:  # v4: the run queue (nexa_core/queue_table.py)
                     conn.execute(QUEUE_SCHEMA)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
