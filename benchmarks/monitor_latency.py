@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nexa_core.monitor import _MEM_FIELDS, SeriesReader, figures, run_series  # noqa: E402
+from nexa_core.charts import figures  # noqa: E402
+from nexa_core.monitor import _MEM_FIELDS, SeriesReader, run_series  # noqa: E402
 from nexa_core.runstore import RunState, RunStore  # noqa: E402
 
 GOAL_S = 1.0

@@ -27,6 +27,7 @@ from nexa_core.commands.runs import (
 )
 from nexa_core.commands.serve import add_serve_args, cmd_serve
 from nexa_core.commands.train import add_export_args, add_train_args, cmd_export, cmd_train
+from nexa_core.commands.try_model import add_try_args, cmd_try
 from nexa_core.errors import ConfigError
 
 # Tests and CI must never reach the hub; users who want hub ids online can set HF_HUB_OFFLINE=0.
@@ -48,6 +49,11 @@ COMMANDS: dict[
         "measure a planned configuration's real peak; find the batch size that fits",
     ),
     "cost": (add_cost_args, cmd_cost, "which instances can run a plan, and what the run costs"),
+    "try": (
+        add_try_args,
+        cmd_try,
+        "try a run's model (or an exported folder) on text: entities, labels, similarity, text",
+    ),
     "presets": (add_presets_args, cmd_presets, "save, list, show and delete named launch configurations"),
     "serve": (add_serve_args, cmd_serve, "start the panel (refuses unsafe exposure; see docs/SECURITY.md)"),
 }

@@ -304,10 +304,13 @@ def load_records(
     max_bytes: int = LIMIT_BYTES,
     label_names: list[str] | None = None,
     max_rows: int = MAX_ROWS,
+    shown_as: str | None = None,
 ) -> list[dict]:
-    """Read and validate .jsonl/.json (an object per line) or .csv; one ConfigError lists all problems."""
+    """Read and validate .jsonl/.json (an object per line) or .csv; one ConfigError lists all problems,
+    each naming the file as ``shown_as`` (e.g. the name an upload had on the user's machine) or by
+    its own name."""
     path, task = Path(path), Task.parse(task, "task")
-    problems = _Problems(path.name)
+    problems = _Problems(shown_as or path.name)
     if path.suffix.lower() not in SUFFIXES:
         problems.add(f"unsupported file type {path.suffix or '(none)'!r}; use {', '.join(SUFFIXES)}")
     elif not path.is_file():

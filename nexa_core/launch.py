@@ -276,3 +276,66 @@ def command_text(argv: list[str]) -> str:
     import shlex
 
     return shlex.join(argv)
+
+
+# TrainConfig booleans as `nexa train/launch` flags: those off by default take a flag that turns
+# them on, those on by default one that turns them off (commands/train.py defines the same flags).
+_ON_FLAGS = {"lora": "--lora", "gradient_checkpointing": "--gradient-checkpointing",
+             "random_init": "--random-init", "pad_to_seq_len": "--pad-to-seq-len"}  # fmt: skip
+_OFF_FLAGS = {"eval": "--no-eval", "save": "--no-save", "zero3_init": "--no-zero3-init"}
+
+
+def _train_flags(train: TrainConfig) -> list[str]:
+    """The flags that rebuild ``train`` on top of TrainConfig's defaults (fields left at their
+    default are not repeated; a bundled sample is named as the sample)."""
+    from nexa_core.datasets import SAMPLE_PREFIX, SAMPLES, bundled_paths
+
+    default, argv = TrainConfig().to_dict(), []
+    values = train.to_dict()
+    for name, (task, _) in SAMPLES.items():
+        sample_files = [str(p) for p in bundled_paths(task, name)]
+        if str(train.task) == str(task) and [train.dataset, train.eval_dataset] == sample_files:
+            values["dataset"], values["eval_dataset"] = SAMPLE_PREFIX + name, None
+    for f in fields(TrainConfig):
+        value = values[f.name]
+        if value == default[f.name]:
+            continue
+        if f.name in _ON_FLAGS:
+            argv += [_ON_FLAGS[f.name]] if value else []
+        elif f.name in _OFF_FLAGS:
+            argv += [] if value else [_OFF_FLAGS[f.name]]
+        elif value is not None:
+            argv += [f"--{f.name.replace('_', '-')}", repr(value) if isinstance(value, float) else str(value)]
+    return argv
+
+
+def launch_command(spec: RunSpec, request: Any = None) -> str:
+    """The `nexa launch` command that starts ``spec`` as the panel would (a new run: run id, folder
+    and master port are assigned when it starts), or submits it to Slurm with ``request`` (a
+    slurm.SlurmRequest; not imported here, slurm.py imports this module); for the user to copy."""
+    import shlex
+
+    argv = ["nexa", "launch", *_train_flags(spec.train)]
+    if request is not None:
+        argv += ["--backend", "slurm", "--partition", request.partition, "--nodes", str(request.nodes),
+                 "--gpus-per-node", str(request.gpus_per_node), "--time", request.time]  # fmt: skip
+        argv += [
+            x for k in ("account", "qos") if getattr(request, k) for x in (f"--{k}", getattr(request, k))
+        ]
+        argv += ["--mem", str(request.mem_mb)] if request.mem_mb is not None else []
+        argv += ["--nproc", str(spec.nproc)] if spec.nproc != 1 else []
+        return shlex.join(argv)
+    launch, default = spec.to_dict(), RunSpec(spec.train).to_dict()
+    flags = {"mode": "--mode", "nproc": "--nproc", "master_port": "--master-port", "nodes": "--nodes",
+             "node_rank": "--node-rank", "master_addr": "--master-addr", "include": "--include",
+             "exclude": "--exclude"}  # fmt: skip
+    for key, flag in flags.items():
+        if launch[key] != default[key] and launch[key] is not None:
+            argv += [flag, str(launch[key])]
+    if spec.gpus:
+        argv += ["--gpus", ",".join(map(str, spec.gpus))]
+    for host in spec.hosts:
+        argv += ["--host", f"{host.name} slots={host.slots}"]
+    if spec.ssh_launcher:
+        argv.append("--ssh-launcher")
+    return shlex.join(argv)

@@ -14,14 +14,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
-import plotly.graph_objects as go
 
-from nexa_core.memory import GIB
 from nexa_core.runstore import RunState, RunStore
 
 Point = tuple[float, float]
 SERIES_METRICS = ("loss", "lr", "samples_per_s", "tokens_per_s")
-NO_GPU_TEXT = "no GPU on this machine (or none used by this run)"
+# validation metrics (trainer._store_names): a handful of rows per run, re-read whole on every update
+EVAL_METRICS = ("eval_loss", "eval_f1", "eval_accuracy", "eval_perplexity")
 _ACTIVE = (RunState.QUEUED.value, RunState.RUNNING.value)
 SMOOTH_ALPHA = 0.1  # the EMA weight of the newest loss value
 _MEM_FIELDS = ("t", "rank", "host", "rss_bytes", "gpu_index", "gpu_allocated_bytes", "nvml_used_bytes")
@@ -213,6 +212,7 @@ class SeriesReader:
 
     def _reset(self) -> None:
         self._metrics = {name: _Column("q") for name in (*SERIES_METRICS, "loss_smoothed")}
+        self._evals: dict[str, list[tuple]] = {}
         self._average: float | None = None
         self._last_step: int | None = None
         self._settled, self._settled_t = _MemoryCurves(), None
@@ -244,6 +244,11 @@ class SeriesReader:
                 smoothed = smooth([v for _, v in kept], start=self._average)
                 self._metrics["loss_smoothed"].extend([step for step, _ in kept], smoothed)
                 self._average = smoothed[-1] if smoothed else self._average
+        # Evaluation rows land after their step's loss row (the same step), so an increment by step
+        # would miss them: the few there are are read whole, and a change counts as new data.
+        evals = self.store.curves(self.run_id, list(EVAL_METRICS))
+        changed_evals = evals != self._evals
+        self._evals = evals
         fresh = self.store.memory_rows(self.run_id, _MEM_FIELDS, self._settled_t)
         if ended:
             self._settled.add(fresh)
@@ -253,7 +258,7 @@ class SeriesReader:
             self._settled.add(r for r in fresh if r[0] <= settle)
             self._tail = [r for r in fresh if r[0] > settle]
             self._settled_t = max(settle, self._settled_t or settle)
-        self._version += bool(any(raw.values()) or fresh or ended)
+        self._version += bool(any(raw.values()) or fresh or ended or changed_evals)
         self._final_for = signature if ended else None
 
     def series(self, max_points: int = 2000) -> dict[str, Any]:
@@ -263,6 +268,7 @@ class SeriesReader:
             if self._built is not None and self._built[0] == (self._version, max_points):
                 return self._built[1]
             out: dict[str, Any] = {name: col.points(max_points) for name, col in self._metrics.items()}
+            out["eval"] = {name: rows for name, rows in self._evals.items() if rows}
             memory = self._settled
             if self._tail:
                 memory = memory.copy()
@@ -274,8 +280,8 @@ class SeriesReader:
 
 def run_series(store: RunStore, run_id: str, max_points: int = 2000) -> dict[str, Any]:
     """Everything the Monitor page charts for one run, each series at most ``max_points`` long:
-    loss, loss_smoothed (``smooth``), lr, samples_per_s, tokens_per_s as (step, value), and
-    ``memory`` (see ``memory_series``). A one-off read; a live view keeps a ``SeriesReader``."""
+    loss, loss_smoothed (``smooth``), lr, samples_per_s, tokens_per_s as (step, value), ``eval``
+    (validation metric -> (step, value), every row) and ``memory`` (see ``memory_series``). A one-off read; a live view keeps a ``SeriesReader``."""
     return SeriesReader(store, run_id).series(max_points)
 
 
@@ -316,100 +322,3 @@ def progress(summary: dict[str, Any]) -> tuple[float, float | None]:
     if not active or not step or not duration:
         return fraction, None
     return fraction, max(duration * (total - step) / step, 0.0)
-
-
-FEW_POINTS = 30
-
-
-def _line(fig: go.Figure, pts: list[Point], name: str, scale: float = 1.0, **style: Any) -> None:
-    # Markers while a series is short: a line through one point draws nothing, so the first steps
-    # of a run would look like an empty chart.
-    mode = "lines+markers" if len(pts) <= FEW_POINTS else "lines"
-    fig.add_trace(
-        go.Scatter(x=[x for x, _ in pts], y=[y / scale for _, y in pts], mode=mode, name=name, **style)
-    )
-
-
-def _layout(fig: go.Figure, title: str, x: str, y: str, **extra: Any) -> go.Figure:
-    # uirevision keeps the user's zoom and hidden traces across the page's one-second refreshes.
-    fig.update_layout(
-        title=title, xaxis_title=x, yaxis_title=y, height=320, margin=dict(l=10, r=10, t=40, b=10),
-        uirevision="nexa", legend=dict(orientation="h", y=-0.25), **extra,
-    )  # fmt: skip
-    return fig
-
-
-def _estimate_line(fig: go.Figure, value_bytes: Any, what: str) -> None:
-    if isinstance(value_bytes, (int, float)) and value_bytes > 0:
-        fig.add_hline(
-            y=value_bytes / GIB,
-            line_dash="dash",
-            line_color="firebrick",
-            annotation_text=f"estimate {what} {value_bytes / GIB:.2f} GiB",
-            annotation_position="top left",
-            name="estimate",
-        )
-
-
-def figures(
-    series: dict[str, Any], estimate: dict[str, Any] | None, log_y: bool = False
-) -> dict[str, go.Figure]:
-    """loss, lr, throughput, host_memory and gpu_memory figures; memory in GiB against seconds, with
-    the planner's estimate as a dashed line so the user sees how close the measurement came."""
-    estimate = estimate or {}
-    loss = go.Figure()
-    _line(loss, series.get("loss", []), "loss", line=dict(width=1), opacity=0.4)
-    _line(loss, series.get("loss_smoothed", []), "loss (smoothed)", line=dict(width=2.5))
-    _layout(loss, "Loss", "step", "loss", yaxis_type="log" if log_y else "linear")
-
-    lr = go.Figure()
-    _line(lr, series.get("lr", []), "learning rate")
-    _layout(lr, "Learning rate", "step", "lr")
-
-    throughput = go.Figure()
-    _line(throughput, series.get("samples_per_s", []), "samples/s")
-    _line(throughput, series.get("tokens_per_s", []), "tokens/s", yaxis="y2")
-    _layout(throughput, "Throughput", "step", "samples/s",
-            yaxis2=dict(title="tokens/s", overlaying="y", side="right"))  # fmt: skip
-
-    memory = series.get("memory") or {}
-    host = go.Figure()
-    for name, pts in (memory.get("host_rss") or {}).items():
-        _line(host, pts, f"{name} RSS", scale=GIB)
-    if len(memory.get("host_rss") or {}) > 1:
-        _line(host, memory.get("host_total", []), "all ranks", scale=GIB, line=dict(width=3))
-    _estimate_line(host, estimate.get("host_total_bytes"), "host")
-    _layout(host, "Host memory (RSS per rank)", "seconds", "GiB")
-
-    gpu = go.Figure()
-    for name, pts in (memory.get("gpu_used") or {}).items():
-        _line(gpu, pts, f"{name} used (NVML)", scale=GIB)
-    for name, pts in (memory.get("gpu_allocated") or {}).items():
-        _line(gpu, pts, f"{name} allocated (torch)", scale=GIB, line=dict(dash="dot"))
-    _estimate_line(gpu, estimate.get("per_gpu_total_bytes"), "per GPU")
-    if not (memory.get("gpu_used") or memory.get("gpu_allocated")):
-        gpu.add_annotation(text=NO_GPU_TEXT, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
-    _layout(gpu, "GPU memory (per device)", "seconds", "GiB")
-    return {"loss": loss, "lr": lr, "throughput": throughput, "host_memory": host, "gpu_memory": gpu}
-
-
-def overlay(
-    store: RunStore, run_ids: Sequence[str], metric: str = "loss", max_points: int = 2000, log_y: bool = False
-) -> go.Figure:
-    """One figure comparing runs: a metric by step (log-scale y on request: losses of runs that
-    learn at different rates), or ``host_rss`` (all ranks) by seconds."""
-    fig = go.Figure()
-    for run_id in run_ids:
-        run = store.get_run(run_id) or {}
-        label = f"{run.get('name') or run_id} ({run_id})" if run.get("name") != run_id else run_id
-        if metric == "host_rss":
-            _line(fig, memory_series(store.memory(run_id), max_points)["host_total"], label, scale=GIB)
-        else:
-            _line(fig, downsample(store.curves(run_id, [metric])[metric], max_points), label)
-    if metric == "host_rss":
-        return _layout(fig, "Host memory, all ranks", "seconds", "GiB")
-    return _layout(fig, metric, "step", metric, yaxis_type="log" if log_y else "linear")
-
-
-def _gib(value: Any) -> float | None:
-    return round(value / GIB, 2) if isinstance(value, (int, float)) else None

@@ -1,4 +1,4 @@
-"""The run queue's table in the run store (schema v4) and its SQL, mixed into RunStore. What the
+"""The run queue's table in the run store (schema v5) and its SQL, mixed into RunStore. What the
 queue means (order, who starts the next run) is in nexa_core/run_queue.py."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 from nexa_core.errors import ConfigError
 
-# Schema v4 (runstore._prepare creates it for a new store and for an older one).
+# Schema v5 (runstore._prepare creates it for a new store and for an older one).
 QUEUE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS queue (
     run_id TEXT PRIMARY KEY, position INTEGER NOT NULL, devices_json TEXT NOT NULL,

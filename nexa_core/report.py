@@ -11,23 +11,20 @@ def gib(n: int) -> str:
 
 
 def plan_rows(plan: Plan) -> list[dict[str, object]]:
-    """One row per layout, in GiB: the table shown by the CLI and the Plan page."""
+    """One row per layout, in GiB, for the Plan page: the memory terms per GPU, or on a CPU-only plan
+    (where every per-GPU term is 0) the host's terms, as the CLI's table (``plan_text``) shows them."""
     rows = []
+    where = "" if plan.gpus_per_node else "host "
     for e in plan.estimates:
-        g, h = e.per_gpu, e.host
-        rows.append(
-            {
-                "option": e.label,
-                "params GiB": round(g.params_bytes / GIB, 3),
-                "gradients GiB": round(g.gradients_bytes / GIB, 3),
-                "optimizer GiB": round(g.optimizer_bytes / GIB, 3),
-                "activations GiB": round(g.activations_bytes / GIB, 3),
-                "overhead GiB": round(g.overhead_bytes / GIB, 3),
-                "per-GPU total GiB": round(g.total_bytes / GIB, 3),
-                "host total GiB": round(h.total_bytes / GIB, 3),
-                "fits": "yes" if e.fits else "no",
-            }
-        )
+        source = e.per_gpu if plan.gpus_per_node else e.host
+        row: dict[str, object] = {"option": e.label}
+        for term in ("params", "gradients", "optimizer", "activations", "overhead"):
+            row[f"{where}{term} GiB"] = round(getattr(source, f"{term}_bytes") / GIB, 3)
+        if plan.gpus_per_node:
+            row["per-GPU total GiB"] = round(e.per_gpu.total_bytes / GIB, 3)
+        row["host total GiB"] = round(e.host.total_bytes / GIB, 3)
+        row["fits"] = "yes" if e.fits else "no"
+        rows.append(row)
     return rows
 
 

@@ -6,15 +6,17 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nexa_core import paths
 from nexa_core.errors import ConfigError
 from nexa_core.launch import RunSpec
 from nexa_core.memory import GIB
 from nexa_core.runstore import RunState, RunStore
+
+if TYPE_CHECKING:
+    from nexa_core.hardware import Hardware
 
 
 def estimate_for(
@@ -28,8 +30,7 @@ def estimate_for(
     train = spec.train
     settings = train.deepspeed_settings()
     gpus = gpus_per_node if gpus_per_node is not None else len(spec.gpus) or len(hardware.list_gpus())
-    use_ds = settings.deepspeed_enabled(has_gpu=bool(gpus))
-    stage, off_opt, off_param = settings.layout() if use_ds else (0, None, None)
+    stage, off_opt, off_param = train.layout(has_gpu=bool(gpus))
     try:
         plan = make_plan(
             PlanConfig(
@@ -69,6 +70,32 @@ def estimate_for(
     return None
 
 
+def fit_warnings(estimate: dict[str, Any] | None, hw: Hardware, gpus: list[int]) -> list[str]:
+    """What this machine cannot hold of a run's estimate, one sentence each: host RAM beyond what is
+    available now, per-GPU memory beyond the free memory of the chosen GPUs (all GPUs when none are
+    chosen). Empty when it fits, or when there is no estimate."""
+    if not estimate:
+        return []
+    out = []
+    host = estimate.get("host_total_bytes") or 0
+    if host > hw.host_available_bytes:
+        out.append(
+            f"The estimate needs {host / GIB:,.1f} GiB of host RAM; this machine has "
+            f"{hw.host_available_bytes / GIB:,.1f} GiB available ({hw.host_total_bytes / GIB:,.1f} GiB in all), "
+            "so the run will probably be killed for lack of memory. Lower the batch or sequence length, or "
+            "plan another layout on the Plan page."
+        )
+    per_gpu = estimate.get("per_gpu_total_bytes") or 0
+    chosen = [g for g in hw.gpus if g.index in gpus] or list(hw.gpus)
+    if per_gpu and chosen and per_gpu > min(g.free_bytes for g in chosen):
+        tightest = min(chosen, key=lambda g: g.free_bytes)
+        out.append(
+            f"The estimate needs {per_gpu / GIB:,.1f} GiB per GPU; GPU {tightest.index} has "
+            f"{tightest.free_bytes / GIB:,.1f} GiB free, so the run will probably run out of GPU memory."
+        )
+    return out
+
+
 def measured(store: RunStore, run_id: str) -> dict[str, Any]:
     """Peaks: host RSS summed over ranks (each rank's kernel high-water mark when the run recorded it,
     else the highest sample), GPU per device from the samples."""
@@ -102,7 +129,9 @@ def measured(store: RunStore, run_id: str) -> dict[str, Any]:
 def summary(store: RunStore, run: dict[str, Any]) -> dict[str, Any]:
     """What `nexa runs show --json` prints and the Runs page tabulates."""
     spec = run.get("spec") or {}
-    final = store.metrics(run["id"], ["loss", "eval_f1", "f1", "eval_accuracy", "accuracy"])
+    final = store.metrics(
+        run["id"], ["loss", "eval_f1", "f1", "eval_accuracy", "accuracy", "eval_perplexity"]
+    )
     last = {name: rows[-1][1] for name, rows in final.items() if rows}
     duration = None
     if run.get("started_at"):
@@ -113,7 +142,10 @@ def summary(store: RunStore, run: dict[str, Any]) -> dict[str, Any]:
     return {
         "run_id": run["id"],
         "name": run.get("name"),
+        "kind": run.get("kind"),
         "state": run["state"],
+        "tags": run.get("tags") or [],
+        "note": run.get("note"),
         "exit_reason": run.get("reason"),
         "exit_code": run.get("exit_code"),
         "stopped_by": run.get("stopped_by"),
@@ -132,6 +164,7 @@ def summary(store: RunStore, run: dict[str, Any]) -> dict[str, Any]:
         "final_loss": _clean(last.get("loss")),
         "f1": _clean(last.get("eval_f1", last.get("f1"))),
         "accuracy": _clean(last.get("eval_accuracy", last.get("accuracy"))),
+        "perplexity": _clean(last.get("eval_perplexity")),
         "estimate": run.get("estimate"),
         "measured": measured(store, run["id"]),
         "command": run.get("command"),
@@ -168,36 +201,6 @@ def run_label(run_id: str, name: str | None, state: str) -> str:
     return " · ".join(dict.fromkeys([name or run_id, state, run_id]))
 
 
-def history_rows(summaries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One flat row per run summary for the Runs table (memory in GiB, measured next to estimated)."""
-    rows = []
-    for s in summaries:
-        est, meas = s.get("estimate") or {}, s.get("measured") or {}
-        stage = s.get("zero_stage")
-        gpu_peaks = list((meas.get("peak_gpu_bytes") or {}).values())
-        rows.append(
-            {
-                "run": s.get("name") or s["run_id"],
-                "id": s["run_id"],
-                "model": s.get("model"),
-                "task": s.get("task"),
-                "stage": f"ZeRO-{stage}" if stage is not None else est.get("label", "default"),
-                "offload": f"opt {s.get('offload_optimizer') or 'default'} / param {s.get('offload_param') or 'default'}",
-                "state": s.get("state"),
-                "where": job_label(s.get("slurm")) or "this machine",
-                "step": s.get("step"),
-                "duration s": round(s["duration_s"], 1) if s.get("duration_s") is not None else None,
-                "host peak GiB": _gib(meas.get("peak_host_rss_bytes")),
-                "host est. GiB": _gib(est.get("host_total_bytes")),
-                "GPU peak GiB": _gib(max(gpu_peaks)) if gpu_peaks else None,
-                "GPU est. GiB": _gib(est.get("per_gpu_total_bytes")) or None,
-                "final loss": s.get("final_loss"),
-                "F1": s.get("f1"),
-            }
-        )
-    return rows
-
-
 def remove_run(store: RunStore, run_id: str) -> Path | None:
     """Delete a finished run from the store, and its folder only when that folder is exactly
     ``runs_root()/<run_id>`` once symlinks are resolved: a tampered or stale ``run_dir`` can never
@@ -216,7 +219,3 @@ def remove_run(store: RunStore, run_id: str) -> Path | None:
         return None
     shutil.rmtree(folder)
     return folder
-
-
-def _gib(value: Any) -> float | None:
-    return round(value / GIB, 2) if isinstance(value, (int, float)) else None

@@ -24,7 +24,7 @@ from nexa_core import paths
 from nexa_core.errors import ConfigError
 from nexa_core.queue_table import QUEUE_SCHEMA, QueueTable
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, name TEXT, kind TEXT DEFAULT 'train', state TEXT NOT NULL,
@@ -57,9 +57,9 @@ CREATE TABLE IF NOT EXISTS relay_offsets (
 """
 _RUN_COLUMNS = {
     "name", "kind", "state", "spec", "command", "run_dir", "pid", "pid_create_time", "created_at", "started_at",
-    "ended_at", "exit_code", "reason", "stopped_by", "estimate", "gpus", "last_step", "total_steps",
+    "ended_at", "exit_code", "reason", "stopped_by", "estimate", "gpus", "last_step", "total_steps", "tags", "note",
 }  # fmt: skip
-_JSON_COLUMNS = {"spec", "command", "estimate", "gpus"}
+_JSON_COLUMNS = {"spec", "command", "estimate", "gpus", "tags"}
 _JOB_COLUMNS = {
     "scheduler", "job_id", "partition", "nodes", "node_list", "sched_state", "sched_reason", "request",
     "submitted_at", "polled_at",
@@ -282,6 +282,12 @@ class RunStore(QueueTable):
         """name -> [(step, value, wall_time)] by step; ``since_step`` keeps steps after it (for polling)."""
         return self._metric_rows(run_id, names, since_step, "step, value, wall_time")
 
+    def metric_names(self, run_id: str) -> list[str]:
+        """The names of the metrics the run has recorded, sorted."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT DISTINCT name FROM metrics WHERE run_id = ? ORDER BY name", (run_id,))
+            return [r[0] for r in rows]
+
     def curves(
         self, run_id: str, names: list[str], since_step: int | None = None
     ) -> dict[str, list[tuple[int, float | None]]]:
@@ -420,9 +426,19 @@ def _prepare(conn: sqlite3.Connection) -> None:
                 if version == 1:  # v2 added runs.total_steps (and an index, created above)
                     conn.execute("ALTER TABLE runs ADD COLUMN total_steps INTEGER")
                 # v3 added the jobs and relay_offsets tables: created above, nothing to alter
-                if version < 4:  # v4: the run queue (nexa_core/queue_table.py)
+                if version < 4:  # v4: a run's tags (a JSON list) and note, set on Runs / `nexa runs tag|note`
+                    _add_columns(conn, "runs", {"tags_json": "TEXT", "note": "TEXT"})
+                if version < 5:  # v5: the run queue (nexa_core/queue_table.py)
                     conn.execute(QUEUE_SCHEMA)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+def _add_columns(conn: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
+    """ALTER TABLE ... ADD COLUMN for each of ``columns`` the table does not have yet."""
+    have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+    for name, kind in columns.items():
+        if name not in have:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
 
 def _open_read_only(path: Path) -> sqlite3.Connection:

@@ -115,6 +115,8 @@ def global_batch_warning(spec: RunSpec, wanted: int | None) -> str | None:
     """A sentence when the run's global batch differs from ``wanted`` (None or 0: no target)."""
     if not wanted:
         return None
+    if wanted < 0:
+        return f"Global batch wanted: {wanted} is not a batch; give a positive number, or 0 for no target"
     accumulation = spec.train.deepspeed_settings().gradient_accumulation_steps
     actual = global_batch(spec.train.batch_size, accumulation, spec.world_size)
     if actual == wanted:

@@ -51,6 +51,7 @@ class TrainConfig:
     random_init: bool = False  # train from random weights (tiny test variants; clearly labelled)
     tracker: str | None = None  # also log through an Accelerate tracker
     eval: bool = True
+    eval_every: int | None = None  # steps between validation passes (curves); None: only the final one
     save: bool = True  # write checkpoints (a memory probe needs none)
     pad_to_seq_len: bool = False  # pad every batch to seq_len: memory probes measure the worst case
     zero3_init: bool = True  # ZeRO-3: create the model sharded (DeepSpeed zero.Init); off: whole per rank
@@ -79,7 +80,9 @@ class TrainConfig:
             problems += int_problems(name, getattr(self, name), low, high)
         if not bad_model and not int_problems("seq_len", self.seq_len, 8, 131_072):
             problems += seq_len_problems(self.model, self.seq_len)
-        for name, low, high in (("num_labels", 1, 10_000), ("max_steps", 1, 10**9), ("save_every", 1, 10**9)):
+        for name, low, high in (
+            ("num_labels", 1, 10_000), ("max_steps", 1, 10**9), ("save_every", 1, 10**9), ("eval_every", 1, 10**9)
+        ):  # fmt: skip
             if getattr(self, name) is not None:
                 problems += int_problems(name, getattr(self, name), low, high)
         if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not 0 < self.lr < 1:
@@ -145,6 +148,15 @@ class TrainConfig:
             gradient_accumulation_steps=self.gradient_accumulation,
             zero3_init=None if self.zero3_init else False,  # off here wins; on defers to the environment
         )
+
+    def layout(self, has_gpu: bool) -> tuple[int, Offload, Offload]:
+        """(ZeRO stage, optimizer offload, parameter offload) the run trains with: the DeepSpeed
+        settings' layout (explicit choices over the config file's), or ZeRO-0 without offload when
+        DeepSpeed is off (``auto`` on a machine without a GPU)."""
+        settings = self.deepspeed_settings()
+        if not settings.deepspeed_enabled(has_gpu=has_gpu):
+            return 0, Offload.NONE, Offload.NONE
+        return settings.layout()
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (str(v) if hasattr(v, "value") else v) for k, v in asdict(self).items()}

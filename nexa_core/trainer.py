@@ -51,6 +51,7 @@ class DeepSpeedTrainer:
         gradient_accumulation_steps: int | None = None,
         max_steps: int | None = None,
         save_every: int | None = None,
+        eval_every: int | None = None,
         keep_last: int = 2,
         seed: int = 0,
         label_names: list[str] | None = None,
@@ -78,6 +79,7 @@ class DeepSpeedTrainer:
         self.warmup_steps = warmup_steps
         self.max_steps = max_steps
         self.save_every = save_every
+        self.eval_every = eval_every
         self.keep_last = keep_last
         self.seed = seed
         self.random_init = random_init
@@ -359,6 +361,9 @@ class DeepSpeedTrainer:
                         raise FloatingPointError(f"loss is {loss_value} at step {step}")
                     if self.save and self.save_every and step % self.save_every == 0 and step < total_steps:
                         self.save_checkpoint(output_dir, StepInfo(step, epoch, batches))
+                    if eval_loader is not None and self.eval_every and step % self.eval_every == 0:
+                        if step < total_steps:  # the last step has the final evaluation below
+                            self._record(step, _store_names(self.evaluate(eval_loader)), None)
                     if self._any_rank_stopping() and step < total_steps:
                         if self.save:
                             self.save_checkpoint(output_dir, StepInfo(step, epoch, batches))
@@ -371,16 +376,9 @@ class DeepSpeedTrainer:
                 self.save_checkpoint(output_dir, StepInfo(step, epoch, batches))
             metrics = {"steps": step, "final_loss": loss_value, "epochs": epoch + 1}
             if eval_loader is not None:
-                metrics.update(self.evaluate(eval_loader))
-                self._record(
-                    step,
-                    {
-                        (k if k.startswith("eval") else f"eval_{k}"): v
-                        for k, v in metrics.items()
-                        if k.startswith(("f1", "acc", "eval"))
-                    },
-                    None,
-                )
+                final = self.evaluate(eval_loader)
+                metrics.update(final)
+                self._record(step, _store_names(final), None)
             latest = latest_checkpoint(output_dir)
             metrics["checkpoint_dir"] = str(latest) if latest else None
             self._log_memory_state("end of training")
@@ -442,6 +440,11 @@ class DeepSpeedTrainer:
     def evaluate(self, eval_loader) -> dict[str, float]:
         labels = self.label_names or [str(i) for i in range(self.num_labels)]
         return task_metrics.evaluate(self.task, self.model, eval_loader, self.accelerator, labels)
+
+
+def _store_names(evaluation: dict[str, float]) -> dict[str, float]:
+    """Validation metrics as the run store names them: eval_loss, eval_f1, eval_accuracy, eval_perplexity."""
+    return {(k if k.startswith("eval") else f"eval_{k}"): v for k, v in evaluation.items()}
 
 
 def engine_report(model, optimizer) -> dict[str, Any]:

@@ -149,6 +149,7 @@ def run_training(
             gradient_accumulation_steps=config.gradient_accumulation,
             max_steps=config.max_steps,
             save_every=config.save_every,
+            eval_every=config.eval_every,
             keep_last=config.keep_last,
             seed=config.seed,
             label_names=data.label_names or None,

@@ -18,6 +18,7 @@ SOURCES = ["bundled sample", "upload a file", "a file uploaded before"]
 SHOWN = {
     "model", "task", "dataset", "epochs", "max_steps", "lr", "batch_size", "seq_len", "precision", "lora",
     "lora_rank", "gradient_checkpointing", "name", "deepspeed", "zero_stage", "offload_optimizer", "offload_param",
+    "eval_every",
 }  # fmt: skip
 
 
@@ -49,11 +50,31 @@ def uploads() -> list[str]:
     return [str(p) for p in sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)]
 
 
+def uploaded_name(path: str) -> str:
+    """The name the user gave an upload: its stored name without the content-hash prefix that
+    nexa_ui.shared.save_upload adds (``3f2a9c1b7e0d-data.jsonl`` -> ``data.jsonl``)."""
+    name = path.replace("\\", "/").rsplit("/", 1)[-1]
+    prefix, _, rest = name.partition("-")
+    return rest if rest and len(prefix) == 12 and all(c in "0123456789abcdef" for c in prefix) else name
+
+
 def extra_fields(train: TrainConfig) -> dict[str, Any]:
     """The fields the page does not show, where they differ from the defaults: kept as they were."""
     default = TrainConfig()
     hidden = [f.name for f in fields(TrainConfig) if f.name not in SHOWN]
     return {k: getattr(train, k) for k in hidden if getattr(train, k) != getattr(default, k)}
+
+
+def _layout_state(train: TrainConfig, has_gpu: bool) -> dict[str, Any]:
+    """The ZeRO stage and offload selects always hold a real value: a configuration that leaves them
+    to the DeepSpeed config file (None) shows the layout the run would train with here (ZeRO-0
+    without offload when DeepSpeed is off), so the form and the saved run say the same."""
+    chosen = (train.zero_stage, train.offload_optimizer, train.offload_param)
+    if any(v is not None for v in chosen):  # the explicit choices, the file completing them
+        stage, off_opt, off_param = train.deepspeed_settings().layout()
+    else:
+        stage, off_opt, off_param = train.layout(has_gpu=has_gpu)
+    return {"launch_stage": stage, "launch_off_opt": str(off_opt), "launch_off_param": str(off_param)}
 
 
 def form_state(
@@ -73,11 +94,10 @@ def form_state(
         "launch_lora": t.lora,
         "launch_rank": t.lora_rank,
         "launch_ckpt": t.gradient_checkpointing,
+        "launch_eval_every": t.eval_every or 0,
         "launch_name": t.name or "",
         "launch_deepspeed": str(t.deepspeed),
-        "launch_stage": t.zero_stage,
-        "launch_off_opt": None if t.offload_optimizer is None else str(t.offload_optimizer),
-        "launch_off_param": None if t.offload_param is None else str(t.offload_param),
+        **_layout_state(t, has_gpu=bool(gpu_ids)),
         "launch_mode": str(spec.mode),
         "launch_nproc": spec.nproc,
         "launch_nodes": spec.nodes,

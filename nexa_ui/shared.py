@@ -148,10 +148,11 @@ def save_upload(name: str, data: bytes) -> Path:
 
 
 @st.cache_data(max_entries=32, show_spinner="Checking the file…")
-def check_dataset(path: str, task: str) -> tuple[int, list[str]]:
-    """(records, problems) from datasets.load_records; keyed by path, which names the content."""
+def check_dataset(path: str, task: str, shown_as: str | None = None) -> tuple[int, list[str]]:
+    """(records, problems) from datasets.load_records, the problems naming the file ``shown_as`` (the
+    user's own file name); keyed by path, which names the content."""
     try:
-        return len(datasets.load_records(path, task)), []
+        return len(datasets.load_records(path, task, shown_as=shown_as)), []
     except ConfigError as exc:
         return 0, exc.problems
 
@@ -179,6 +180,8 @@ def run_summary(store: RunStore, run: dict[str, Any]) -> dict[str, Any]:
         run.get("exit_code"),
         run.get("reason"),
         run.get("last_step"),
+        tuple(run.get("tags") or ()),  # tags and the note change after the run ended
+        run.get("note"),
     )
     return _ended_summary(str(store.path), run["id"], outcome)
 

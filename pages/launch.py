@@ -3,16 +3,18 @@ and the memory estimate shown before anything starts."""
 
 import streamlit as st
 
-from nexa_core import datasets, paths, presets, runner, scaling, slurm_jobs
+from nexa_core import datasets, paths, presets, runner, slurm_jobs
 from nexa_core.enums import DeepSpeedMode, Offload, Precision, Task
 from nexa_core.errors import ConfigError
-from nexa_core.launch import LaunchMode, RunSpec, build_launch, command_text
+from nexa_core.launch import LaunchMode, RunSpec
 from nexa_core.memory import GIB
 from nexa_core.models import catalogue
+from nexa_core.scaling import global_batch_warning
 from nexa_core.slurm import DEFAULT_TIME, Backend, SlurmRequest, request_problems
 from nexa_core.train_config import TrainConfig
 from nexa_ui.auth import require_access
-from nexa_ui.launch_form import SOURCES, extra_fields, form_state, spec_from_plan, uploads
+from nexa_ui.launch_form import SOURCES, extra_fields, form_state, spec_from_plan, uploaded_name, uploads
+from nexa_ui.launch_preview import fit_confirmed, show_command, show_deepspeed, show_nodes
 from nexa_ui.shared import (
     cached_estimate,
     check_dataset,
@@ -24,8 +26,6 @@ from nexa_ui.shared import (
 )
 
 require_access()  # also when Streamlit runs this file without app.py (nexa_ui/auth.py)
-
-PREVIEW_ID = "preview"  # the command shown names this run id; the real one is assigned at launch
 
 st.title("Launch a training run")
 hardware_sidebar()
@@ -112,9 +112,9 @@ with left:
         shown = datasets.bundled_paths(task, None if dataset is None else dataset.removeprefix("sample:"))[0]
         st.caption(f"{shown.name} (and its validation split), shipped with NEXA")
     elif source == SOURCES[1]:
+        st.caption(f"Each record of a {task} dataset needs {datasets.fields_help(task)}.")
         upload = st.file_uploader("CSV or JSONL (one record a line)", type=["csv", "jsonl", "json"],
-                                  max_upload_size=datasets.LIMIT_BYTES // 2**20, key="launch_upload",
-                                  help=f"Each record needs {datasets.fields_help(task)}.")  # fmt: skip
+                                  max_upload_size=datasets.LIMIT_BYTES // 2**20, key="launch_upload")  # fmt: skip
         if upload is None:
             data_problems.append("dataset: upload a CSV or JSONL file, or pick the bundled sample")
         elif upload.size > datasets.LIMIT_BYTES:
@@ -123,35 +123,40 @@ with left:
             )
         else:
             saved_file = save_upload(upload.name, upload.getvalue())
-            count, data_problems = check_dataset(str(saved_file), task)
+            count, data_problems = check_dataset(str(saved_file), task, uploaded_name(upload.name))
             if not data_problems:
                 dataset = str(saved_file)
                 st.caption(f"{count:,} valid records, saved as {saved_file}")
     else:
         earlier = uploads()
         chosen = st.selectbox("Uploaded before (newest first)", earlier, key="launch_dataset_file",
-                              format_func=lambda f: f.rsplit("/", 1)[-1])  # fmt: skip
+                              format_func=uploaded_name)  # fmt: skip
+        st.caption(f"Each record of a {task} dataset needs {datasets.fields_help(task)}.")
         if chosen is None:
             data_problems.append("dataset: nothing uploaded yet; upload a file or pick the bundled sample")
         else:
-            count, data_problems = check_dataset(chosen, task)
+            count, data_problems = check_dataset(chosen, task, uploaded_name(chosen))
             if not data_problems:
                 dataset = chosen
                 st.caption(f"{count:,} valid records")
     length = st.radio("Train for", ["epochs", "max steps"], key="launch_length", horizontal=True)
     if length == "epochs":
-        epochs, max_steps = st.number_input("Epochs", 0, 10_000, key="launch_epochs"), None
+        epochs, max_steps = st.number_input("Epochs", key="launch_epochs", step=1), None
     else:
-        epochs, max_steps = 1, st.number_input("Max steps", 0, 10**9, key="launch_max_steps")
+        epochs, max_steps = 1, st.number_input("Max steps", key="launch_max_steps", step=1)
 with middle:
     st.subheader("Optimisation")
-    lr = st.number_input("Learning rate", 0.0, 1.0, step=1e-5, format="%.2e", key="launch_lr")
-    batch = st.number_input("Micro-batch per GPU", 0, 65_536, key="launch_batch")
-    seq = st.number_input("Sequence length", 0, 1_048_576, key="launch_seq")
+    # No bounds on these fields: a value out of range reaches TrainConfig, which names it with the
+    # others (a bounded field only turns red and keeps its old value, which the run would then use).
+    lr = st.number_input("Learning rate", step=1e-5, format="%.2e", key="launch_lr")
+    batch = st.number_input("Micro-batch per GPU", key="launch_batch", step=1)
+    seq = st.number_input("Sequence length", key="launch_seq", step=1)
     precision = st.selectbox("Precision", ["auto", *Precision.values()], key="launch_precision")
     lora = st.checkbox("LoRA", key="launch_lora")
-    rank = st.number_input("LoRA rank", 1, 4096, key="launch_rank", disabled=not lora)
+    rank = st.number_input("LoRA rank", key="launch_rank", step=1, disabled=not lora)
     ckpt = st.checkbox("Gradient checkpointing", key="launch_ckpt")
+    eval_every = st.number_input("Evaluate every N steps (0: at the end only)", key="launch_eval_every", step=1,
+                                 help="validation metrics during training, charted on Monitor and Runs")  # fmt: skip
     name = st.text_input(
         "Run name (optional)", key="launch_name", placeholder="letters, digits, . _ - and spaces"
     )
@@ -159,14 +164,11 @@ with right:
     st.subheader("DeepSpeed and devices")
     deepspeed = st.selectbox("DeepSpeed", DeepSpeedMode.values(), key="launch_deepspeed",
                              help="auto: on with a GPU, off on a CPU-only machine")  # fmt: skip
-    stage = st.selectbox("ZeRO stage", [None, 0, 1, 2, 3], key="launch_stage",
-                         format_func=lambda s: "as the DeepSpeed config file says" if s is None else f"ZeRO-{s}")  # fmt: skip
-    offloads = [None, *Offload.values()]
-    off_text = {None: "as the config file says (where the stage allows)"}
-    offload_optimizer = st.selectbox("Offload optimizer states", offloads, key="launch_off_opt",
-                                     format_func=lambda o: off_text.get(o, o))  # fmt: skip
-    offload_param = st.selectbox("Offload parameters", offloads, key="launch_off_param",
-                                 format_func=lambda o: off_text.get(o, o))  # fmt: skip
+    # Always a real value (nexa_ui/launch_form.py fills the layout the run would use), so the form,
+    # the preview and the saved run_config.json agree.
+    stage = st.selectbox("ZeRO stage", [0, 1, 2, 3], key="launch_stage", format_func=lambda s: f"ZeRO-{s}")
+    offload_optimizer = st.selectbox("Offload optimizer states", Offload.values(), key="launch_off_opt")
+    offload_param = st.selectbox("Offload parameters", Offload.values(), key="launch_off_param")
     backend = st.radio("Run on", Backend.values(), key="launch_backend", horizontal=True,
                        format_func={"local": "this machine", "slurm": "a Slurm cluster"}.get)  # fmt: skip
     on_slurm = backend == Backend.SLURM.value
@@ -180,7 +182,7 @@ with right:
         gpus = []
         if not on_slurm:
             st.caption("No GPU detected: this is a CPU-only machine, so the run trains on the CPU.")
-    nproc = st.number_input("Processes (ranks)" + (" per CPU node" if on_slurm else ""), 1, 64, key="launch_nproc",
+    nproc = st.number_input("Processes (ranks)" + (" per CPU node" if on_slurm else ""), key="launch_nproc", step=1,
                             help="python mode runs one; torchrun, deepspeed and accelerate start several")  # fmt: skip
 
 request = None
@@ -191,8 +193,10 @@ if on_slurm:  # the cluster places the ranks: a job request instead of this mach
         s1, s2, s3, s4 = st.columns(4)
         partition = s1.text_input("Partition", key="launch_partition", placeholder="sinfo -s lists them")
         # the Plan page's GPUs and nodes, whose estimate also sizes the memory request
-        job_nodes = s2.number_input("Nodes", 1, 1024, int(plan.get("nodes") or 1), key="launch_job_nodes")
-        gpus_per_node = s3.number_input("GPUs per node (0: CPU)", 0, 64, int(plan.get("gpus") or 0),
+        job_nodes = s2.number_input(
+            "Nodes", value=int(plan.get("nodes") or 1), step=1, key="launch_job_nodes"
+        )
+        gpus_per_node = s3.number_input("GPUs per node (0: CPU)", value=int(plan.get("gpus") or 0), step=1,
                                         key="launch_gpus_per_node")  # fmt: skip
         time_limit = s4.text_input("Time limit ([D-]HH:MM:SS)", DEFAULT_TIME, key="launch_time")
         s5, s6, s7 = st.columns(3)
@@ -206,11 +210,11 @@ else:
         st.caption("One machine: leave as is. Several: the panel starts this machine's node and shows the "
                    "command for every other node (docs/SCALING.md).")  # fmt: skip
         n1, n2, n3, n4 = st.columns(4)
-        nodes = n1.number_input("Nodes", 1, 1024, key="launch_nodes")
-        node_rank = n2.number_input("This machine is node", 0, 1023, key="launch_node_rank")
+        nodes = n1.number_input("Nodes", key="launch_nodes", step=1)
+        node_rank = n2.number_input("This machine is node", key="launch_node_rank", step=1)
         master_addr = n3.text_input("Master address (node 0)", key="launch_master_addr",
                                     placeholder="empty: 127.0.0.1, or the first host")  # fmt: skip
-        master_port = n4.number_input("Master port (0: free port)", 0, 65535, key="launch_master_port")
+        master_port = n4.number_input("Master port (0: free port)", key="launch_master_port", step=1)
         hosts_text = st.text_area("Hosts, one per line: name slots=N (the DeepSpeed hostfile)", key="launch_hosts",
                                   placeholder="worker-0 slots=8\nworker-1 slots=8")  # fmt: skip
         f1, f2, f3 = st.columns(3)
@@ -219,7 +223,7 @@ else:
         )
         exclude = f2.text_input("deepspeed --exclude", key="launch_exclude", placeholder="worker-1:0")
         target_batch = f3.number_input(
-            "Global batch wanted (0: no target)", 0, 10**7, 0, key="launch_global_batch"
+            "Global batch wanted (0: no target)", value=0, step=1, key="launch_global_batch"
         )
         ssh = st.checkbox(
             "Start every node from here with the DeepSpeed launcher's ssh/pdsh", key="launch_ssh"
@@ -233,7 +237,8 @@ try:
         offload_optimizer=offload_optimizer, offload_param=offload_param,
         precision=None if precision == "auto" else precision, batch_size=int(batch), seq_len=int(seq),
         lr=float(lr), epochs=int(epochs), max_steps=None if max_steps is None else int(max_steps), lora=lora,
-        lora_rank=int(rank), gradient_checkpointing=ckpt, name=name.strip() or None, **extra,
+        lora_rank=int(rank), gradient_checkpointing=ckpt, name=name.strip() or None,
+        eval_every=int(eval_every) or None, **extra,
     )  # fmt: skip
 except ConfigError as exc:
     problems += exc.problems
@@ -259,39 +264,12 @@ if problems:
 
 has_gpu = bool(request.gpus_per_node) if request else bool(hw.gpus)
 estimate = cached_estimate(spec, request.gpus_per_node, request.nodes) if request else cached_estimate(spec)
-st.subheader("What will run")
-if request:
-    st.code(slurm_jobs.preview(spec, request, estimate), language="bash")
-    st.caption(f"The batch script (run id {PREVIEW_ID!r} here), written to the run folder and submitted with "
-               "sbatch --parsable; Monitor and Runs then show the job id, partition and nodes.")  # fmt: skip
-else:
-    argv, env = build_launch(spec, PREVIEW_ID, paths.run_dir(PREVIEW_ID))
-    st.code(command_text(argv), language="bash")
-    st.caption(
-        f"Environment: {', '.join(f'{k}={v}' for k, v in env.items())}. The run id ({PREVIEW_ID!r} here) and a "
-        "free master port are assigned at launch; the run's files are written to its own folder."
-    )
-if spec.nodes > 1 or spec.hosts:
-    preview = scaling.launch_preview(spec, PREVIEW_ID, paths.run_dir(PREVIEW_ID), has_gpu=bool(hw.gpus))
-    for node in preview["nodes"]:
-        st.markdown(f"**Node {node.node_rank}** ({node.host}): " + (
-            "started by the panel" if node.by_panel else "run this on that machine"))  # fmt: skip
-        st.code(node.text(), language="bash")
-    for name, text in (
-        ("hostfile", preview["hostfile"]),
-        ("accelerate_config.yaml", preview["accelerate_config"]),
-    ):
-        if text:
-            with st.expander(f"{name} (written to the run folder)"):
-                st.code(text, language="yaml" if name.endswith("yaml") else "text")
-warning = scaling.global_batch_warning(spec, int(target_batch))
+show_command(spec, request, estimate)
+show_nodes(spec, has_gpu=bool(hw.gpus))
+warning = global_batch_warning(spec, int(target_batch))
 if warning:
     st.warning(warning)
-settings = spec.train.deepspeed_settings()
-with st.expander("DeepSpeed config (deepspeed_config.json)", expanded=False):
-    if not settings.deepspeed_enabled(has_gpu=has_gpu):
-        st.caption("DeepSpeed is off for this run: this file is written to the run folder but not used.")
-    st.json(settings.deepspeed_config(settings.resolved_precision(has_gpu=has_gpu)))
+show_deepspeed(spec, has_gpu)
 
 if estimate is None:
     st.warning("No memory estimate for this configuration (the model could not be sized offline).")
@@ -318,7 +296,10 @@ with st.expander("Save this configuration as a preset", expanded=False):
         else:
             st.success(f"Saved preset {preset_name.strip()!r} ({where})")
 
-if st.button("Submit to Slurm" if request else "Launch", type="primary", key="launch_go"):
+confirmed = fit_confirmed(estimate, hw, spec, request)
+if st.button(
+    "Submit to Slurm" if request else "Launch", type="primary", key="launch_go", disabled=not confirmed
+):
     try:
         run_id = (
             slurm_jobs.submit(spec, request, estimate)

@@ -1,11 +1,13 @@
-"""Monitor: one run's progress, loss, learning rate, throughput and memory against the estimate,
-live while it runs (read from the run store, so a closed tab loses nothing); stop, outcome, export."""
+"""Monitor: one run's progress, loss, learning rate, throughput, validation metrics and memory against
+the estimate, live while it runs (read from the run store, so a closed tab loses nothing); stop,
+outcome, export, and trying the finished model."""
 
 import streamlit as st
 
-from nexa_core import monitor, runner, runs
+from nexa_core import charts, monitor, runner, runs
 from nexa_ui.auth import require_access
 from nexa_ui.shared import export_form, hardware_sidebar, open_store, run_summary, series_reader
+from nexa_ui.try_panel import try_panel
 
 require_access()  # also when Streamlit runs this file without app.py (nexa_ui/auth.py)
 
@@ -59,6 +61,8 @@ else:
         c2.metric("F1", "—" if summary["f1"] is None else f"{summary['f1']:.3f}")
         c3.metric("Accuracy", "—" if summary["accuracy"] is None else f"{summary['accuracy']:.3f}")
         export_form(run, "monitor")
+        with st.expander("Try the model", expanded=True):
+            try_panel("monitor", run_id=run_id, task=(run.get("spec") or {}).get("task"))
 
 log_y = st.toggle("Log-scale loss", key="monitor_log_y")
 
@@ -88,13 +92,11 @@ def live(run_id: str, was_active: bool, log_y: bool, slurm: bool) -> None:
         job = runs.slurm_job(store, run_id) or {}
         said = f"{job.get('state') or 'submitted'}" + (f" ({job['reason']})" if job.get("reason") else "")
         st.caption(f"{runs.job_label(job)} · the scheduler says {said}")
-    figs = monitor.figures(series_reader(str(store.path), run_id).series(), run.get("estimate"), log_y=log_y)
-    st.plotly_chart(figs["loss"], key="monitor_chart_loss")
-    left, right = st.columns(2)
-    left.plotly_chart(figs["lr"], key="monitor_chart_lr")
-    right.plotly_chart(figs["throughput"], key="monitor_chart_throughput")
-    left.plotly_chart(figs["host_memory"], key="monitor_chart_host")
-    right.plotly_chart(figs["gpu_memory"], key="monitor_chart_gpu")
+    figs = charts.figures(series_reader(str(store.path), run_id).series(), run.get("estimate"), log_y=log_y)
+    st.plotly_chart(figs.pop("loss"), key="monitor_chart_loss")
+    columns = st.columns(2)  # the others two by two, in charts.figures' order (no GPU chart without a GPU)
+    for i, (name, fig) in enumerate(figs.items()):
+        columns[i % 2].plotly_chart(fig, key=f"monitor_chart_{name}")
     with st.expander("Log (tail)", expanded=status["state"] == "failed"):
         st.code(runner.logs(run_id, max_bytes=16 * 1024) or "(no output yet)", language="text")
 

@@ -40,26 +40,28 @@ with left:
         "…or a hub id / local folder", key="plan_model_text", placeholder="org/name or /path/to/model"
     )
     task = st.selectbox("Task", Task.values(), key="plan_task")
+    # No bounds on the numbers: a value out of range reaches PlanConfig, which names it (a bounded
+    # field only turns red, and the plan would go on with the old value).
     num_labels = 7  # PlanConfig's default; only token/sequence classification heads use it
     if task in (Task.NER, Task.CLASSIFICATION):
-        num_labels = st.number_input("Labels", 1, 10_000, 7, key="plan_labels")
+        num_labels = st.number_input("Labels", value=7, step=1, key="plan_labels")
     precision = st.selectbox("Precision", ["auto", *Precision.values()], key="plan_precision")
-    batch = st.number_input("Micro-batch per GPU", 1, 65_536, 8, key="plan_batch")
-    seq = st.number_input("Sequence length", 1, 1_048_576, 128, key="plan_seq")
+    batch = st.number_input("Micro-batch per GPU", value=8, step=1, key="plan_batch")
+    seq = st.number_input("Sequence length", value=128, step=1, key="plan_seq")
 with right:
     ckpt = st.checkbox("Gradient checkpointing", key="plan_ckpt")
     lora = st.checkbox("LoRA", key="plan_lora")
-    rank = st.number_input("LoRA rank", 1, 4096, 8, key="plan_rank", disabled=not lora)
+    rank = st.number_input("LoRA rank", value=8, step=1, key="plan_rank", disabled=not lora)
     target = st.radio("Plan for", ["this machine", "another machine"], key="plan_target", horizontal=True)
     if target == "this machine":
         preset = None
-        gpus = st.number_input("GPUs per node (0 = CPU-only)", 0, 64, hw.gpu_count, key="plan_gpus")
+        gpus = st.number_input("GPUs per node (0 = CPU-only)", value=hw.gpu_count, step=1, key="plan_gpus")
         gpu_gb = st.number_input(
-            "GPU memory per GPU (GiB; 0 = as detected)", 0.0, 4096.0, round(hw.min_gpu_free_bytes / GIB, 1),
-            key="plan_gpu_gb", disabled=gpus == 0,
+            "GPU memory per GPU (GiB; 0 = as detected)", value=round(hw.min_gpu_free_bytes / GIB, 1),
+            step=1.0, key="plan_gpu_gb", disabled=gpus == 0,
         )  # fmt: skip
-        host_gb = st.number_input("Host RAM per node (GiB)", 0.1, 65_536.0,
-                                  round(hw.host_available_bytes / GIB, 1), key="plan_host_gb")  # fmt: skip
+        host_gb = st.number_input("Host RAM per node (GiB)", value=round(hw.host_available_bytes / GIB, 1),
+                                  step=1.0, key="plan_host_gb")  # fmt: skip
     else:
         # Each preset keeps its own widget values (keys carry its name), so switching presets shows
         # that preset's numbers instead of the last one's edits.
@@ -67,25 +69,24 @@ with right:
         preset = st.selectbox("Machine (deployment/hardware.yaml)", [*names, "custom"], key="plan_preset")
         chosen = hardware_presets().get(preset)
         gpus = st.number_input(
-            "GPUs per node", 0, 64, chosen.gpus if chosen else 8, key=f"plan_gpus_{preset}"
+            "GPUs per node", value=chosen.gpus if chosen else 8, step=1, key=f"plan_gpus_{preset}"
         )
-        gpu_gb = st.number_input("GPU memory per GPU (GiB)", 0.1, 4096.0,
-                                 chosen.gpu_memory_gb if chosen else 80.0, key=f"plan_gpu_gb_{preset}")  # fmt: skip
+        gpu_gb = st.number_input("GPU memory per GPU (GiB)", value=float(chosen.gpu_memory_gb if chosen else 80.0),
+                                 step=1.0, key=f"plan_gpu_gb_{preset}")  # fmt: skip
         check_host = st.checkbox("Check host RAM", value=chosen is not None, key=f"plan_check_host_{preset}",
                                  help="Without it the plan says the host RAM it needs but does not check it.")  # fmt: skip
-        host_gb = st.number_input("Host RAM per node (GiB)", 0.1, 65_536.0,
-                                  chosen.host_memory_gb if chosen else 1024.0, key=f"plan_host_gb_{preset}",
-                                  disabled=not check_host)  # fmt: skip
+        host_gb = st.number_input("Host RAM per node (GiB)", value=float(chosen.host_memory_gb if chosen else 1024.0),
+                                  step=1.0, key=f"plan_host_gb_{preset}", disabled=not check_host)  # fmt: skip
         host_gb = host_gb if check_host else None
         if chosen is not None:
             st.caption(chosen.description)
-    nodes = st.number_input("Nodes", 1, 1024, 1, key="plan_nodes")
+    nodes = st.number_input("Nodes", value=1, step=1, key="plan_nodes")
     with st.expander("Advanced"):
         attention = st.selectbox("Attention implementation", Attention.values(), key="plan_attention",
                                  help="auto: transformers' default (SDPA where the model supports it)")  # fmt: skip
         zero3_init = st.checkbox("ZeRO-3 creates the model sharded (zero.Init)", True, key="plan_zero3_init")
         random_init = st.checkbox("Random weights (no checkpoint is read)", key="plan_random_init")
-        cpu_ranks = st.number_input("Processes per node (CPU-only plans)", 1, 256, 1, key="plan_cpu_ranks",
+        cpu_ranks = st.number_input("Processes per node (CPU-only plans)", value=1, step=1, key="plan_cpu_ranks",
                                     disabled=gpus != 0)  # fmt: skip
 
 fields = dict(
@@ -100,7 +101,7 @@ fields = dict(
     lora_rank=int(rank),
     gpus=int(gpus),
     nodes=int(nodes),
-    gpu_memory_gb=float(gpu_gb) if gpus and gpu_gb > 0 else None,
+    gpu_memory_gb=float(gpu_gb) if gpus and gpu_gb != 0 else None,  # 0: as detected
     host_memory_gb=None if host_gb is None else float(host_gb),
     hardware=preset if preset in hardware_presets() else None,
     other_machine=target == "another machine",

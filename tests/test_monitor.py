@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from nexa_core import monitor, runs
+from nexa_core import charts, monitor, runs
 from nexa_core.errors import ConfigError
 from nexa_core.memory import GIB
 from nexa_core.runstore import RunState, RunStore
@@ -140,9 +140,9 @@ def _dashed_estimates(fig) -> list:
 def test_figures_draw_the_estimate_dashed_on_the_measured_memory(store):
     _run(store, "r1")
     store.log_memory("r1", _memory_rows(1000.0))
-    estimate = {"host_total_bytes": 3 * GIB, "per_gpu_total_bytes": 2 * GIB}
-    figs = monitor.figures(monitor.run_series(store, "r1"), estimate, log_y=True)
-    assert set(figs) == {"loss", "lr", "throughput", "host_memory", "gpu_memory"}
+    estimate = {"host_total_bytes": 3 * GIB, "per_gpu_total_bytes": 2000}  # GPU samples here are ~1000 B
+    figs = charts.figures(monitor.run_series(store, "r1"), estimate, log_y=True)
+    assert list(figs) == ["loss", "lr", "throughput", "host_memory", "gpu_memory"]
     assert [t.name for t in figs["loss"].data] == ["loss", "loss (smoothed)"]
     assert len(figs["loss"].data[0].x) == 5 and figs["loss"].layout.yaxis.type == "log"
     host = figs["host_memory"]
@@ -151,38 +151,95 @@ def test_figures_draw_the_estimate_dashed_on_the_measured_memory(store):
     assert line.y0 == pytest.approx(3.0)  # GiB
     assert any("estimate" in a.text for a in host.layout.annotations)
     (gpu_line,) = _dashed_estimates(figs["gpu_memory"])
-    assert gpu_line.y0 == pytest.approx(2.0)
-    assert not any(monitor.NO_GPU_TEXT in (a.text or "") for a in figs["gpu_memory"].layout.annotations)
+    assert gpu_line.y0 == pytest.approx(2000 / GIB)
+    assert not any(charts.NO_GPU_TEXT in (a.text or "") for a in figs["gpu_memory"].layout.annotations)
 
 
-def test_figures_without_gpu_data_say_so_and_skip_a_zero_estimate(store):
+def test_a_cpu_only_run_has_no_gpu_chart(store):
+    """Issue 17: an empty GPU chart took half a row on a CPU-only machine."""
     _run(store, "cpu")
     store.log_memory("cpu", [{"t": 1.0, "rank": 0, "host": "h", "rss_bytes": GIB}])
-    figs = monitor.figures(
-        monitor.run_series(store, "cpu"), {"host_total_bytes": GIB, "per_gpu_total_bytes": 0}
-    )
-    assert any(monitor.NO_GPU_TEXT in a.text for a in figs["gpu_memory"].layout.annotations)
-    assert not _dashed_estimates(figs["gpu_memory"])
+    series = monitor.run_series(store, "cpu")
+    figs = charts.figures(series, {"host_total_bytes": GIB, "per_gpu_total_bytes": 0})
+    assert "gpu_memory" not in figs
     assert [t.name for t in figs["host_memory"].data] == ["rank 0 RSS"]  # one rank: no "all ranks" line
-    assert not _dashed_estimates(monitor.figures({}, None)["host_memory"])  # no estimate, no line
+    assert not _dashed_estimates(charts.figures({}, None)["host_memory"])  # no estimate, no line
+    waiting = charts.figures(series, {"per_gpu_total_bytes": GIB})["gpu_memory"]  # a GPU run, no sample yet
+    assert any(charts.NO_GPU_TEXT in a.text for a in waiting.layout.annotations)
+
+
+def test_loss_smoothed_loss_and_validation_loss_have_distinct_colours(store):
+    """Issue 17: the raw and the smoothed loss were two near-identical blues."""
+    _run(store, "r1")
+    store.log_metrics("r1", 5, {"eval_loss": 1.5, "eval_f1": 0.5})
+    loss = charts.figures(monitor.run_series(store, "r1"), None)["loss"]
+    assert [t.name for t in loss.data] == ["loss", "loss (smoothed)", "validation loss"]
+    colours = [t.line.color for t in loss.data]
+    assert None not in colours and len(set(colours)) == 3
+
+
+def test_memory_lines_break_where_sampling_paused(store):
+    """Issue 17: after a resume the memory chart joined the last sample before the stop to the first
+    after it with a straight line."""
+    _run(store, "resumed")
+    before = [{"t": 100.0 + i, "rank": 0, "host": "h", "rss_bytes": GIB} for i in range(10)]
+    after = [{"t": 400.0 + i, "rank": 0, "host": "h", "rss_bytes": 2 * GIB} for i in range(10)]
+    store.log_memory("resumed", before + after)
+    (trace,) = charts.figures(monitor.run_series(store, "resumed"), None)["host_memory"].data
+    assert list(trace.y).count(None) == 1 and list(trace.y).index(None) == 10
+    assert charts.break_gaps([(0.0, 1.0), (1.0, 1.0), (2.0, 1.0), (3.5, 1.0)]) == [
+        (0.0, 1.0), (1.0, 1.0), (2.0, 1.0), (3.5, 1.0)
+    ]  # fmt: skip
+
+
+def test_an_absurd_estimate_does_not_set_the_memory_charts_range(store):
+    """Issue 17: a 75,267 GiB estimate drawn as a line squashed the measured 2 GiB curve flat."""
+    _run(store, "r1")
+    store.log_memory("r1", [{"t": float(i), "rank": 0, "host": "h", "rss_bytes": 2 * GIB} for i in range(5)])
+    series = monitor.run_series(store, "r1")
+    host = charts.figures(series, {"host_total_bytes": 75_267 * GIB})["host_memory"]
+    assert not _dashed_estimates(host)
+    (note,) = [a.text for a in host.layout.annotations]
+    assert "estimate host 75,267.00 GiB, off the scale (37,634× the measured peak)" in note
+    near = charts.figures(series, {"host_total_bytes": 5 * GIB})["host_memory"]
+    assert [s.y0 for s in _dashed_estimates(near)] == [pytest.approx(5.0)]  # within reach: the line
+
+
+def test_evaluation_curves_on_the_monitor_charts(store):
+    _run(store, "r1", state=RunState.RUNNING)
+    reader = monitor.SeriesReader(store, "r1")
+    assert "evaluation" not in charts.figures(reader.series(), None)
+    # the evaluation of step 5 lands after step 5's loss row was read: it must still be seen
+    store.log_metrics("r1", 2, {"eval_loss": 1.2, "eval_f1": 0.2})
+    store.log_metrics("r1", 5, {"eval_loss": 0.9, "eval_f1": 0.6})
+    series = reader.series()
+    assert series["eval"]["eval_f1"] == [(2, 0.2), (5, 0.6)]
+    figs = charts.figures(series, None)
+    assert list(figs) == ["loss", "lr", "throughput", "evaluation", "host_memory"]
+    (f1,) = figs["evaluation"].data
+    assert f1.name == "entity F1" and list(f1.x) == [2, 5] and list(f1.y) == [0.2, 0.6]
+    assert list(figs["loss"].data[-1].y) == [1.2, 0.9]
 
 
 def test_a_run_at_its_first_step_shows_its_point(store):
     _run(store, "first", state=RunState.RUNNING, steps=1)
-    loss = monitor.figures(monitor.run_series(store, "first"), None)["loss"].data[0]
+    loss = charts.figures(monitor.run_series(store, "first"), None)["loss"].data[0]
     assert list(loss.y) == [2.0] and "markers" in loss.mode  # a lone point has no line to draw
-    long = [(float(i), 1.0) for i in range(monitor.FEW_POINTS + 1)]
-    assert monitor.figures({"loss": long}, None)["loss"].data[0].mode == "lines"
+    long = [(float(i), 1.0) for i in range(charts.FEW_POINTS + 1)]
+    assert charts.figures({"loss": long}, None)["loss"].data[0].mode == "lines"
 
 
 def test_overlay_one_trace_per_run(store):
     _run(store, "a")
     _run(store, "b", steps=3)
-    fig = monitor.overlay(store, ["a", "b"], "loss")
+    fig = charts.overlay(store, ["a", "b"], "loss")
     assert [len(t.x) for t in fig.data] == [5, 3]
     store.log_memory("a", [{"t": 5.0, "rank": 0, "host": "h", "rss_bytes": 2 * GIB}])
-    fig = monitor.overlay(store, ["a", "b"], "host_rss")
+    fig = charts.overlay(store, ["a", "b"], "host_rss")
     assert list(fig.data[0].y) == [2.0] and list(fig.data[1].y) == []
+    store.log_metrics("a", 5, {"eval_f1": 0.7})
+    fig = charts.overlay(store, ["a", "b"], "eval_f1")
+    assert [list(t.y) for t in fig.data] == [[0.7], []] and "markers" in fig.data[0].mode
 
 
 def test_progress_and_eta():
@@ -200,18 +257,6 @@ def test_progress_and_eta():
 
 
 # ------------------------------------------------------------------ history and delete
-
-
-def test_history_rows_put_measured_next_to_estimated(store):
-    _run(store, "r1")
-    summary = {
-        "run_id": "r1", "name": "r1", "state": "succeeded", "zero_stage": 2, "duration_s": 12.345,
-        "estimate": {"host_total_bytes": 2 * GIB, "per_gpu_total_bytes": 0, "label": "ZeRO-2"},
-        "measured": {"peak_host_rss_bytes": GIB, "peak_gpu_bytes": {}}, "final_loss": 0.4, "f1": None,
-    }  # fmt: skip
-    (row,) = runs.history_rows([summary])
-    assert row["stage"] == "ZeRO-2" and row["duration s"] == 12.3
-    assert row["host peak GiB"] == 1.0 and row["host est. GiB"] == 2.0 and row["GPU est. GiB"] is None
 
 
 def test_run_label_names_a_run_once():

@@ -1,4 +1,4 @@
-"""The run queue (nexa_core/run_queue.py): order, moves and cancel in the store, the v4 migration,
+"""The run queue (nexa_core/run_queue.py): order, moves and cancel in the store, the v5 migration,
 and real runs queued behind a busy device that start when it frees: by the ending run's supervisor,
 or by runner.refresh after a crash that left no supervisor to do it."""
 
@@ -19,7 +19,7 @@ from nexa_core import run_queue, runner
 from nexa_core.errors import ConfigError
 from nexa_core.launch import RunSpec
 from nexa_core.run_queue import Entry, ready, waiting_for
-from nexa_core.runstore import SCHEMA, SCHEMA_VERSION, RunState, RunStore
+from nexa_core.runstore import SCHEMA_VERSION, RunState, RunStore
 from nexa_core.train_config import TrainConfig
 from tests.run_helpers import tiny_bert, wait_for_step
 
@@ -61,18 +61,18 @@ def test_queue_order_moves_and_removal_in_the_store(tmp_path):
     assert [(e.run_id, e.position) for e in store.queue_entries()] == [("c", 1)]
 
 
-def test_a_version_3_store_gains_the_queue_and_keeps_its_runs(tmp_path):
-    path = tmp_path / "v3.sqlite"
-    with sqlite3.connect(path) as conn:  # the v3 layout: every table but the queue
-        conn.executescript(SCHEMA)
-        conn.execute("INSERT INTO runs (id, name, state) VALUES ('old', 'old', 'succeeded')")
-        conn.execute("PRAGMA user_version=3")
+def test_a_version_4_store_gains_the_queue_and_keeps_its_runs(tmp_path):
+    path = tmp_path / "v4.sqlite"
+    RunStore(path).create_run("old", name="old", spec={}, run_dir="/x", state=RunState.SUCCEEDED)
+    with sqlite3.connect(path) as conn:  # back to the v4 layout: every table but the queue
+        conn.execute("DROP TABLE queue")
+        conn.execute("PRAGMA user_version=4")
     store = RunStore(path)
     assert store.get_run("old")["state"] == "succeeded"
     store.create_run("new", name="new", spec={}, run_dir="/x")
     assert store.queue_add("new", ["cpu"]) == 1
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
 
 
 def test_a_run_started_by_another_runs_supervisor_gets_the_launchers_environment(monkeypatch):

@@ -226,3 +226,21 @@ def test_a_version_1_store_is_migrated(tmp_path):
     store = RunStore(path)
     store.update_run("old", total_steps=40)
     assert store.get_run("old")["total_steps"] == 40 and store.get_run("old")["state"] == "succeeded"
+    assert store.get_run("old")["tags"] is None  # v1 -> v4 in one go
+
+
+def test_a_version_3_store_gains_tags_and_a_note(tmp_path):
+    """v4 (issue 17): runs.tags_json and runs.note, added to a v3 store in place; rows keep their data."""
+    path = tmp_path / "v3.sqlite"
+    RunStore(path).create_run("kept", name="kept", spec={"model": "m"}, run_dir="/x")
+    with sqlite3.connect(path) as conn:  # back to the v3 layout: no tags or note columns
+        conn.execute("ALTER TABLE runs DROP COLUMN tags_json")
+        conn.execute("ALTER TABLE runs DROP COLUMN note")
+        conn.execute("PRAGMA user_version=3")
+    store = RunStore(path)
+    assert store.get_run("kept")["tags"] is None and store.get_run("kept")["note"] is None
+    store.update_run("kept", tags=["baseline", "lr-sweep"], note="first try")
+    run = store.get_run("kept")
+    assert (run["tags"], run["note"], run["spec"]) == (["baseline", "lr-sweep"], "first try", {"model": "m"})
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

@@ -277,13 +277,13 @@ def test_the_deepspeed_launcher_s_killed_rank_is_the_one_that_never_said_how_it_
 
 
 def test_monitor_draws_one_host_memory_line_per_host_and_rank():
-    from nexa_core import monitor
+    from nexa_core import charts, monitor
 
     rows = [{"t": 100.0 + i, "rank": rank, "host": host, "rss_bytes": 2**30, "gpu_index": None,
              "gpu_allocated_bytes": None, "nvml_used_bytes": None}
             for i in range(3) for host, rank in (("node-a", 0), ("node-a", 1), ("node-b", 2))]  # fmt: skip
     series = {"memory": monitor.memory_series(rows)}
-    names = [t.name for t in monitor.figures(series, None)["host_memory"].data]
+    names = [t.name for t in charts.figures(series, None)["host_memory"].data]
     assert names == ["node-a rank 0 RSS", "node-a rank 1 RSS", "node-b rank 2 RSS", "all ranks"]
 
 

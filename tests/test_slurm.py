@@ -238,7 +238,7 @@ def test_a_signal_delivered_twice_at_once_is_one_stop_request_and_a_later_one_en
 
 
 def test_runs_table_and_summary_show_the_job_id_partition_and_nodes(nexa_home):
-    from nexa_core import runs
+    from nexa_core import run_history, runs
 
     store = RunStore()
     store.create_run("s", name="s", spec={}, run_dir="", kind="slurm", state=RunState.SUCCEEDED)
@@ -247,7 +247,7 @@ def test_runs_table_and_summary_show_the_job_id_partition_and_nodes(nexa_home):
     store.create_run("l", name="l", spec={}, run_dir="", state=RunState.SUCCEEDED)
     summaries = [runs.summary(store, r) for r in store.list_runs()]
     assert [s["slurm"] and s["slurm"]["job_id"] for s in summaries] == [None, "42"]
-    assert [row["where"] for row in runs.history_rows(summaries)] == [
+    assert [row["where"] for row in run_history.history_rows(summaries)] == [
         "this machine", "Slurm 42 · gpu · 2 node(s) (gpu[01-02])",
     ]  # fmt: skip
 

@@ -258,6 +258,17 @@ def test_ner_fine_tuning_learns(nexa_home):
     assert result["f1"] >= 0.6, result
 
 
+def test_eval_every_records_validation_curves(nexa_home):
+    """--eval-every N: the validation metrics every N steps under ZeRO-3 (every rank evaluates), and
+    the final evaluation at the last step as before."""
+    result = nexa_train(nexa_home, "--max-steps", "5", "--eval-every", "2", "--batch-size", "4", "--seq-len",
+                        "32", "--deepspeed", "on", "--zero-stage", "3")  # fmt: skip
+    assert result["state"] == "succeeded" and "f1" in result
+    for name in ("eval_loss", "eval_f1"):
+        steps = [s for s, v in metric_steps(nexa_home, result["run_id"], name) if v is not None]
+        assert steps == [2, 4, 5], (name, steps)
+
+
 def _tensorboard_scalars(folder: Path) -> dict[str, list[int]]:
     """Steps per scalar tag in the TensorBoard event files under ``folder`` (TFRecord framing:
     u64 length, u32 crc, payload, u32 crc), decoded with tensorboardX's own Event proto."""

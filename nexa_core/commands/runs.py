@@ -8,7 +8,7 @@ import sys
 
 from nexa_core.commands._output import print_result
 from nexa_core.commands.train import TRAIN_FIELDS, add_train_args
-from nexa_core.errors import ConfigError
+from nexa_core.errors import ConfigError, raise_if
 
 
 def add_launch_args(p: argparse.ArgumentParser) -> None:
@@ -199,13 +199,25 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def add_runs_args(p: argparse.ArgumentParser) -> None:
     from nexa_core.run_queue import ACTIONS
 
-    p.add_argument("action", choices=["list", "show", "logs", "stop", "resume", "export", "wait", "queue"])
+    p.add_argument(
+        "action", choices=["list", "show", "logs", "stop", "resume", "export", "wait", "tag", "note", "queue"]
+    )
     p.add_argument(
         "run_id", nargs="?", help=f"the run; for queue: one of {', '.join(ACTIONS)} (default list)"
     )
     p.add_argument(
-        "queued_run", nargs="?", metavar="QUEUED_RUN_ID", help="queue: the waiting run to move or cancel"
+        "values", nargs="*", metavar="TAG_OR_TEXT",
+        help="tag: tags to add; note: the note's text; queue: the waiting run to move or cancel",
+    )  # fmt: skip
+    p.add_argument("--remove", action="append", default=[], metavar="TAG", help="tag: remove this tag")
+    p.add_argument(
+        "--search", default="", help="list: runs whose name, id, model, task, tags or note hold it"
     )
+    p.add_argument(
+        "--tag", action="append", default=[], help="list: runs with this tag (repeat: all of them)"
+    )
+    p.add_argument("--state", action="append", default=[], help="list: runs in this state (repeat: any)")
+    p.add_argument("--model", action="append", default=[], help="list: runs of this model (repeat: any)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--out", help="export: the folder to write")
     p.add_argument("--grace", type=float, default=15.0, help="stop: seconds before SIGKILL")
@@ -219,7 +231,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if args.action == "queue":
         return _queue(store, args)
     if args.action == "list":
-        rows = [runs.summary(store, r) for r in store.list_runs()]
+        from nexa_core.run_history import filter_summaries
+        from nexa_core.runstore import RunState
+
+        states = [s.value for s in RunState]
+        raise_if([f"state (--state): {s!r} is not a run state; choose one of {', '.join(states)}"
+                  for s in args.state if s not in states])  # fmt: skip
+        rows = filter_summaries((runs.summary(store, r) for r in store.list_runs()), args.search, args.tag,
+                                args.state, args.model, show_bench=True)  # fmt: skip
         if args.json:
             print_result(json.dumps(rows, default=str))
         else:
@@ -228,6 +247,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
                 print(
                     f"{r['run_id']:45s} {r['state']:10s} step {r['step']:>6} {r['model'] or ''} {r['task'] or ''}"
                     + (f"  [{where}]" if where else "")
+                    + (f"  #{' #'.join(r['tags'])}" if r["tags"] else "")
                 )
         return 0
     if not args.run_id:
@@ -243,6 +263,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(runner.stop(args.run_id, grace_s=args.grace, store=store))
     elif args.action == "resume":
         print(runner.resume(args.run_id, store=store, queue=True))
+    elif args.action in ("tag", "note"):
+        _tag_or_note(store, args)
     elif args.action == "wait":
         print(runner.wait(args.run_id, timeout_s=args.timeout, store=store)["state"])
     else:
@@ -270,14 +292,36 @@ def _queue(store, args: argparse.Namespace) -> int:
             print("\n".join(f"{r['position']}. {r['run_id']}  {r['name']}  on {r['devices']}  waiting for: "
                             f"{r['waiting_for']}" for r in rows) or "no run is waiting in the queue")  # fmt: skip
         return 0
-    if not args.queued_run:
+    if len(args.values) != 1:
         raise ConfigError(
-            [f"run_id: `nexa runs queue {action}` needs a waiting run's id (see `nexa runs queue`)"]
+            [f"run_id: `nexa runs queue {action}` needs one waiting run's id (see `nexa runs queue`)"]
         )
+    (run_id,) = args.values
     if action == "cancel":
-        if not runner.cancel_queued(args.queued_run, by="user", store=store):
-            raise ConfigError([run_queue.not_queued(args.queued_run)])
-        print(run_queue.cancelled(args.queued_run))
+        if not runner.cancel_queued(run_id, by="user", store=store):
+            raise ConfigError([run_queue.not_queued(run_id)])
+        print(run_queue.cancelled(run_id))
     else:
-        print(run_queue.move(store, args.queued_run, action))
+        print(run_queue.move(store, run_id, action))
     return 0
+
+
+def _tag_or_note(store, args: argparse.Namespace) -> None:
+    """`nexa runs tag ID [TAG ...] [--remove TAG]` and `nexa runs note ID [TEXT]`: without values and
+    removals they print what the run has; `nexa runs note ID ""` clears the note."""
+    from nexa_core import run_history
+
+    if args.action == "tag":
+        tags = (
+            run_history.set_tags(store, args.run_id, add=args.values, remove=args.remove)
+            if args.values or args.remove
+            else sorted(store.get_run(args.run_id).get("tags") or [])
+        )
+        print_result(json.dumps(tags) if args.json else " ".join(tags) or "(no tags)")
+        return
+    note = (
+        run_history.set_note(store, args.run_id, " ".join(args.values))
+        if args.values
+        else store.get_run(args.run_id).get("note")
+    )
+    print_result(json.dumps({"note": note}) if args.json else note or "(no note)")

@@ -35,6 +35,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-len", type=int)
     p.add_argument("--gradient-accumulation", type=int)
     p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--warmup-steps", type=int)
     p.add_argument("--epochs", type=int)
     p.add_argument("--max-steps", type=int)
     p.add_argument("--lora", action="store_true", default=None)
@@ -47,6 +49,11 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--random-init", action="store_true", default=None, help="random weights (test variants)")
     p.add_argument("--tracker", help="also log to an Accelerate tracker (tensorboard, mlflow, ...)")
     p.add_argument("--no-eval", dest="eval", action="store_false", default=None)
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        help="also evaluate every N steps (validation curves); default: at the end only",
+    )
     p.add_argument("--no-save", dest="save", action="store_false", default=None, help="write no checkpoint")
     p.add_argument("--pad-to-seq-len", action="store_true", default=None, help="pad every batch to --seq-len")
     p.add_argument(
@@ -64,8 +71,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 TRAIN_FIELDS = (
     "model task num_labels dataset eval_dataset deepspeed zero_stage offload_optimizer offload_param precision "
-    "batch_size seq_len gradient_accumulation lr epochs max_steps lora lora_rank gradient_checkpointing save_every "
-    "keep_last seed name random_init tracker eval save pad_to_seq_len zero3_init attention"
+    "batch_size seq_len gradient_accumulation lr weight_decay warmup_steps epochs max_steps lora lora_rank gradient_checkpointing save_every "
+    "keep_last seed name random_init tracker eval eval_every save pad_to_seq_len zero3_init attention"
 ).split()
 
 

@@ -2,7 +2,7 @@
 
 from nexa_core.launch import RunSpec
 from nexa_core.train_config import TrainConfig
-from nexa_ui.launch_form import SOURCES, extra_fields, form_state, spec_from_plan
+from nexa_ui.launch_form import SOURCES, extra_fields, form_state, spec_from_plan, uploaded_name
 
 IDS = ["sentence-transformers/all-MiniLM-L6-v2", "gpt2"]
 
@@ -36,3 +36,26 @@ def test_plan_choices_and_hidden_fields():
     )
     assert spec_from_plan({"batch_size": -4}, []).train == TrainConfig()  # an invalid plan: defaults
     assert extra_fields(TrainConfig(seed=5, batch_size=3)) == {"seed": 5}  # batch is on the form
+
+
+def test_a_config_without_a_zero_layout_fills_the_one_the_run_would_use(monkeypatch):
+    """The stage and offload selects never hold None (Streamlit shows that as an empty select)."""
+    for var in (
+        "USE_DEEPSPEED",
+        "DEEPSPEED_ZERO_STAGE",
+        "DEEPSPEED_OFFLOAD_OPTIMIZER",
+        "DEEPSPEED_OFFLOAD_PARAM",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    cpu, _ = form_state(RunSpec(TrainConfig()), IDS, gpu_ids=[])  # auto: DeepSpeed off without a GPU
+    assert (cpu["launch_stage"], cpu["launch_off_opt"], cpu["launch_off_param"]) == (0, "none", "none")
+    gpu, _ = form_state(RunSpec(TrainConfig()), IDS, gpu_ids=[0])  # on: the config file's ZeRO-3 + offload
+    assert (gpu["launch_stage"], gpu["launch_off_opt"], gpu["launch_off_param"]) == (3, "cpu", "cpu")
+    two, _ = form_state(RunSpec(TrainConfig(zero_stage=2)), IDS, gpu_ids=[])  # explicit, file completes
+    assert (two["launch_stage"], two["launch_off_opt"], two["launch_off_param"]) == (2, "cpu", "none")
+
+
+def test_uploaded_name_drops_the_content_hash_prefix():
+    assert uploaded_name("/home/u/.nexa/uploads/3f2a9c1b7e0d-my data.jsonl") == "my data.jsonl"
+    assert uploaded_name("notahash-data.csv") == "notahash-data.csv"
+    assert uploaded_name("data.csv") == "data.csv"

@@ -1,12 +1,16 @@
 """The Launch page, driven with AppTest: preview, validation, uploads and the launch hand-off."""
 
 import json
+import re
+import shlex
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from nexa_core import presets, runner, slurm_jobs
+from nexa_core.cli import build_parser
+from nexa_core.commands.runs import _spec_from_args
 from nexa_core.hardware import list_gpus
 from nexa_core.runstore import RunState, RunStore
 
@@ -27,16 +31,22 @@ def _errors(at: AppTest) -> str:
     return at.error[0].value
 
 
+def _json(at: AppTest) -> dict:
+    config = at.json[0].value
+    return json.loads(config) if isinstance(config, str) else config
+
+
+def _launched_spec(command: str):
+    """The run the previewed `nexa launch` command starts, as the CLI would build it."""
+    argv = shlex.split(command)
+    assert argv[:2] == ["nexa", "launch"]
+    return _spec_from_args(build_parser().parse_args(argv[1:]))
+
+
 def test_renders_the_command_deepspeed_config_and_estimate(page, home):
     assert not page.exception and not page.error
-    command = page.code[0].value
-    assert (
-        "-m nexa_core train --config" in command
-        and str(home / "runs" / "preview" / "run_config.json") in command
-    )
-    config = page.json[0].value
-    config = json.loads(config) if isinstance(config, str) else config
-    assert "zero_optimization" in config
+    process = page.code[1].value  # what the run manager starts, in the run's own folder
+    assert "-m nexa_core train --config" in process
     assert [m.label for m in page.metric] == ["Layout", "Estimated per GPU", "Estimated host RAM"]
     assert page.metric[2].value.endswith("GiB")
     assert [b.key for b in page.button] == ["launch_preset_load", "launch_preset_save", "launch_go"]
@@ -45,11 +55,77 @@ def test_renders_the_command_deepspeed_config_and_estimate(page, home):
         assert any("CPU-only machine" in c.value for c in page.caption)
 
 
+def test_the_command_shown_is_one_a_user_can_run(page, home, monkeypatch):
+    """Issue 17: the preview named run id 'preview' and a run_config.json nobody had written. Now it
+    is `nexa launch` with flags: parsed by the real CLI it builds exactly the run the button starts."""
+    page.selectbox(key="launch_task").set_value("classification")
+    page.number_input(key="launch_batch").set_value(3)
+    page.number_input(key="launch_lr").set_value(2e-4)
+    page.checkbox(key="launch_lora").check()
+    page.text_input(key="launch_name").input("copy me").run()
+    command = page.code[0].value
+    assert "--run-id" not in command and "preview" not in command
+    launched = []
+    monkeypatch.setattr(runner, "launch", lambda spec, **kw: launched.append(spec) or "r")
+    page.button(key="launch_go").click().run()
+    (spec,) = launched
+    from_cli = _launched_spec(command)
+    assert from_cli.train == spec.train and from_cli.to_dict() == spec.to_dict()
+
+
+def test_a_direct_visit_shows_and_saves_a_real_zero_layout(page, home, monkeypatch):
+    """Issue 17: opening /launch directly left the stage and offload selects empty ('Choose an
+    option') and saved zero_stage null; the selects now hold the layout the run uses."""
+    stage = page.selectbox(key="launch_stage")
+    assert stage.value in (0, 1, 2, 3) and stage.options == ["ZeRO-0", "ZeRO-1", "ZeRO-2", "ZeRO-3"]
+    assert page.selectbox(key="launch_off_opt").value in ("none", "cpu")
+    assert page.selectbox(key="launch_off_param").value in ("none", "cpu")
+    assert page.metric[0].value.startswith(f"ZeRO-{stage.value}")  # the estimate's layout agrees
+    launched = []
+    monkeypatch.setattr(runner, "launch", lambda spec, **kw: launched.append(spec) or "r")
+    page.button(key="launch_go").click().run()
+    (spec,) = launched
+    assert spec.train.zero_stage == stage.value and spec.train.offload_param is not None
+
+
+def test_the_deepspeed_config_is_shown_only_when_deepspeed_is_used(page, home):
+    """Issue 17: with DeepSpeed off the preview showed the template's ZeRO-3 + offload JSON."""
+    page.selectbox(key="launch_deepspeed").set_value("off").run()
+    assert not page.exception and not page.json
+    assert any("DeepSpeed is off for this run (set to off)" in c.value for c in page.caption)
+    page.selectbox(key="launch_deepspeed").set_value("on")
+    page.selectbox(key="launch_stage").set_value(1)
+    page.selectbox(key="launch_off_opt").set_value("none").run()
+    assert not page.exception and not page.error
+    zero = _json(page)["zero_optimization"]
+    assert zero["stage"] == 1 and "offload_optimizer" not in zero and "offload_param" not in zero
+
+
+def test_an_estimate_beyond_this_machines_memory_needs_a_confirmation(page, home, monkeypatch):
+    """Issue 17: an estimate of thousands of GiB on a 23 GiB machine launched without a word."""
+    page.number_input(key="launch_batch").set_value(65_536)
+    page.number_input(key="launch_seq").set_value(512).run()
+    assert not page.exception and not page.error
+    warning = next(w.value for w in page.warning if "host RAM" in w.value)
+    assert re.search(r"needs [\d,.]+ GiB of host RAM; this machine has [\d,.]+ GiB available", warning)
+    assert page.button(key="launch_go").disabled
+    launched = []
+    monkeypatch.setattr(runner, "launch", lambda spec, **kw: launched.append(spec) or "r")
+    page.checkbox(key="launch_fit_confirm").check().run()
+    assert not page.button(key="launch_go").disabled
+    page.button(key="launch_go").click().run()
+    assert [s.train.batch_size for s in launched] == [65_536]
+
+
 def test_bad_input_lists_every_problem_and_launches_nothing(page, home):
-    page.number_input(key="launch_lr").set_value(0.0)
+    page.number_input(key="launch_lr").set_value(-0.001)
+    page.checkbox(key="launch_lora").check().run()
+    page.number_input(key="launch_rank").set_value(0)
     page.text_input(key="launch_name").input("../etc/passwd").run()
     message = _errors(page)
-    assert "lr (--lr)" in message and "name (--name)" in message
+    # each field as typed (issue 17: a bounded field kept its old value and was left out of the list)
+    assert "lr (--lr): must be a number between 0 and 1, got -0.001" in message
+    assert "lora_rank" in message and "got 0" in message and "name (--name)" in message
     page.selectbox(key="launch_mode").set_value("python")
     page.number_input(key="launch_nproc").set_value(2).run()
     assert "nproc (--nproc)" in _errors(page)  # the launch spec's problems join the config's
@@ -68,8 +144,8 @@ def test_plan_choices_fill_the_form(home):
     assert at.selectbox(key="launch_task").value == "classification"
     assert at.number_input(key="launch_batch").value == 4 and at.number_input(key="launch_rank").value == 4
     assert at.selectbox(key="launch_stage").value == 2
-    config = at.json[0].value
-    config = json.loads(config) if isinstance(config, str) else config
+    at.selectbox(key="launch_deepspeed").set_value("on").run()  # on a CPU-only machine auto is off
+    config = _json(at)
     assert config["zero_optimization"]["stage"] == 2
     assert config["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert "offload_param" not in config["zero_optimization"]
@@ -78,11 +154,15 @@ def test_plan_choices_fill_the_form(home):
 def test_an_upload_is_saved_under_a_safe_name_and_validated(page, home):
     page.radio(key="launch_source").set_value("upload a file").run()
     assert "dataset: upload" in _errors(page)
+    # the fields a record needs, before anything is uploaded (issue 17: only after a failure)
+    assert any("needs 'tokens' and 'ner_tags'" in c.value for c in page.caption)
     bad = b'{"text": "no label here"}\n{"label": "pos"}\nnot json\n'
     page.file_uploader(key="launch_upload").set_value(("../../bad data.jsonl", bad, "application/json"))
     page.selectbox(key="launch_task").set_value("classification").run()
     message = _errors(page)
     assert "line 1" in message and "line 2" in message and "line 3" in message  # all at once
+    # the user's file name, not the stored one with its hash prefix
+    assert "bad data.jsonl line 1" in message and not re.search(r"[0-9a-f]{12}-bad", message)
     good = b'{"text": "fine", "label": "pos"}\n{"text": "bad", "label": "neg"}\n'
     page.file_uploader(key="launch_upload").set_value(
         ("../../good data.jsonl", good, "application/json")
@@ -155,7 +235,9 @@ def test_slurm_mode_previews_the_batch_script_and_submits_the_request(home, monk
     page.number_input(key="launch_job_nodes").set_value(2)
     page.text_input(key="launch_time").input("00:30:00").run()
     assert not page.exception and not page.error
-    script = page.code[0].value
+    submit = page.code[0].value
+    assert "--backend slurm --partition gpu --nodes 2" in submit and "--time 00:30:00" in submit
+    script = page.code[1].value
     assert (
         "#SBATCH --partition=gpu" in script and "#SBATCH --nodes=2" in script and "#SBATCH --mem=" in script
     )

@@ -63,14 +63,34 @@ def test_a_finished_run_shows_its_curves_outcome_and_export(trained, monkeypatch
     loss = _chart(at, "Loss")
     raw = next(t for t in loss["data"] if t["name"] == "loss")
     assert raw["x"] == [1, 2, 3] and len(raw["y"]) == 3
-    assert len(at.get("plotly_chart")) == 5
+    gpu = bool(runs.summary(RunStore(), RunStore().get_run(run_id))["measured"]["peak_gpu_bytes"])
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+    assert sorted(titles) == sorted(
+        ["Loss", "Learning rate", "Throughput", "Host memory (RSS per rank)"]
+        + (["GPU memory (per device)"] if gpu else [])
+    )  # no empty GPU chart for a run without one (issue 17)
     host = _chart(at, "Host memory (RSS per rank)")
     assert host["data"] and [s["line"]["dash"] for s in host["layout"]["shapes"]] == ["dash"]  # the estimate
     assert not [b for b in at.button if b.key == "monitor_stop"]  # no Stop for an ended run
-    assert [b.label for b in at.get("form_submit_button")] == ["Export"]
+    assert [b.label for b in at.get("form_submit_button")] == ["Export", "Try it"]
     assert str(home / "exports" / run_id) in [t.value for t in at.text_input]
     at.toggle(key="monitor_log_y").set_value(True).run()
     assert not at.exception and _chart(at, "Loss")["layout"]["yaxis"]["type"] == "log"
+
+
+def test_the_finished_model_can_be_tried_on_a_sentence(trained, monkeypatch):
+    home, run_id = trained
+    monkeypatch.setenv("NEXA_HOME", str(home))
+    at = _page(run_id)
+    sentence = "Crew replaced the recloser on Feeder 1104 under WO-483920 ."
+    at.text_input(key="monitor_try_text").input(sentence)
+    at.button(key="FormSubmitter:monitor_try_form-Try it").click().run()
+    assert not at.exception and not at.error
+    result = at.session_state["monitor_try_result"]
+    assert result["task"] == "ner" and "".join(piece for piece, _ in result["spans"]) == sentence
+    tagged = [m.value for m in at.markdown if "nexa-tagged" in m.value]
+    assert tagged and all(f">{e['text']}" in tagged[0] for e in result["entities"])  # entities marked
+    assert (home / "runs" / run_id / "try-model").is_dir()  # exported once, into the run folder
 
 
 @pytest.fixture
@@ -99,9 +119,19 @@ def test_an_active_run_has_a_stop_button_and_live_progress(hand_made):
     assert [b.label for b in at.button if b.key == "monitor_stop"] == ["Stop run"]  # present, never pressed
     assert _metric(at, "State") == "running" and _metric(at, "Step") == "1 / 10"
     assert at.get("progress") and not at.get("form_submit_button")
-    gpu = _chart(at, "GPU memory (per device)")
-    assert any("no GPU" in a["text"] for a in gpu["layout"]["annotations"])
+    assert "GPU memory" not in json.dumps([c.proto.spec for c in at.get("plotly_chart")])
     assert hand_made.get_run("live-run")["state"] == "running"
+
+
+def test_validation_curves_are_charted_while_the_run_trains(hand_made):
+    for step, f1 in ((1, 0.1), (2, 0.3)):  # validation every step (--eval-every 1)
+        hand_made.log_metrics("live-run", step, {"eval_loss": 1.0 / step, "eval_f1": f1})
+    at = _page("live-run")
+    assert not at.exception
+    evaluation = _chart(at, "Evaluation (validation set)")
+    assert [(t["name"], t["x"], t["y"]) for t in evaluation["data"]] == [("entity F1", [1, 2], [0.1, 0.3])]
+    validation = next(t for t in _chart(at, "Loss")["data"] if t["name"] == "validation loss")
+    assert validation["y"] == [1.0, 0.5]
 
 
 def test_a_failed_run_shows_its_reason_and_the_picker_switches_runs(hand_made):

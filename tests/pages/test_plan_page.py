@@ -63,6 +63,27 @@ def test_cpu_only_chart_shows_host_memory(page):
     assert "Host memory" in spec and "host RAM capacity" in spec
 
 
+def test_cpu_only_table_shows_the_host_breakdown(page):
+    """Issue 17: on a CPU-only plan every per-term column read 0 and only 'host total' had a number."""
+    page.number_input(key="plan_gpus").set_value(0).run()
+    table = page.dataframe[0].value
+    assert "per-GPU total GiB" not in table.columns
+    for term in ("params", "gradients", "optimizer", "activations"):
+        assert (table[f"host {term} GiB"] > 0).all(), term
+    terms = table[[f"host {t} GiB" for t in ("params", "gradients", "optimizer", "activations", "overhead")]]
+    assert (terms.sum(axis=1) <= table["host total GiB"] + 0.01).all()  # the terms are part of the total
+
+
+def test_an_invalid_number_is_named_instead_of_the_old_value_kept(page):
+    """Issue 17: batch 0 turned the field red and the plan went on with the previous batch."""
+    page.number_input(key="plan_batch").set_value(0).run()
+    assert not page.exception and len(page.error) == 1
+    assert "batch_size" in page.error[0].value and "got 0" in page.error[0].value
+    assert not page.get("plotly_chart") and "plan_choices" not in page.session_state
+    page.number_input(key="plan_batch").set_value(4).run()
+    assert not page.error and "--batch-size 4" in page.code[0].value
+
+
 def test_hypothetical_gpus_chart_per_gpu_memory(page):
     page.number_input(key="plan_gpus").set_value(2).run()  # enables the GPU memory field, as in a browser
     page.number_input(key="plan_gpu_gb").set_value(16.0).run()

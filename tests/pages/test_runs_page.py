@@ -17,10 +17,13 @@ PAGE = ROOT / "pages" / "runs.py"
 
 @pytest.fixture
 def home(tmp_path, monkeypatch):
-    """Two finished runs with curves and folders, one failed run, and a folder that is no run's."""
+    """A comparison's run, two finished runs with curves and folders, one failed run, and a folder
+    that is no run's."""
     monkeypatch.setenv("NEXA_HOME", str(tmp_path / "home"))
     monkeypatch.chdir(ROOT)
     store = RunStore()
+    store.create_run("run-bench", name="bench zero3", run_dir="", state=RunState.SUCCEEDED,
+                     spec={"model": "m", "task": "ner", "zero_stage": 3})  # fmt: skip
     for run_id, name, steps, state in (
         ("run-a", "alpha", 4, RunState.SUCCEEDED),
         ("run-b", "beta", 6, RunState.SUCCEEDED),
@@ -31,7 +34,7 @@ def home(tmp_path, monkeypatch):
         (folder / "run.log").write_text("log\n")
         store.create_run(
             run_id, name=name, run_dir=str(folder), state=RunState.RUNNING,
-            spec={"model": "m", "task": "ner", "zero_stage": 2, "max_steps": steps},
+            spec={"model": "m", "task": "ner", "zero_stage": 2, "max_steps": steps, "lr": 1e-4 * steps},
             estimate={"label": "ZeRO-2", "host_total_bytes": 3 * GIB, "per_gpu_total_bytes": 0},
         )  # fmt: skip
         for step in range(1, steps + 1):
@@ -54,11 +57,83 @@ def test_lists_every_run_with_measured_and_estimated_memory(home):
     at = _page()
     assert not at.exception
     table = at.dataframe[0].value
-    assert list(table["run"]) == ["gamma", "beta", "alpha"]  # newest first
+    assert list(table["run"]) == ["gamma", "beta", "alpha"]  # newest first; the comparison's run hidden
     assert list(table["state"]) == ["failed", "succeeded", "succeeded"]
-    assert list(table["host peak GiB"]) == [3.0, 3.0, 3.0] and list(table["host est. GiB"]) == [3.0, 3.0, 3.0]
-    assert list(table["final loss"]) == [0.5, pytest.approx(1 / 6), 0.25]
+    assert list(table["host GiB peak / est."]) == ["3.00 / 3.00"] * 3
+    assert list(table["loss"]) == ["0.5000", "0.1667", "0.2500"]
     assert not at.get("plotly_chart")  # nothing selected yet
+
+
+def test_the_table_has_no_none_or_default_cells_and_no_empty_columns(home):
+    """Issue 17: literal 'None', 'opt default / param default', and columns that pushed the memory
+    peaks off screen."""
+    home.create_run("bare", name="bare", spec={}, run_dir="", state=RunState.FAILED)  # nothing recorded
+    table = _page().dataframe[0].value
+    cells = [str(v) for v in table.to_numpy().ravel()]
+    assert not [c for c in cells if c in ("None", "nan") or "default" in c]
+    assert "GPU GiB peak / est." not in table.columns and "where" not in table.columns  # no run has them
+    assert len(table.columns) <= 11
+
+
+def test_bench_runs_are_hidden_until_asked_for_and_the_filters_narrow_the_table(home):
+    at = _page()
+    at.toggle(key="runs_show_bench").set_value(True).run()
+    assert list(at.dataframe[0].value["run"]) == ["gamma", "beta", "alpha", "bench zero3"]
+    at.toggle(key="runs_show_bench").set_value(False)
+    at.text_input(key="runs_search").input("BETA").run()
+    assert list(at.dataframe[0].value["run"]) == ["beta"]
+    at.text_input(key="runs_search").input("")
+    at.multiselect(key="runs_states").set_value(["succeeded"]).run()
+    assert list(at.dataframe[0].value["run"]) == ["beta", "alpha"]
+    assert any("2 of 4 runs shown" in c.value for c in at.caption)
+
+
+def test_tags_and_a_note_are_saved_shown_and_filtered_on(home):
+    at = _page()
+    at.multiselect(key="runs_pick").set_value(["run-a"]).run()
+    at.multiselect(key="runs_tags_run-a").set_value(["baseline", "lr-sweep"])
+    at.text_area(key="runs_note_run-a").input("warmup helped")
+    at.button(key="FormSubmitter:runs_labels_run-a-Save tags and note").click().run()
+    assert not at.exception and any("Saved the tags and note of run run-a" in s.value for s in at.success)
+    run = home.get_run("run-a")
+    assert (run["tags"], run["note"]) == (["baseline", "lr-sweep"], "warmup helped")
+    table = at.dataframe[0].value
+    assert table.loc[table["run"] == "alpha", "tags"].item() == "baseline, lr-sweep"
+    at.multiselect(key="runs_tags").set_value(["baseline"]).run()
+    assert list(at.dataframe[0].value["run"]) == ["alpha"]
+    at.multiselect(key="runs_tags").set_value([])
+    at.text_input(key="runs_search").input("warmup").run()  # the note is searched too
+    assert list(at.dataframe[0].value["run"]) == ["alpha"]
+
+
+def test_a_bad_tag_is_refused_with_the_rule(home):
+    at = _page()
+    at.multiselect(key="runs_pick").set_value(["run-a"]).run()
+    at.multiselect(key="runs_tags_run-a").set_value(["two words"])
+    at.button(key="FormSubmitter:runs_labels_run-a-Save tags and note").click().run()
+    assert "'two words' is not a tag" in at.error[0].value and home.get_run("run-a")["tags"] is None
+
+
+def test_the_parameters_of_selected_runs_name_what_differs(home):
+    at = _page()
+    at.multiselect(key="runs_pick").set_value(["run-a", "run-b"]).run()
+    params = at.dataframe[1].value
+    assert list(params.columns) == ["run", "max_steps", "lr"] and list(params["run"]) == ["alpha", "beta"]
+    assert any(c.value == "Fields that differ: max_steps, lr" for c in at.caption)
+    at.toggle(key="runs_params_all").set_value(True).run()
+    assert {"model", "task", "zero_stage"} <= set(at.dataframe[1].value.columns)
+
+
+def test_validation_curves_are_overlaid(home):
+    for run_id, f1 in (("run-a", 0.4), ("run-b", 0.7)):
+        home.log_metrics(run_id, 2, {"eval_f1": f1 / 2, "eval_loss": 1.0})
+        home.log_metrics(run_id, 4, {"eval_f1": f1, "eval_loss": 0.5})
+    at = _page()
+    at.multiselect(key="runs_pick").set_value(["run-a", "run-b"]).run()
+    assert at.selectbox(key="runs_metric_right").value == "eval_f1"
+    evaluation = json.loads(at.get("plotly_chart")[1].proto.spec)
+    assert evaluation["layout"]["title"]["text"] == "Validation F1"
+    assert [t["y"] for t in evaluation["data"]] == [[0.2, 0.4], [0.35, 0.7]]
 
 
 def test_overlay_of_two_runs(home):
@@ -138,7 +213,7 @@ def test_clone_opens_launch_with_the_runs_configuration(home):
     )
     assert any("Starting from run run-b" in c.value for c in at.caption)
     assert any("seed=11" in c.value for c in at.caption)
-    assert "--nproc_per_node 2" in at.code[0].value or "--nproc_per_node=2" in at.code[0].value
+    assert "--mode torchrun --nproc 2" in at.code[0].value and "--nproc_per_node 2" in at.code[1].value
 
 
 def test_clone_of_a_run_without_its_files_says_so(home):
