@@ -250,7 +250,8 @@ def _attention_dropout(config) -> float:
 
 
 def _stored_dtype(config) -> str:
-    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    # transformers 5 reads a config's torch_dtype into .dtype (its torch_dtype property only warns)
+    value = getattr(config, "dtype", None)
     text = str(value).removeprefix("torch.") if value is not None else "float32"
     return text if text in ("float32", "float16", "bfloat16") else "float32"
 
