@@ -1,13 +1,13 @@
 """Measured comparison of memory-saving techniques: each technique is a short run of the same
-model and data through the run manager (one at a time, each its own process so peaks never mix),
-with the planner's estimate beside the measurement."""
+model and data through the run manager (queued one after the other, each its own process so peaks
+never mix), with the planner's estimate beside the measurement. nexa_core/comparisons.py keeps
+them as stored comparisons."""
 
 from __future__ import annotations
 
 import platform
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,8 @@ TECHNIQUES: dict[str, dict[str, Any]] = {
     "bf16": {"deepspeed": "off", "precision": "bf16"},
 }
 SKIP_STEPS = 2  # step 1 allocates optimizer state, step 2 still warms up: timing starts at step 3
+MIN_TIMED_STEPS = 3  # a median of fewer timed steps is noise: ratios built on it are labelled so
+DEFAULT_STEPS = 6  # 4 timed steps after the 2 warm-up ones
 
 
 @dataclass
@@ -43,7 +45,7 @@ class BenchConfig:
     model: str
     task: str = "ner"
     techniques: tuple[str, ...] = ("baseline", "zero2", "zero3", "zero3-offload", "lora")
-    steps: int = 6
+    steps: int = DEFAULT_STEPS
     batch_size: int = 8
     seq_len: int = 128
 
@@ -97,48 +99,9 @@ def _has_weights(model: str) -> bool:
     return resolve_model(model).weights_dir is not None
 
 
-def run_bench(config: BenchConfig, progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
-    """One row per technique: measured (peaks, median step time, samples/s) or skipped with a reason."""
-    from nexa_core.hardware import list_gpus
-
-    has_gpu = bool(list_gpus())
-    store = RunStore()
-    rows = []
-    for i, technique in enumerate(config.techniques):
-        if progress:
-            progress(i, len(config.techniques), technique)
-        reason = skip_reason(technique, has_gpu)
-        row: dict[str, Any] = {"technique": technique, "status": "skipped", "reason": reason, "run_id": None}
-        if reason is None:
-            spec = RunSpec(_train_config(config, technique))
-            estimate = runs.estimate_for(spec) or {}
-            run_id = runner.launch(spec, estimate=estimate, store=store)
-            run = runner.wait(run_id, timeout_s=3600, store=store)
-            row["run_id"] = run_id
-            row["estimate"] = {
-                "label": estimate.get("label"),
-                "per_gpu_total_bytes": estimate.get("per_gpu_total_bytes"),
-                "host_total_bytes": estimate.get("host_total_bytes"),
-            }
-            if run["state"] != "succeeded":
-                row["reason"] = f"run {run['state']}: {run.get('reason')}"
-            else:
-                row.update(
-                    status="measured", reason=None, measured=_measured(store, run_id, config.batch_size)
-                )
-                est, peak = row["estimate"]["host_total_bytes"], row["measured"]["peak_host_rss_bytes"]
-                row["host_estimate_error"] = (est / peak - 1) if est and peak else None
-        rows.append(row)
-    if progress:
-        progress(len(config.techniques), len(config.techniques), "done")
-    return {
-        "config": config.__dict__ | {"techniques": list(config.techniques)},
-        "environment": environment(),
-        "rows": rows,
-    }
-
-
-def _measured(store: RunStore, run_id: str, batch_size: int) -> dict[str, Any]:
+def measured(store: RunStore, run_id: str, batch_size: int) -> dict[str, Any]:
+    """A finished technique run's peaks and the median of its timed steps (after SKIP_STEPS), with
+    how many steps were timed: fewer than MIN_TIMED_STEPS make its step-time ratio noise."""
     peaks = runs.measured(store, run_id)
     times = [
         v
@@ -151,8 +114,25 @@ def _measured(store: RunStore, run_id: str, batch_size: int) -> dict[str, Any]:
         "peak_gpu_bytes_per_device": peaks["peak_gpu_bytes"],
         "peak_host_rss_bytes": peaks["peak_host_rss_bytes"],
         "step_time_s": step_time,
+        "timed_steps": len(times),
         "samples_per_s": batch_size / step_time if step_time else None,
     }
+
+
+def technique_spec(config: BenchConfig, technique: str) -> RunSpec:
+    """The run one technique of a comparison is."""
+    return RunSpec(_train_config(config, technique))
+
+
+def measured_on() -> str:
+    """The device the technique runs use: "cpu", or the name of the first GPU this process sees
+    (a comparison's runs are single-process runs on the default device)."""
+    from nexa_core.hardware import list_gpus
+
+    first = runner.foreground_devices()[0]
+    if first == "cpu":
+        return "cpu"
+    return next((g.name for g in list_gpus() if f"gpu{g.index}" == first), first)
 
 
 def environment() -> dict[str, Any]:
@@ -172,140 +152,6 @@ def environment() -> dict[str, Any]:
         "cpu_cores": psutil.cpu_count(),
         "host_ram_bytes": psutil.virtual_memory().total,
         "gpus": [g.name for g in list_gpus()],
+        "measured_on": measured_on(),
         "versions": versions,
     }
-
-
-# ------------------------------------------------------------------ stored comparisons
-# A comparison runs for minutes, so the Compare page starts it in the background (its own process
-# session, like a training run) and polls files under NEXA_HOME/comparisons/: <id>.progress.json
-# while it runs, <id>.json once done. Past comparisons stay there and can be reopened.
-
-
-def comparisons_dir():
-    from nexa_core import paths
-
-    return paths.home_folder("comparisons")
-
-
-def _comparison_file(comparison_id: str, suffix: str = ".json"):
-    from nexa_core import paths
-
-    paths.run_dir(comparison_id)  # the same id rules as runs: no path tricks
-    return comparisons_dir() / f"{comparison_id}{suffix}"
-
-
-def bench_argv(config: BenchConfig, comparison_id: str) -> list[str]:
-    import sys
-
-    return [
-        sys.executable, "-m", "nexa_core", "bench", config.model, "--task", config.task,
-        "--techniques", ",".join(config.techniques), "--steps", str(config.steps),
-        "--batch-size", str(config.batch_size), "--seq-len", str(config.seq_len), "--save-as", comparison_id,
-    ]  # fmt: skip
-
-
-def start_comparison(config: BenchConfig) -> str:
-    """Start ``nexa bench`` in the background; returns the comparison id at once."""
-    import os
-    import subprocess
-
-    from nexa_core import paths
-
-    comparison_id = paths.new_run_id(f"compare {config.model.split('/')[-1]}")
-    log = _comparison_file(comparison_id, ".log").open("ab")
-    child = subprocess.Popen(
-        bench_argv(config, comparison_id),
-        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "NEXA_HOME": str(paths.nexa_home())},
-    )  # fmt: skip
-    save_progress(comparison_id, 0, len(config.techniques), "starting", pid=child.pid)
-    return comparison_id
-
-
-def save_progress(comparison_id: str, done: int, total: int, current: str, pid: int | None = None) -> None:
-    """Records the bench process's pid and start time (this process unless ``pid`` is given), so
-    that readers tell a bench that died (OOM kill, reboot) from one still running."""
-    import json
-    import os
-
-    import psutil
-
-    me = psutil.Process(pid or os.getpid())
-    _write_atomic(
-        _comparison_file(comparison_id, ".progress.json"),
-        json.dumps(
-            {
-                "done": done,
-                "total": total,
-                "current": current,
-                "t": time.time(),
-                "pid": me.pid,
-                "pid_started": me.create_time(),
-            }
-        ),  # fmt: skip
-    )
-
-
-def _write_atomic(path, text: str) -> None:
-    tmp = path.with_suffix(f".tmp{time.monotonic_ns()}")
-    tmp.write_text(text)
-    tmp.replace(path)  # readers (the Compare page polls) never see half a file
-
-
-def save_comparison(comparison_id: str, result: dict[str, Any]) -> None:
-    import json
-
-    _write_atomic(_comparison_file(comparison_id), json.dumps(result, default=str))
-
-
-def load_comparison(comparison_id: str) -> dict[str, Any] | None:
-    import json
-
-    path = _comparison_file(comparison_id)
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def comparison_progress(comparison_id: str) -> dict[str, Any] | None:
-    import json
-
-    path = _comparison_file(comparison_id, ".progress.json")
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def _alive(progress: dict[str, Any]) -> bool:
-    import psutil
-
-    try:
-        proc = psutil.Process(progress["pid"])
-        return abs(proc.create_time() - progress["pid_started"]) < 1.0  # a reused pid is not our bench
-    except (KeyError, psutil.Error):
-        return False
-
-
-def comparison_state(comparison_id: str) -> dict[str, Any]:
-    """done | failed (with why) | running (with progress): one comparison, cheap enough to poll."""
-    result = load_comparison(comparison_id)
-    progress = comparison_progress(comparison_id) or {}
-    if result:
-        return {"id": comparison_id, "state": "done", "result": result, "progress": progress}
-    current = progress.get("current", "")
-    if current.startswith("failed"):
-        return {"id": comparison_id, "state": "failed", "reason": current, "progress": progress}
-    if not _alive(progress):
-        reason = "failed: the bench process ended without a result (killed, or out of memory); see its log"
-        return {"id": comparison_id, "state": "failed", "reason": reason, "progress": progress}
-    return {"id": comparison_id, "state": "running", "progress": progress}
-
-
-def list_comparisons() -> list[dict[str, Any]]:
-    """Newest first: id, state (running, done or failed), model and techniques when done."""
-    out = []
-    for progress in sorted(comparisons_dir().glob("*.progress.json"), reverse=True):
-        state = comparison_state(progress.name.removesuffix(".progress.json"))
-        config = (state.get("result") or {}).get("config", {})
-        out.append(
-            {"id": state["id"], "state": state["state"], "model": config.get("model"),
-             "techniques": config.get("techniques")}
-        )  # fmt: skip
-    return out

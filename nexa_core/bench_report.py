@@ -9,6 +9,7 @@ import html
 import io
 from typing import Any
 
+from nexa_core.bench import MIN_TIMED_STEPS, SKIP_STEPS
 from nexa_core.errors import ConfigError
 
 MIB = 1024**2
@@ -19,8 +20,23 @@ PNG_NEEDS_A_BROWSER = (
 )
 
 
+def timed_steps(result: dict[str, Any], row: dict[str, Any]) -> int | None:
+    """How many steps a measured row's median step time comes from (older results did not say:
+    then every step after the warm-up ones)."""
+    timed = (row.get("measured") or {}).get("timed_steps")
+    steps = (result.get("config") or {}).get("steps")
+    return timed if timed is not None else None if steps is None else max(steps - SKIP_STEPS, 0)
+
+
+def too_noisy(result: dict[str, Any], row: dict[str, Any]) -> bool:
+    """A step-time ratio with this row (or the baseline) is noise below MIN_TIMED_STEPS timed steps."""
+    timed = timed_steps(result, row)
+    return timed is not None and timed < MIN_TIMED_STEPS
+
+
 def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per technique with % memory saved and % slower against the baseline row."""
+    """One row per technique with % memory saved and % slower against the baseline row; a slow-down
+    from too few timed steps says so instead of a number."""
     rows = result["rows"]
     base = next((r for r in rows if r["technique"] == "baseline" and r["status"] == "measured"), None)
     out = []
@@ -37,6 +53,7 @@ def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
             if e.get("per_gpu_total_bytes")
             else None,
             "step time s (measured)": round(m["step_time_s"], 3) if m.get("step_time_s") else None,
+            "timed steps": timed_steps(result, r) if r["status"] == "measured" else None,
             "samples/s (measured)": round(m["samples_per_s"], 2) if m.get("samples_per_s") else None,
             "host memory saved vs baseline": None,
             "slower vs baseline": None,
@@ -49,7 +66,12 @@ def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
                     1 - m["peak_host_rss_bytes"] / bm["peak_host_rss_bytes"]
                 )
             if bm.get("step_time_s") and m.get("step_time_s"):
-                row["slower vs baseline"] = _pct(m["step_time_s"] / bm["step_time_s"] - 1)
+                noisy = too_noisy(result, r) or too_noisy(result, base)
+                row["slower vs baseline"] = (
+                    f"too noisy (fewer than {MIN_TIMED_STEPS} timed steps)"
+                    if noisy
+                    else _pct(m["step_time_s"] / bm["step_time_s"] - 1)
+                )
         out.append(row)
     return out
 
@@ -84,17 +106,24 @@ def figures(result: dict[str, Any]) -> dict[str, Any]:
     )
     base = next((r for r in measured if r["technique"] == "baseline"), None)
     speed = go.Figure()
-    if base and base["measured"].get("step_time_s"):
+    timed = [r for r in measured if r["measured"].get("step_time_s") and not too_noisy(result, r)]
+    noisy = [r["technique"] for r in measured if r not in timed]
+    if base and base in timed:
         bt = base["measured"]["step_time_s"]
         speed.add_bar(
-            x=names,
-            y=[(r["measured"]["step_time_s"] or bt) / bt for r in measured],
+            x=[r["technique"] for r in timed],
+            y=[r["measured"]["step_time_s"] / bt for r in timed],
             name="step time / baseline",
         )
         speed.add_hline(y=1.0, line_dash="dash", annotation_text="baseline")
-    speed.update_layout(
-        title="Step time relative to baseline (measured; lower is faster)", yaxis_title="× baseline"
-    )
+    if speed.data:
+        steps = "/".join(str(n) for n in sorted({timed_steps(result, r) for r in timed}))
+        title = f"Step time relative to baseline (median of {steps} timed steps; lower is faster)"
+    else:
+        title = "Step time relative to baseline: no measured baseline with enough timed steps"
+    if noisy:
+        title += f"<br><sup>not shown, too noisy (fewer than {MIN_TIMED_STEPS} timed steps): {', '.join(noisy)}</sup>"
+    speed.update_layout(title=title, yaxis_title="× baseline")
     return {"memory": memory, "slowdown": speed}
 
 
@@ -148,7 +177,8 @@ def to_html(result: dict[str, Any]) -> str:
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}</style>
 </head><body><h1>NEXA savings report</h1>
 <p>Model <b>{html.escape(str(cfg["model"]))}</b>, task {html.escape(str(cfg["task"]))}, batch {cfg["batch_size"]} × sequence
-{cfg["seq_len"]} (padded), {cfg["steps"]} steps per technique, the first 2 not timed. Each technique ran as its own process.</p>
+{cfg["seq_len"]} (padded), {cfg["steps"]} steps per technique, the first {SKIP_STEPS} not timed; step-time ratios from fewer than
+{MIN_TIMED_STEPS} timed steps are marked too noisy. Each technique ran as its own process.</p>
 <p>Hardware: {html.escape(env["machine"])}, {env["cpu_cores"]} CPU cores, {env["host_ram_bytes"] / 1024**3:.1f} GiB RAM, GPUs: {html.escape(gpus)}.
 Versions: {html.escape(versions)}. Date: {env["date"]}.</p>
 <p>Columns marked <i>measured</i> come from the runs (peak RSS of the process tree, median step time); columns marked

@@ -356,7 +356,7 @@ class Workload:
     def load_bytes_per_param(self, layout: Layout, deepspeed: bool = True) -> int:
         """The dtype the weights are materialised in: the compute dtype when DeepSpeed runs in 16 bits
         (its engine casts the module to it anyway) and always in bf16-true, else fp32 (the fp32
-        weights that autocast or plain fp32 training step on). trainer.load_dtype makes the same
+        weights that autocast or plain fp32 training step on). model_loading.load_dtype makes the same
         choice."""
         if self.precision is Precision.BF16_TRUE:
             return 2

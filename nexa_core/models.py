@@ -251,8 +251,7 @@ def _attention_dropout(config) -> float:
 
 
 def _stored_dtype(config) -> str:
-    # transformers 5 reads a config's torch_dtype into dtype; asking for the old name only prints a
-    # deprecation warning (one stray line on stderr of every command that plans)
+    # transformers 5 reads a config's torch_dtype into .dtype (its torch_dtype property only warns)
     value = getattr(config, "dtype", None)
     text = str(value).removeprefix("torch.") if value is not None else "float32"
     return text if text in ("float32", "float16", "bfloat16") else "float32"

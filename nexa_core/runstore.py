@@ -22,8 +22,9 @@ from urllib.parse import quote
 
 from nexa_core import paths
 from nexa_core.errors import ConfigError
+from nexa_core.queue_table import QUEUE_SCHEMA, QueueTable
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, name TEXT, kind TEXT DEFAULT 'train', state TEXT NOT NULL,
@@ -80,8 +81,9 @@ class RunState(str, Enum):
 TERMINAL = {RunState.SUCCEEDED, RunState.FAILED, RunState.STOPPED}
 
 
-class RunStore:
-    """Runs, metrics, memory samples and events in one SQLite file; safe for many processes at once."""
+class RunStore(QueueTable):
+    """Runs, metrics, memory samples and events in one SQLite file; safe for many processes at once.
+    The run queue's table and its SQL are in nexa_core/queue_table.py."""
 
     def __init__(self, path: Path | str | None = None) -> None:
         self.path = Path(path) if path is not None else paths.store_path()
@@ -257,6 +259,7 @@ class RunStore:
                 ("events", "run_id"),
                 ("jobs", "run_id"),
                 ("relay_offsets", "run_id"),
+                ("queue", "run_id"),
             ):
                 conn.execute(f"DELETE FROM {table} WHERE {key} = ?", (run_id,))
 
@@ -425,6 +428,8 @@ def _prepare(conn: sqlite3.Connection) -> None:
                 # v3 added the jobs and relay_offsets tables: created above, nothing to alter
                 if version < 4:  # v4: a run's tags (a JSON list) and note, set on Runs / `nexa runs tag|note`
                     _add_columns(conn, "runs", {"tags_json": "TEXT", "note": "TEXT"})
+                if version < 5:  # v5: the run queue (nexa_core/queue_table.py)
+                    conn.execute(QUEUE_SCHEMA)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 

@@ -3,6 +3,8 @@
 It runs the launcher as its child in the same process group (so a stop reaches both), waits,
 and records how the run ended when the trainer itself could not (a crash, a kill, an OOM kill).
 It outlives SIGTERM so it can still record the outcome of a stop; SIGKILL ends it like the rest.
+Once the outcome is recorded it starts the next queued run on the freed device (runner.dispatch),
+so a queue moves on with no panel or terminal open.
 """
 
 from __future__ import annotations
@@ -36,7 +38,23 @@ def main(argv: list[str]) -> int:
         store.set_state(run_id, state, reason=reason, exit_code=returncode)
     else:
         store.update_run(run_id, exit_code=returncode)
+    _start_next(store)
     return 0
+
+
+def _start_next(store: RunStore) -> None:
+    """The next queued run(s), said in this run's log; a failure here only delays them until the
+    next refresh (any page of the panel, `nexa runs`, a launch), so it never fails this run."""
+    from nexa_core import runner
+
+    try:
+        started = runner.dispatch(store)
+    except Exception as exc:  # noqa: BLE001 (reported; the queue is retried at the next refresh)
+        print(f"nexa: the queue did not move on ({type(exc).__name__}: {exc}); the next refresh starts it",
+              file=sys.stderr)  # fmt: skip
+        return
+    for next_id in started:
+        print(f"nexa: started the next queued run, {next_id}", file=sys.stderr)
 
 
 if __name__ == "__main__":

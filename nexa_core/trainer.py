@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +19,23 @@ from nexa_core import task_metrics
 from nexa_core.checkpoints import StepInfo, latest_checkpoint, load_latest_state, save_state
 from nexa_core.device_manager import DeepSpeedSettings, get_accelerator
 from nexa_core.enums import Attention, Offload, Precision, Task
-from nexa_core.errors import ConfigError
-from nexa_core.models import auto_class, lora_config, resolve_model, task_config
+from nexa_core.model_loading import ModelRequest, build_model, load_dtype
+from nexa_core.run_facts import engine_report, engine_text, precision_report, precision_text
+from nexa_core.train_loop import Schedule, ThroughputWindow, batches, due, epochs_from
 
 log = logging.getLogger("nexa.trainer")
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What Accelerate/DeepSpeed returned for the run, and its schedule."""
+
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    train_loader: Any
+    eval_loader: Any
+    schedule: Schedule
 
 
 class RunStopped(Exception):
@@ -116,89 +129,24 @@ class DeepSpeedTrainer:
         self.stop_requested = False  # set from a signal handler; acted on at the next step boundary
 
     # ----------------------------------------------------------------- model
-    def load_dtype(self):
-        """The dtype the weights are created in, whatever the checkpoint stores: the 16-bit compute
-        dtype when DeepSpeed trains in it (its engine casts the module to it and keeps an fp32
-        master copy in the optimizer), else fp32 (plain fp32 training, or Accelerate's autocast,
-        which steps fp32 weights). memory.Workload.load_bytes_per_param makes the same choice."""
-        import torch
-
-        if self.precision is Precision.BF16_TRUE:
-            return torch.bfloat16  # weights, gradients and Adam states all bf16, no fp32 copy
-        if self.use_deepspeed and self.precision is not Precision.FP32:
-            return {Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}[self.precision]
-        return torch.float32
-
     def sharded_init(self) -> bool:
         """ZeRO-3 with zero.Init: each rank creates only its partition of every parameter."""
         stage, _, _ = self.settings.layout()
         return self.use_deepspeed and stage == 3 and self.settings.zero3_init
 
     def _build_model(self):
-        resolved = resolve_model(self.model_name)
-        config = task_config(resolved, self.task, self.num_labels)
-        if self.label_names and self.task in (Task.NER, Task.CLASSIFICATION):
-            config.id2label = dict(enumerate(self.label_names))
-            config.label2id = {n: i for i, n in enumerate(self.label_names)}
-        cls = auto_class(self.task)
-        dtype = self.load_dtype()
-        # An explicit dtype: transformers' default ("auto") would keep the checkpoint's own dtype, so a
-        # bf16 checkpoint would train bf16 weights and bf16 Adam states under --precision fp32.
-        kwargs: dict[str, Any] = {"dtype": dtype}
-        if self.attention is not Attention.AUTO:
-            kwargs["attn_implementation"] = self.attention.value
-        pretrained = resolved.weights_dir is not None and not self.random_init
-        if not pretrained and not self.random_init:
-            raise ConfigError(
-                [
-                    f"model: no weights for {self.model_name!r} on this machine; give a local folder with weights, "
-                    "the packaged sentence-transformers/all-MiniLM-L6-v2, or --random-init for a random-initialised test run"
-                ]
-            )
-        if self.random_init:
-            log.warning("model %s: RANDOM-INITIALISED weights (random_init=True)", self.model_name)
-        with self._zero3_init_context():
-            if pretrained:
-                model = cls.from_pretrained(resolved.weights_dir, config=config, **kwargs)
-            else:
-                model = cls.from_config(config, **kwargs)
-        self._event(
-            f"model load: {'sharded at creation (DeepSpeed zero.Init), 1/N of each parameter per rank' if self.sharded_init() else 'one full copy per rank'}, "
-            f"{str(dtype).removeprefix('torch.')} weights, "
-            f"{'checkpoint ' + str(resolved.weights_dir) if pretrained else 'RANDOM-INITIALISED'}"
-        )
-        if self.task is Task.CAUSAL_LM and model.config.pad_token_id is None:
-            model.config.pad_token_id = model.config.eos_token_id
-        if self.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if self.use_lora:
-            from peft import get_peft_model
-
-            model = get_peft_model(model, lora_config(self.task, self.lora_rank))
-        return model
-
-    def _zero3_init_context(self):
-        """transformers builds a model under deepspeed.zero.Init whenever a ZeRO-3 DeepSpeed config is
-        registered with it, and Accelerate registers one for every ZeRO-3 plugin whatever its
-        zero3_init_flag says (accelerate 1.15 DeepSpeedPlugin.set_deepspeed_weakref). So "off" has to
-        unregister it for the build, and register it again for what follows (saving, resizing)."""
-        import contextlib
-
         stage, _, _ = self.settings.layout()
-        if not self.use_deepspeed or stage != 3 or self.settings.zero3_init:
-            return contextlib.nullcontext()
-
-        @contextlib.contextmanager
-        def unsharded():
-            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-            unset_hf_deepspeed_config()
-            try:
-                yield
-            finally:
-                self.accelerator.state.deepspeed_plugin.set_deepspeed_weakref()
-
-        return unsharded()
+        return build_model(
+            ModelRequest(
+                self.model_name, self.task, self.num_labels, self.label_names, self.random_init,
+                load_dtype(self.precision, self.use_deepspeed), self.attention, self.gradient_checkpointing,
+                self.lora_rank if self.use_lora else None,
+            ),
+            sharded=self.sharded_init(),
+            unsharded_zero3=self.use_deepspeed and stage == 3 and not self.settings.zero3_init,
+            plugin=self.accelerator.state.deepspeed_plugin,
+            event=self._event,
+        )  # fmt: skip
 
     # ----------------------------------------------------------- memory log
     def _log_memory_state(self, tag: str) -> dict[str, Any]:
@@ -267,14 +215,38 @@ class DeepSpeedTrainer:
         eval_dataloader=None,
         resume: bool = False,
     ) -> dict[str, Any]:
-        """Train, checkpoint into ``output_dir/checkpoints`` and return final metrics."""
-        acc = self.accelerator
+        """Train, checkpoint into ``output_dir/checkpoints`` and return final metrics.
+
+        The named steps: prepare (Accelerate/DeepSpeed wrap the model, optimizer and loaders),
+        resume (the newest complete checkpoint), the loop (one optimizer step at a time: record,
+        periodic checkpoint and evaluation, the stop protocol), and finish (last checkpoint, final
+        evaluation)."""
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        steps_per_epoch = max(1, math.ceil(len(train_dataloader) / self.settings.gradient_accumulation_steps))
-        total_steps = self.max_steps or steps_per_epoch * num_epochs
-        num_epochs = math.ceil(total_steps / steps_per_epoch)
-        optimizer, scheduler = self._optimizer_and_scheduler(total_steps)
+        run = self._prepare(train_dataloader, eval_dataloader, num_epochs)
+        start = self._resume_state(output_dir) if resume else StepInfo(0, 0, 0)
+        sampler = _Sampler(self) if self.store is not None and self.run_id else None
+        if sampler:
+            sampler.start()
+        progress = self._progress_bar(run.schedule.total_steps, start.step)
+        self.position = start  # the last optimizer step reached, also when the loop raises
+        try:
+            at, loss_value = self._loop(run, start, output_dir, sampler, progress)
+            return self._finish(run, start, at, loss_value, output_dir)
+        finally:
+            if progress:
+                progress.close()
+            if sampler:
+                sampler.stop(self.position.step)
+            if self.tracker:
+                self.accelerator.end_training()
+
+    # -- prepare
+    def _prepare(self, train_dataloader, eval_dataloader, num_epochs: int) -> _Prepared:
+        acc = self.accelerator
+        accumulation = self.settings.gradient_accumulation_steps
+        schedule = Schedule.of(len(train_dataloader), accumulation, num_epochs, self.max_steps)
+        optimizer, scheduler = self._optimizer_and_scheduler(schedule.total_steps)
         prepared = acc.prepare(
             self.model,
             optimizer,
@@ -283,7 +255,6 @@ class DeepSpeedTrainer:
             *([eval_dataloader] if eval_dataloader else []),
         )
         model, optimizer, train_loader, scheduler = prepared[:4]
-        eval_loader = prepared[4] if eval_dataloader else None
         self.model = model
         if self.tracker:
             acc.init_trackers(
@@ -292,103 +263,117 @@ class DeepSpeedTrainer:
         self._log_memory_state("after prepare")
         self._event("engine: " + engine_text(engine_report(model, optimizer)))
         if self.store is not None and self.run_id and acc.is_main_process:
-            self.store.update_run(
-                self.run_id, total_steps=total_steps
-            )  # progress and ETA for epoch-based runs
+            self.store.update_run(self.run_id, total_steps=schedule.total_steps)  # progress and ETA
+        return _Prepared(
+            model, optimizer, scheduler, train_loader, prepared[4] if eval_dataloader else None, schedule
+        )
 
-        start = self._resume_state(output_dir) if resume else StepInfo(0, 0, 0)
+    def _progress_bar(self, total_steps: int, initial: int):
+        if not (self.progress and self.accelerator.is_local_main_process):
+            return None
+        from tqdm.auto import tqdm
 
-        sampler = _Sampler(self) if self.store is not None and self.run_id else None
-        if sampler:
-            sampler.start()
-        metrics: dict[str, Any] = {}
-        step = start.step
-        progress = None
-        if self.progress and acc.is_local_main_process:
-            from tqdm.auto import tqdm
+        return tqdm(total=total_steps, initial=initial, desc="training", unit="step")
 
-            progress = tqdm(total=total_steps, initial=step, desc="training", unit="step")
-        try:
-            model.train()
-            loss_value = float("nan")
-            window_start, window_samples, window_tokens = time.perf_counter(), 0, 0
-            epoch, batches = start.epoch, start.batches_into_epoch
-            # Resuming a run that already reached its last step trains nothing more.
-            for epoch in range(start.epoch, num_epochs if step < total_steps else start.epoch):
-                train_loader.set_epoch(epoch)
-                loader = train_loader
-                skip = start.batches_into_epoch if epoch == start.epoch else 0
-                if skip:
-                    loader = acc.skip_first_batches(train_loader, skip)
-                batches = skip
-                for batch in loader:
-                    batches += 1
-                    with acc.accumulate(model):
-                        loss = self._loss(model, batch)
-                        acc.backward(loss)
-                        grad_norm = None
-                        if acc.sync_gradients and not self.use_deepspeed:
-                            grad_norm = acc.clip_grad_norm_(model.parameters(), 1.0)
-                        optimizer.step()
-                        scheduler.step()
-                        optimizer.zero_grad()
-                    window_samples += task_metrics.batch_size(batch)
-                    window_tokens += task_metrics.token_count(batch)
-                    if not acc.sync_gradients:
-                        continue
-                    step += 1
-                    loss_value = acc.gather(loss.detach()).float().mean().item()
-                    if self.use_deepspeed:
-                        grad_norm = model.get_global_grad_norm()
-                    elapsed = max(time.perf_counter() - window_start, 1e-9)
-                    row = {
-                        "loss": loss_value,
-                        "lr": optimizer.param_groups[0]["lr"],
-                        "epoch": epoch + batches / max(len(train_loader), 1),
-                        "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-                        "samples_per_s": window_samples * acc.num_processes / elapsed,
-                        "tokens_per_s": window_tokens * acc.num_processes / elapsed,
-                        "step_time_s": elapsed,
-                    }
-                    window_start, window_samples, window_tokens = time.perf_counter(), 0, 0
-                    self._record(step, row, sampler)
-                    if step == start.step + 1:  # optimizer states exist from the first step on
-                        self._event("precision: " + precision_text(precision_report(model, optimizer)))
-                    if progress:
-                        progress.update(1)
-                        progress.set_postfix(loss=f"{loss_value:.4f}")
-                    if not math.isfinite(loss_value):
-                        raise FloatingPointError(f"loss is {loss_value} at step {step}")
-                    if self.save and self.save_every and step % self.save_every == 0 and step < total_steps:
-                        self.save_checkpoint(output_dir, StepInfo(step, epoch, batches))
-                    if eval_loader is not None and self.eval_every and step % self.eval_every == 0:
-                        if step < total_steps:  # the last step has the final evaluation below
-                            self._record(step, _store_names(self.evaluate(eval_loader)), None)
-                    if self._any_rank_stopping() and step < total_steps:
-                        if self.save:
-                            self.save_checkpoint(output_dir, StepInfo(step, epoch, batches))
-                        raise RunStopped(f"stopped at step {step} of {total_steps}")
-                    if step >= total_steps:
-                        break
-                if step >= total_steps:
-                    break
-            if self.save and step > start.step:
-                self.save_checkpoint(output_dir, StepInfo(step, epoch, batches))
-            metrics = {"steps": step, "final_loss": loss_value, "epochs": epoch + 1}
-            if eval_loader is not None:
-                final = self.evaluate(eval_loader)
-                metrics.update(final)
-                self._record(step, _store_names(final), None)
-            latest = latest_checkpoint(output_dir)
-            metrics["checkpoint_dir"] = str(latest) if latest else None
-            self._log_memory_state("end of training")
-        finally:
-            if progress:
-                progress.close()
-            if sampler:
-                sampler.stop(step)
-            if self.tracker:
-                acc.end_training()
+    # -- the loop
+    def _loop(
+        self, run: _Prepared, start: StepInfo, output_dir: Path, sampler, progress
+    ) -> tuple[StepInfo, float]:
+        """Optimizer steps until the schedule's last one (or a stop); returns where it ended."""
+        acc, total = self.accelerator, run.schedule.total_steps
+        run.model.train()
+        window = ThroughputWindow()
+        at, loss_value = start, float("nan")
+        for epoch in epochs_from(start.epoch, start.step, run.schedule):
+            run.train_loader.set_epoch(epoch)
+            skip = start.batches_into_epoch if epoch == start.epoch else 0
+            at = StepInfo(at.step, epoch, skip)
+            for seen, batch in batches(run.train_loader, skip, acc.skip_first_batches):
+                loss, grad_norm = self._train_step(run, batch)
+                window.add(batch)
+                at = StepInfo(at.step, epoch, seen)
+                if not acc.sync_gradients:
+                    continue  # still accumulating: no optimizer step yet
+                at = self.position = StepInfo(at.step + 1, epoch, seen)
+                loss_value = self._after_step(run, at, loss, grad_norm, window, start, sampler, progress)
+                self._periodic(run, at, output_dir)
+                self._stop_if_requested(at, total, output_dir)
+                if at.step >= total:
+                    return at, loss_value
+        return at, loss_value
+
+    def _train_step(self, run: _Prepared, batch) -> tuple[Any, Any]:
+        """Forward, backward and (on a synchronising batch) the optimizer step; the loss and, when
+        Accelerate clips, the gradient norm."""
+        acc = self.accelerator
+        with acc.accumulate(run.model):
+            loss = self._loss(run.model, batch)
+            acc.backward(loss)
+            grad_norm = None
+            if acc.sync_gradients and not self.use_deepspeed:
+                grad_norm = acc.clip_grad_norm_(run.model.parameters(), 1.0)
+            run.optimizer.step()
+            run.scheduler.step()
+            run.optimizer.zero_grad()
+        return loss, grad_norm
+
+    def _after_step(
+        self, run: _Prepared, at: StepInfo, loss, grad_norm, window, start, sampler, progress
+    ) -> float:
+        """Record the step (loss over all ranks, learning rate, gradient norm, throughput), the dtypes
+        held after the first step, the progress bar; a non-finite loss ends the run."""
+        acc = self.accelerator
+        loss_value = acc.gather(loss.detach()).float().mean().item()
+        if self.use_deepspeed:
+            grad_norm = run.model.get_global_grad_norm()
+        row = {
+            "loss": loss_value,
+            "lr": run.optimizer.param_groups[0]["lr"],
+            "epoch": at.epoch + at.batches_into_epoch / max(len(run.train_loader), 1),
+            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            **window.close(acc.num_processes),
+        }
+        self._record(at.step, row, sampler)
+        if at.step == start.step + 1:  # optimizer states exist from the first step on
+            self._event("precision: " + precision_text(precision_report(run.model, run.optimizer)))
+        if progress:
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss_value:.4f}")
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"loss is {loss_value} at step {at.step}")
+        return loss_value
+
+    def _periodic(self, run: _Prepared, at: StepInfo, output_dir: Path) -> None:
+        """The checkpoint and the evaluation that fall on this step (--save-every, --eval-every)."""
+        total = run.schedule.total_steps
+        if self.save and due(at.step, self.save_every, total):
+            self.save_checkpoint(output_dir, at)
+        if run.eval_loader is not None and due(at.step, self.eval_every, total):
+            self._record(at.step, _store_names(self.evaluate(run.eval_loader)), None)
+
+    def _stop_if_requested(self, at: StepInfo, total_steps: int, output_dir: Path) -> None:
+        """The stop protocol: when any rank was asked to stop (SIGTERM/SIGINT), every rank
+        checkpoints at this same step and the run ends with RunStopped."""
+        if at.step < total_steps and self._any_rank_stopping():
+            if self.save:
+                self.save_checkpoint(output_dir, at)
+            raise RunStopped(f"stopped at step {at.step} of {total_steps}")
+
+    # -- finish
+    def _finish(
+        self, run: _Prepared, start: StepInfo, at: StepInfo, loss_value: float, output_dir: Path
+    ) -> dict:
+        """The last checkpoint (when the run trained at all) and the final evaluation."""
+        if self.save and at.step > start.step:
+            self.save_checkpoint(output_dir, at)
+        metrics: dict[str, Any] = {"steps": at.step, "final_loss": loss_value, "epochs": at.epoch + 1}
+        if run.eval_loader is not None:
+            final = self.evaluate(run.eval_loader)
+            metrics.update(final)
+            self._record(at.step, _store_names(final), None)
+        latest = latest_checkpoint(output_dir)
+        metrics["checkpoint_dir"] = str(latest) if latest else None
+        self._log_memory_state("end of training")
         return metrics
 
     def _any_rank_stopping(self) -> bool:
@@ -445,74 +430,6 @@ class DeepSpeedTrainer:
 def _store_names(evaluation: dict[str, float]) -> dict[str, float]:
     """Validation metrics as the run store names them: eval_loss, eval_f1, eval_accuracy, eval_perplexity."""
     return {(k if k.startswith("eval") else f"eval_{k}"): v for k, v in evaluation.items()}
-
-
-def engine_report(model, optimizer) -> dict[str, Any]:
-    """What DeepSpeed really set up, read from the engine and its optimizer rather than from NEXA's
-    settings: the ZeRO stage, the optimizer class, whether the optimizer states and the parameters
-    live on the CPU, and how many of the module's parameters are partitioned (ZeRO-3)."""
-    if not hasattr(model, "zero_optimization_stage"):  # Accelerate without DeepSpeed
-        return {"deepspeed": False}
-    zero = getattr(optimizer, "optimizer", optimizer)  # Accelerate's wrapper -> DeepSpeed's optimizer
-    params = list(model.module.parameters())
-    return {
-        "deepspeed": True,
-        "zero_stage": int(model.zero_optimization_stage()),
-        "optimizer": type(zero).__name__,
-        # stage 1-2: DeepSpeedZeroOptimizer.cpu_offload; stage 3: .offload_optimizer / .offload_param
-        "offload_optimizer": bool(
-            getattr(zero, "cpu_offload", False) or getattr(zero, "offload_optimizer", False)
-        ),
-        "offload_param": bool(getattr(zero, "offload_param", False)),
-        "partitioned_params": sum(hasattr(p, "ds_tensor") for p in params),
-        "params": len(params),
-    }
-
-
-def engine_text(report: dict[str, Any]) -> str:
-    if not report["deepspeed"]:
-        return "DeepSpeed off"
-    off = {True: "cpu", False: "none"}
-    return (
-        f"ZeRO stage {report['zero_stage']} ({report['optimizer']}), optimizer offload "
-        f"{off[report['offload_optimizer']]}, parameter offload {off[report['offload_param']]}, "
-        f"parameters partitioned {report['partitioned_params']}/{report['params']}"
-    )
-
-
-def _dtype_name(dtype) -> str:
-    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(
-        str(dtype).removeprefix("torch."), str(dtype)
-    )
-
-
-def precision_report(model, optimizer) -> dict[str, list[str]]:
-    """The dtypes a run really holds: the model's weights (ZeRO-3: their partitions), the tensors the
-    optimizer steps (DeepSpeed's fp32 master copy, or the weights themselves) and its Adam states.
-    Read from the objects, not from the configuration, so a checkpoint's stored dtype or a launcher
-    default that overrode the chosen precision shows here."""
-    weights = {_dtype_name(getattr(p, "ds_tensor", p).dtype) for p in model.parameters()}
-    inner = optimizer
-    while hasattr(inner, "optimizer"):  # Accelerate's wrapper -> DeepSpeed's ZeRO optimizer -> torch's
-        inner = inner.optimizer
-    # ZeRO-3 empties the inner optimizer's param groups between steps; its state keeps the tensors
-    stepped = {_dtype_name(p.dtype) for g in inner.param_groups for p in g["params"] if p.numel()}
-    stepped |= {_dtype_name(p.dtype) for p in inner.state if hasattr(p, "dtype")}
-    states = {
-        _dtype_name(v.dtype)
-        for st in inner.state.values()
-        for k, v in st.items()
-        if k in ("exp_avg", "exp_avg_sq") and hasattr(v, "dtype")
-    }
-    return {
-        "weights": sorted(weights),
-        "optimizer_params": sorted(stepped),
-        "optimizer_states": sorted(states),
-    }
-
-
-def precision_text(report: dict[str, list[str]]) -> str:
-    return " ".join(f"{k}={'/'.join(v) or 'none'}" for k, v in report.items())
 
 
 def _offload(value: bool | str | None) -> str | None:

@@ -1,23 +1,29 @@
 """Compare: measured memory and speed of memory-saving techniques (baseline, ZeRO stages, offload,
 LoRA, ...) side by side with the planner's estimates, as a downloadable report; and what a run
-would cost on the instances of deployment/instances.yaml."""
+would cost on the instances of deployment/instances.yaml. A comparison is one queued run per
+technique (nexa_core/comparisons.py): nothing here runs in the page's session."""
 
 from functools import partial
 
 import streamlit as st
 
-from nexa_core.bench import (
-    SKIP_STEPS,
-    TECHNIQUES,
-    BenchConfig,
+from nexa_core.bench import DEFAULT_STEPS, MIN_TIMED_STEPS, SKIP_STEPS, TECHNIQUES, BenchConfig
+from nexa_core.bench_report import CHARTS, figures, png_browser, table_rows, to_csv, to_html, to_png
+from nexa_core.comparisons import (
+    DEDUPE_S,
     comparison_state,
-    comparisons_dir,
+    default_comparison,
     list_comparisons,
-    load_comparison,
     start_comparison,
 )
-from nexa_core.bench_report import CHARTS, figures, png_browser, table_rows, to_csv, to_html, to_png
-from nexa_core.costs import cost_view
+from nexa_core.costs import (
+    CPU,
+    cost_view,
+    device_choices,
+    display_rows,
+    given_throughput,
+    measured_from_comparison,
+)
 from nexa_core.enums import Task
 from nexa_core.errors import ConfigError
 from nexa_core.memory import GIB
@@ -36,12 +42,14 @@ open_store()  # comparisons are runs: a damaged or unusable NEXA_HOME is a messa
 st.caption(
     "Each technique trains the same model on the same data for a few steps, one at a time and each in its "
     "own process (so peaks never mix), with every batch padded to the sequence length. The planner's "
-    "estimate is shown beside each measurement."
+    "estimate is shown beside each measurement. The techniques wait in the run queue (Runs page) while "
+    "this machine's device is busy."
 )
 ids = list(catalogue())
 
 # ------------------------------------------------------------------ start a comparison
-with st.form("compare_form"):
+# Enter in a field only takes its value: the button alone starts a comparison (once per click).
+with st.form("compare_form", enter_to_submit=False):
     left, middle, right = st.columns(3)
     model = left.selectbox("Model (catalogue)", ids, index=ids.index(DEFAULT_MODEL), key="compare_model")
     task = left.selectbox("Task", Task.values(), key="compare_task")
@@ -49,8 +57,10 @@ with st.form("compare_form"):
         "Techniques", list(TECHNIQUES), default=DEFAULT_TECHNIQUES, key="compare_techniques"
     )
     steps = right.number_input(
-        "Steps per technique", SKIP_STEPS + 1, 10_000, 6, key="compare_steps",
-        help=f"The first {SKIP_STEPS} steps are not timed (optimizer state allocation, warm-up)",
+        "Steps per technique", SKIP_STEPS + 1, 10_000, DEFAULT_STEPS, key="compare_steps",
+        help=f"The first {SKIP_STEPS} steps are not timed (optimizer state allocation, warm-up); step-time "
+        f"ratios need {MIN_TIMED_STEPS} timed steps ({SKIP_STEPS + MIN_TIMED_STEPS} steps or more), else "
+        "they are marked too noisy",
     )  # fmt: skip
     batch = right.number_input("Micro-batch", 1, 65_536, 8, key="compare_batch")
     seq = right.number_input("Sequence length (every batch padded to it)", 8, 131_072, 128, key="compare_seq")
@@ -64,10 +74,14 @@ if submitted:
     except ConfigError as exc:
         show_problems(exc.problems)
     else:
-        st.session_state["compare_id"] = start_comparison(config)
+        with st.spinner("Queueing one run per technique…"):
+            comparison_id, new = start_comparison(config, dedupe_s=DEDUPE_S)
+        st.session_state["compare_id"] = comparison_id
         st.success(
-            f"Started comparison {st.session_state['compare_id']}: it runs in the background, so this "
-            "tab can be closed and the comparison reopened below."
+            f"Queued comparison {comparison_id}: one run per technique, one after the other. It does not "
+            "need this tab: close it and reopen the comparison below."
+            if new
+            else f"Comparison {comparison_id} with these values was started seconds ago; it was not started twice."
         )
 
 
@@ -78,30 +92,30 @@ def _remember() -> None:
 
 @st.fragment(run_every=2.0)
 def _live(comparison_id: str, shown_state: str) -> None:
-    """Re-read the progress file every 2 s while the comparison runs; when it ends (done or failed),
-    one full rerun shows the outcome, and the fragment is no longer called with a refresh."""
-    state = comparison_state(comparison_id)
+    """Every 2 s while the comparison runs (the refresh also moves the queue on if a run crashed);
+    when it ends, one full rerun shows the outcome, and the fragment is no longer refreshed."""
+    state = comparison_state(comparison_id, refresh=True)
     if state["state"] != shown_state:
         st.rerun()
-    progress = state["progress"] or {"done": 0, "total": 0, "current": "starting"}
-    fraction = progress["done"] / progress["total"] if progress["total"] else 0.0
+    progress = state["progress"]
     st.progress(
-        fraction,
-        text=f"{progress['done']} of {progress['total']} techniques measured · now: {progress['current']}",
+        progress["done"] / progress["total"],
+        text=f"{progress['done']} of {progress['total']} techniques measured · now: {progress['current']}, "
+        f"{progress['phase']}",
     )
+    st.caption(f"Run {progress['run_id']}: its log is on the Monitor page.")
 
 
-def _failed(comparison_id: str) -> None:
-    reason = comparison_state(comparison_id).get("reason") or "no progress was recorded"
-    st.error(f"**Comparison failed**: {reason}")
-    st.caption(f"Its output is in {comparisons_dir() / f'{comparison_id}.log'}")
+def _failed(state: dict) -> None:
+    st.error(f"**Comparison failed**: {state.get('reason') or 'no progress was recorded'}")
 
 
 def _result(comparison_id: str, result: dict) -> None:
     cfg, env = result["config"], result["environment"]
     st.markdown(
         f"**{cfg['model']}**, task {cfg['task']}, batch {cfg['batch_size']} × sequence {cfg['seq_len']} "
-        f"(padded), {cfg['steps']} steps per technique (the first {SKIP_STEPS} not timed)"
+        f"(padded), {cfg['steps']} steps per technique (the first {SKIP_STEPS} not timed; a step-time ratio "
+        f"from fewer than {MIN_TIMED_STEPS} timed steps is marked too noisy)"
     )
     versions = ", ".join(f"{name} {version}" for name, version in env["versions"].items())
     st.caption(
@@ -120,7 +134,7 @@ def _result(comparison_id: str, result: dict) -> None:
         "median step time); columns marked *estimated* come from the planner's formulas."
     )
     for row in result["rows"]:
-        if row["status"] == "skipped":
+        if row["status"] != "measured":
             st.warning(f"**{row['technique']}** was not measured: {row['reason']}")
     html_col, csv_col, png_col = st.columns(3)
     html_col.download_button(
@@ -143,6 +157,7 @@ def _result(comparison_id: str, result: dict) -> None:
 st.subheader("Comparisons")
 listed = list_comparisons()
 result = None
+open_id = None
 if not listed:
     st.info("No comparisons yet: pick the techniques above and press **Run comparison**.")
 else:
@@ -152,9 +167,10 @@ else:
         for c in listed
     }
     # The comparison to show survives reruns and page switches in "compare_id"; the widget's own key
-    # is set from it before the widget exists, which Streamlit allows.
+    # is set from it before the widget exists, which Streamlit allows. By default: the newest one
+    # running or finished, not a failed one while another runs.
     wanted = st.session_state.get("compare_id")
-    st.session_state["compare_pick"] = wanted if wanted in about else listed[0]["id"]
+    st.session_state["compare_pick"] = wanted if wanted in about else default_comparison(listed)
     open_id = st.selectbox(
         "Comparison (newest first)",
         list(about),
@@ -163,13 +179,13 @@ else:
         on_change=_remember,
     )
     st.session_state["compare_id"] = open_id
-    state = next(c["state"] for c in listed if c["id"] == open_id)
-    if state == "running":
-        _live(open_id, state)
-    elif state == "failed":
-        _failed(open_id)
+    state = comparison_state(open_id)
+    if state["state"] == "running":
+        _live(open_id, state["state"])
+    elif state["state"] == "failed":
+        _failed(state)
     else:
-        result = load_comparison(open_id)
+        result = state["result"]
         _result(open_id, result)
 
 # ------------------------------------------------------------------ cost view
@@ -177,21 +193,26 @@ st.subheader("Cost view")
 basis = result["config"] if result else {"model": model, "task": task, "batch_size": batch, "seq_len": seq}
 st.caption(
     f"For {basis['model']}, task {basis['task']}, batch {basis['batch_size']} × sequence {basis['seq_len']} "
-    f"({'the open comparison' if result else 'the form above'})."
+    f"({'the open comparison' if result else 'the form above'}). A throughput measured on one device type "
+    "applies only to instances of that type; the others use the FLOPs model."
 )
-baseline_samples_per_s = next(
-    (r["measured"]["samples_per_s"] for r in (result or {}).get("rows", [])
-     if r["technique"] == "baseline" and r["status"] == "measured"),
-    None,
-)  # fmt: skip
-cost_left, cost_right = st.columns(2)
+measured = measured_from_comparison(result)
+cost_left, cost_middle, cost_right = st.columns(3)
 tokens = cost_left.number_input(
     "Tokens to train", 1, 10**15, 100_000_000, step=10_000_000, key="compare_cost_tokens"
 )
-samples_per_s = cost_right.number_input(
-    "Measured samples/s (optional)", min_value=0.0, value=baseline_samples_per_s,
-    key=f"compare_cost_samples_{open_id if result else 'none'}",  # a new default for each opened comparison
-    placeholder="empty: estimate from FLOPs", help="Defaults to the open comparison's baseline throughput",
+suffix = open_id if result else "none"  # a new default for each opened comparison
+samples_per_s = cost_middle.number_input(
+    "Measured samples/s (optional)", min_value=0.0, value=measured.samples_per_s if measured else None,
+    key=f"compare_cost_samples_{suffix}", placeholder="empty: estimate from FLOPs",
+    help="Defaults to the open comparison's baseline throughput, on the device its runs used",
+)  # fmt: skip
+devices = device_choices()
+on = measured.device if measured else CPU
+devices += [] if on in devices else [on]
+measured_on = cost_right.selectbox(
+    "Measured on", devices, index=devices.index(on), key=f"compare_cost_device_{suffix}",
+    help="cpu, or the GPU as nvidia-smi names it: the throughput applies to instances of that type only",
 )  # fmt: skip
 try:
     costs = cost_view(
@@ -200,25 +221,14 @@ try:
             seq_len=int(basis["seq_len"]),
         ),
         int(tokens),
-        samples_per_s or None,
+        given_throughput(samples_per_s, measured_on, measured),
     )  # fmt: skip
 except ConfigError as exc:
     show_problems(exc.problems)
 else:
-    st.dataframe(
-        costs,
-        hide_index=True,
-        width="stretch",
-        column_order=["instance", "gpus", "fits", "recommended", "hours", "cost", "throughput_source"],
-        column_config={
-            "fits": st.column_config.ListColumn("techniques that fit"),
-            "recommended": "recommended technique",
-            "hours": st.column_config.NumberColumn("hours", format="%.3g"),
-            "cost": st.column_config.NumberColumn("cost", format="%.2f"),
-            "throughput_source": "throughput",
-        },
-    )
+    st.table(display_rows(costs))
     st.caption(
-        "Prices come from deployment/instances.yaml and are example prices: edit that file for your "
-        "provider and region (NEXA never fetches prices). An instance that fits no technique has no cost."
+        "Prices come from deployment/instances.yaml: example prices, each with its source and date. Edit "
+        "that file for your provider and region (NEXA never fetches prices). An instance that fits no "
+        "technique has no cost."
     )

@@ -297,7 +297,9 @@ if st.button(
 ):
     try:
         run_id = (
-            slurm_jobs.submit(spec, request, estimate) if request else runner.launch(spec, estimate=estimate)
+            slurm_jobs.submit(spec, request, estimate)
+            if request
+            else runner.launch(spec, estimate=estimate, queue=True)  # a busy device: it waits in the queue
         )
     except ConfigError as exc:
         show_problems(exc.problems)

@@ -5,6 +5,7 @@ import streamlit as st
 
 from nexa_core import run_history, runs
 from nexa_ui.auth import require_access
+from nexa_ui.queue_view import queue_section
 from nexa_ui.runs_view import filters, notice, overlays, parameters, run_panel
 from nexa_ui.shared import hardware_sidebar, open_store, run_summary
 from nexa_ui.try_panel import folder_panel
@@ -15,7 +16,7 @@ st.title("Run history")
 hardware_sidebar()
 store = open_store()  # refreshed: runs whose process vanished are marked failed first
 notice()
-# The run queue (nexa_ui/queue_view.py) is drawn here, above the history.
+queue_section(store)  # the runs waiting for a busy device: reorder or cancel (nexa_ui/queue_view.py)
 
 listed = {r["id"]: r for r in store.list_runs()}
 if not listed:

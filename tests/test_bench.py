@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from nexa_core.bench import BenchConfig
-from nexa_core.bench_report import table_rows
+from nexa_core.bench_report import figures, table_rows
+from nexa_core.comparisons import compiling
 from nexa_core.errors import ConfigError
 
 pytestmark = pytest.mark.slow
@@ -75,3 +76,54 @@ def test_table_marks_savings_against_baseline():
     }  # fmt: skip
     rows = table_rows(result)
     assert rows[1]["host memory saved vs baseline"] == "+25.0%" and rows[1]["slower vs baseline"] == "+50.0%"
+
+
+def test_step_time_ratios_from_too_few_timed_steps_are_labelled_not_drawn():
+    """3 steps leave 1 timed step after the 2 warm-up ones: its median is noise (it was charted)."""
+
+    def row(name: str, step_time: float, timed: int) -> dict:
+        return {"technique": name, "status": "measured", "estimate": {"host_total_bytes": 1, "per_gpu_total_bytes": 0},
+                "measured": {"peak_host_rss_bytes": 1000, "step_time_s": step_time, "timed_steps": timed}}  # fmt: skip
+
+    result = {
+        "config": {"steps": 6},
+        "rows": [row("baseline", 1.0, 4), row("zero2", 1.5, 4), row("zero3", 3.0, 1)],
+    }
+    rows = table_rows(result)
+    assert [r["slower vs baseline"] for r in rows] == [
+        "+0.0%",
+        "+50.0%",
+        "too noisy (fewer than 3 timed steps)",
+    ]
+    assert [r["timed steps"] for r in rows] == [4, 4, 1]
+    slowdown = figures(result)["slowdown"]
+    assert list(slowdown.data[0].x) == ["baseline", "zero2"]
+    assert (
+        "median of 4 timed steps" in slowdown.layout.title.text and "too noisy" in slowdown.layout.title.text
+    )
+    noisy_base = {"config": {"steps": 3}, "rows": [row("baseline", 1.0, 1), row("zero2", 1.5, 1)]}
+    assert {r["slower vs baseline"] for r in table_rows(noisy_base)} == {
+        "too noisy (fewer than 3 timed steps)"
+    }
+    assert not figures(noisy_base)["slowdown"].data
+
+
+def test_a_run_with_a_compiler_among_its_processes_reads_as_compiling(tmp_path):
+    """DeepSpeed JIT-builds its CPU ops silently (verbose=False): ninja and the compiler running
+    under the run are the sign (zero3-offload sat at "now: zero3-offload" for minutes, no hint)."""
+    import shutil
+
+    import psutil
+
+    me = psutil.Process()
+    run = {"id": "r", "pid": me.pid, "pid_create_time": me.create_time()}  # the run: this process
+    assert not compiling(run)
+    ninja = tmp_path / "ninja"
+    ninja.symlink_to(shutil.which("sleep"))  # a process named ninja under the run
+    build = subprocess.Popen([str(ninja), "30"])
+    try:
+        assert compiling(run)
+    finally:
+        build.kill()
+        build.wait()
+    assert not compiling(run)

@@ -1,6 +1,8 @@
+import json
+
 import pytest
 
-from nexa_core.costs import cost_view, load_instances
+from nexa_core.costs import Measured, cost_view, load_instances, same_device
 from nexa_core.errors import ConfigError
 from nexa_core.planner import PlanConfig
 from nexa_core.probe import find_batch_size
@@ -54,13 +56,16 @@ def test_search_treats_out_of_memory_as_an_answer_and_other_failures_as_errors(m
     assert found["batch_size"] is None and "ValueError: bad label" in found["error"]
 
 
+SOURCE = "source: {title: example, url: 'https://example.org/prices', date: 2026-05-07}"
+
+
 def test_cost_view_ranks_instances_from_the_yaml(tmp_path):
     catalogue = tmp_path / "instances.yaml"
     catalogue.write_text(
         "assumed_mfu: 0.5\ninstances:\n"
-        "  - {name: small, gpus: 1, gpu_model: x, gpu_memory_gb: 8, host_memory_gb: 32, peak_tflops: 100, price_per_hour: 1}\n"
-        "  - {name: big, gpus: 1, gpu_model: y, gpu_memory_gb: 80, host_memory_gb: 256, peak_tflops: 300, price_per_hour: 2}\n"
-        "  - {name: fast, gpus: 1, gpu_model: z, gpu_memory_gb: 80, host_memory_gb: 256, peak_tflops: 900, price_per_hour: 4}\n"
+        f"  - {{name: small, gpus: 1, gpu_model: x, gpu_memory_gb: 8, host_memory_gb: 32, peak_tflops: 100, price_per_hour: 1, {SOURCE}}}\n"
+        f"  - {{name: big, gpus: 1, gpu_model: y, gpu_memory_gb: 80, host_memory_gb: 256, peak_tflops: 300, price_per_hour: 2, {SOURCE}}}\n"
+        f"  - {{name: fast, gpus: 1, gpu_model: z, gpu_memory_gb: 80, host_memory_gb: 256, peak_tflops: 900, price_per_hour: 4, {SOURCE}}}\n"
     )
     rows = cost_view(
         PlanConfig(model="gpt2-xl", task="causal-lm", batch_size=4, seq_len=512), 10**8, path=catalogue
@@ -75,12 +80,30 @@ def test_cost_view_ranks_instances_from_the_yaml(tmp_path):
     assert params == pytest.approx(1_557_611_200, rel=1e-6)  # the FLOP formula used the exact count
 
 
-def test_measured_throughput_wins(tmp_path):
-    rows = cost_view(
-        PlanConfig(model="gpt2", task="causal-lm", seq_len=100), 3_600_000, measured_samples_per_s=10.0
+def test_a_measured_throughput_applies_only_to_instances_of_its_device_type():
+    """A CPU's samples/s was applied to every GPU instance before (8×H100 as slow as a 2-core CPU)."""
+    config = PlanConfig(model="gpt2", task="causal-lm", seq_len=100)
+    on_cpu = {r["instance"]: r for r in cost_view(config, 3_600_000, Measured(10.0, "cpu", "2 CPU cores"))}
+    assert on_cpu["cpu-16-64"]["basis"] == "measured" and on_cpu["cpu-16-64"]["hours"] == pytest.approx(1.0)
+    assert on_cpu["cpu-16-64"]["throughput_source"] == "measured on cpu: 10 samples/s; 2 CPU cores"
+    gpu_rows = [r for r in on_cpu.values() if r["gpus"]]
+    assert gpu_rows and all(r["basis"] == "flops" and r["hours"] < 0.1 for r in gpu_rows)
+    on_h100 = {
+        r["instance"]: r for r in cost_view(config, 3_600_000, Measured(10.0, "NVIDIA H100 80GB HBM3"))
+    }
+    assert on_h100["1x-H100-80GB"]["hours"] == pytest.approx(1.0) and on_h100["8x-H100-80GB"][
+        "hours"
+    ] == pytest.approx(1 / 8)
+    assert on_h100["1x-A100-80GB"]["basis"] == "flops" and on_h100["cpu-16-64"]["basis"] == "none"
+    assert on_h100["cpu-16-64"]["hours"] is None and on_h100["cpu-16-64"]["cost"] is None
+
+
+def test_a_gpu_measurement_matches_the_catalogues_gpu_by_its_words():
+    assert same_device("NVIDIA A100 80GB", "NVIDIA A100-SXM4-80GB")
+    assert same_device("NVIDIA L4", "NVIDIA L4") and not same_device("NVIDIA L4", "NVIDIA L40S")
+    assert not same_device("NVIDIA A10G", "NVIDIA A10") and not same_device(
+        "NVIDIA A100 80GB", "NVIDIA A100-PCIE-40GB"
     )
-    assert all(r["throughput_source"] == "measured" for r in rows)
-    assert rows[0]["hours"] == pytest.approx(1.0)
 
 
 def test_bad_catalogue_lists_every_problem(tmp_path):
@@ -91,6 +114,18 @@ def test_bad_catalogue_lists_every_problem(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_instances(bad)
     assert len(err.value.problems) == 3
+    unsourced = tmp_path / "unsourced.yaml"
+    unsourced.write_text(
+        "instances:\n  - {name: a, gpus: 0, gpu_memory_gb: 0, host_memory_gb: 1, peak_tflops: 0, price_per_hour: 1}\n"
+        "  - {name: b, gpus: 0, gpu_memory_gb: 0, host_memory_gb: 1, peak_tflops: 0, price_per_hour: 1,"
+        " source: {title: t, url: 'https://x.org', date: last week}}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_instances(unsourced)
+    assert err.value.problems == [
+        "instances[0] (a): source needs the price's title and public url (http...)",
+        "instances[1] (b): source.date must be YYYY, YYYY-MM or YYYY-MM-DD, got 'last week'",
+    ]
 
 
 def test_shipped_catalogue_is_valid_and_says_prices_are_examples():
@@ -99,3 +134,17 @@ def test_shipped_catalogue_is_valid_and_says_prices_are_examples():
     instances, mfu = load_instances()
     assert len(instances) >= 4 and 0 < mfu <= 1
     assert "EXAMPLE PRICES" in DEFAULT_INSTANCES.read_text()
+    assert all("(https://" in i.source and i.price_date[:4].isdigit() for i in instances)  # dated, sourced
+
+
+def test_nexa_cost_needs_the_device_a_throughput_was_measured_on(capsys):
+    from nexa_core import cli
+
+    base = ["cost", "--params", "1000000", "--tokens", "1000000"]
+    assert cli.main([*base, "--samples-per-s", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "samples_per_s (--samples-per-s) and measured_on (--measured-on): give both" in err
+    assert "cpu, NVIDIA L4, NVIDIA A10G" in err
+    assert cli.main([*base, "--samples-per-s", "5", "--measured-on", "cpu", "--json"]) == 0
+    rows = {r["instance"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["cpu-16-64"]["basis"] == "measured" and rows["1x-L4-24GB"]["basis"] == "flops"

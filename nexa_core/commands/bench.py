@@ -15,7 +15,7 @@ from nexa_core.errors import ConfigError
 
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:
-    from nexa_core.bench import TECHNIQUES
+    from nexa_core.bench import DEFAULT_STEPS, MIN_TIMED_STEPS, SKIP_STEPS, TECHNIQUES
 
     p.add_argument(
         "model",
@@ -29,19 +29,22 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         default="baseline,zero2,zero3,zero3-offload,lora",
         help=f"comma-separated, from {', '.join(TECHNIQUES)} (default: %(default)s)",
     )
-    p.add_argument("--steps", type=int, default=6, help="steps per technique; steps 1-2 are not timed")
+    p.add_argument(
+        "--steps", type=int, default=DEFAULT_STEPS,
+        help=f"steps per technique (default %(default)s); the first {SKIP_STEPS} are not timed, and step-time "
+             f"ratios from fewer than {MIN_TIMED_STEPS} timed steps are marked too noisy",
+    )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=8, help="micro-batch (default: %(default)s)")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per sample (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object with `rows`")
     p.add_argument("--report", help="also write a self-contained HTML report here")
     p.add_argument("--csv", help="also write the table as CSV here")
     p.add_argument("--png-dir", help="also write the charts as PNG images (memory.png, slowdown.png) here")
-    p.add_argument("--save-as", help="store the result as this comparison id (the Compare page reopens it)")
+    p.add_argument("--save-as", help="the comparison's id (default: a new one; the Compare page lists it)")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-
-    from nexa_core.bench import BenchConfig, run_bench, save_comparison, save_progress
+    from nexa_core.bench import BenchConfig
     from nexa_core.bench_report import (
         CHARTS,
         PNG_NEEDS_A_BROWSER,
@@ -51,6 +54,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         to_html,
         to_png,
     )
+    from nexa_core.comparisons import start_comparison, wait_comparison
 
     config = BenchConfig(
         model=args.model,
@@ -60,23 +64,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seq_len=args.seq_len,
     )
-
-    def progress(i: int, total: int, technique: str) -> None:
-        if args.save_as:
-            save_progress(args.save_as, i, total, technique)
-        if not args.json:
-            print(f"[{i}/{total}] {technique}", file=sys.stderr, flush=True)
-
     if args.png_dir and png_browser() is None:  # say so before minutes of measuring, not after
         raise ConfigError([PNG_NEEDS_A_BROWSER])
-    try:
-        result = run_bench(config, progress)
-    except Exception as exc:
-        if args.save_as:  # the Compare page shows why instead of waiting forever
-            save_progress(args.save_as, 0, len(config.techniques), f"failed: {type(exc).__name__}: {exc}")
-        raise
-    if args.save_as:
-        save_comparison(args.save_as, result)
+    comparison_id, _ = start_comparison(config, comparison_id=args.save_as)
+    print(f"comparison {comparison_id}: one queued run per technique (nexa runs queue; the Compare page "
+          "shows it too); stopping this command leaves them running", file=sys.stderr, flush=True)  # fmt: skip
+
+    def report(state: dict) -> None:
+        p = state["progress"]
+        print(f"[{p['done']}/{p['total']}] {p['current']}: {p['phase']}", file=sys.stderr, flush=True)
+
+    state = wait_comparison(comparison_id, report=report)
+    result = state["result"] if "result" in state else None
+    if result is None:  # an older comparison's bench never wrote one
+        raise ConfigError([f"comparison {comparison_id}: {state.get('reason')}"])
     if args.report:
         Path(args.report).write_text(to_html(result), encoding="utf-8")
     if args.csv:
@@ -90,6 +91,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         for row in table_rows(result):
             print(" | ".join(f"{k}: {v}" for k, v in row.items() if v is not None))
+    if state["state"] == "failed":
+        print(f"nexa bench: error: {state['reason']}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -140,21 +144,38 @@ def add_cost_args(p: argparse.ArgumentParser) -> None:
         "--tokens", type=int, required=True, help="training tokens (samples × sequence length × epochs)"
     )
     p.add_argument(
-        "--samples-per-s", type=float, help="measured throughput per instance-equivalent (else FLOP-based)"
+        "--samples-per-s", type=float,
+        help="a throughput measured on one device (needs --measured-on); instances of other device types "
+             "use the FLOPs model",
+    )  # fmt: skip
+    p.add_argument(
+        "--measured-on",
+        help="the device --samples-per-s was measured on: cpu, or a GPU name as nvidia-smi shows it",
     )
     p.add_argument("--instances", help="instance catalogue YAML (default deployment/instances.yaml)")
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
-    from nexa_core.costs import DEFAULT_INSTANCES, cost_view
+    from nexa_core.costs import DEFAULT_INSTANCES, Measured, cost_view, device_choices
     from nexa_core.planner import PlanConfig
+
+    catalogue = args.instances or DEFAULT_INSTANCES
+    measured = None
+    if (args.samples_per_s is None) != (args.measured_on is None):
+        raise ConfigError([f"samples_per_s (--samples-per-s) and measured_on (--measured-on): give both or "
+                           f"neither; --measured-on is one of {', '.join(device_choices(catalogue))} (or another "
+                           "GPU name as nvidia-smi shows it)"])  # fmt: skip
+    if args.samples_per_s is not None:
+        if not args.samples_per_s > 0:
+            raise ConfigError([f"samples_per_s (--samples-per-s): must be above 0, got {args.samples_per_s}"])
+        measured = Measured(args.samples_per_s, args.measured_on.strip())
 
     config = PlanConfig(
         model=args.model if args.params is None else None, params=args.params, task=args.task,
         num_labels=args.num_labels, precision=args.precision, batch_size=args.batch_size, seq_len=args.seq_len,
         gradient_checkpointing=args.gradient_checkpointing, lora=args.lora, lora_rank=args.lora_rank, nodes=args.nodes,
     )  # fmt: skip
-    rows = cost_view(config, args.tokens, args.samples_per_s, args.instances or DEFAULT_INSTANCES)
+    rows = cost_view(config, args.tokens, measured, catalogue)
     if args.json:
         print_result(json.dumps(rows))
     else:

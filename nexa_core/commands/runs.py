@@ -19,6 +19,10 @@ def add_launch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help="start from this saved preset (flags given override it)")
     p.add_argument("--from-run", metavar="RUN_ID", help="start from this past run's configuration")
     p.add_argument("--mode", help=f"one of {', '.join(LaunchMode.values())} (default python)")
+    p.add_argument(
+        "--no-queue", action="store_true",
+        help="launch: refuse while the device is busy instead of waiting in the run queue",
+    )  # fmt: skip
     p.add_argument("--nproc", type=int, help="ranks on this node (torchrun, deepspeed, accelerate)")
     p.add_argument("--gpus", help="physical GPU ids as nvidia-smi shows them, e.g. 0,2")
     p.add_argument("--master-port", type=int, help="rendezvous port (default: a free one)")
@@ -121,8 +125,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
         backend = Backend.parse(args.backend or "local", "backend (--backend)")
     except ValueError as exc:
         raise ConfigError([str(exc)]) from None
+    queue = not getattr(args, "no_queue", False)  # Slurm runs queue in the scheduler instead
     if args.resume:
-        run_id = runner.resume(args.resume)
+        run_id = runner.resume(args.resume, queue=queue)
     elif backend is Backend.SLURM:
         run_id = _launch_on_slurm(args)
     else:
@@ -133,15 +138,23 @@ def cmd_launch(args: argparse.Namespace) -> int:
             load_run_records(
                 spec.train.task, spec.train.dataset, spec.train.eval_dataset, seed=spec.train.seed
             )
-        run_id = runner.launch(spec, run_id=args.run_id, estimate=runs.estimate_for(spec))
+        run_id = runner.launch(spec, run_id=args.run_id, estimate=runs.estimate_for(spec), queue=queue)
         from nexa_core import paths, scaling
 
         for node in scaling.node_commands(spec, run_id, paths.run_dir(run_id)):
             if not node.by_panel:  # stderr: --json keeps stdout to one JSON line
                 print(f"node {node.node_rank} ({node.host}), run there: {node.text()}", file=sys.stderr)
-    print_result(
-        json.dumps({"run_id": run_id}) if args.json else f"launched {run_id} (nexa runs show {run_id})"
-    )
+    from nexa_core import run_queue
+    from nexa_core.runstore import RunStore
+
+    waiting = run_queue.position(RunStore(), run_id)
+    if args.json:
+        print_result(json.dumps({"run_id": run_id, "queue_position": waiting}))
+    elif waiting:
+        print_result(f"queued {run_id}: {waiting} in the run queue, it starts when the device is free "
+                     f"(nexa runs queue; nexa runs show {run_id})")  # fmt: skip
+    else:
+        print_result(f"launched {run_id} (nexa runs show {run_id})")
     return 0
 
 
@@ -184,11 +197,18 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def add_runs_args(p: argparse.ArgumentParser) -> None:
+    from nexa_core.run_queue import ACTIONS
+
     p.add_argument(
-        "action", choices=["list", "show", "logs", "stop", "resume", "export", "wait", "tag", "note"]
+        "action", choices=["list", "show", "logs", "stop", "resume", "export", "wait", "tag", "note", "queue"]
     )
-    p.add_argument("run_id", nargs="?")
-    p.add_argument("values", nargs="*", metavar="TAG_OR_TEXT", help="tag: tags to add; note: the note's text")
+    p.add_argument(
+        "run_id", nargs="?", help=f"the run; for queue: one of {', '.join(ACTIONS)} (default list)"
+    )
+    p.add_argument(
+        "values", nargs="*", metavar="TAG_OR_TEXT",
+        help="tag: tags to add; note: the note's text; queue: the waiting run to move or cancel",
+    )  # fmt: skip
     p.add_argument("--remove", action="append", default=[], metavar="TAG", help="tag: remove this tag")
     p.add_argument(
         "--search", default="", help="list: runs whose name, id, model, task, tags or note hold it"
@@ -208,6 +228,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from nexa_core import runner, runs
 
     store = runner.open_store()
+    if args.action == "queue":
+        return _queue(store, args)
     if args.action == "list":
         from nexa_core.run_history import filter_summaries
         from nexa_core.runstore import RunState
@@ -240,7 +262,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     elif args.action == "stop":
         print(runner.stop(args.run_id, grace_s=args.grace, store=store))
     elif args.action == "resume":
-        print(runner.resume(args.run_id, store=store))
+        print(runner.resume(args.run_id, store=store, queue=True))
     elif args.action in ("tag", "note"):
         _tag_or_note(store, args)
     elif args.action == "wait":
@@ -251,6 +273,36 @@ def cmd_runs(args: argparse.Namespace) -> int:
         from nexa_core.export import export_checkpoint
 
         print(f"exported to {export_checkpoint(args.run_id, args.out)}")
+    return 0
+
+
+def _queue(store, args: argparse.Namespace) -> int:
+    """`nexa runs queue [list]`, `nexa runs queue up|down|top|bottom|cancel RUN_ID`."""
+    from nexa_core import run_queue, runner
+
+    action = args.run_id or "list"
+    if action not in run_queue.ACTIONS:
+        raise ConfigError([f"queue action: {action!r} is not one; choose one of {', '.join(run_queue.ACTIONS)} "
+                           "(e.g. nexa runs queue up RUN_ID)"])  # fmt: skip
+    if action == "list":
+        rows = run_queue.describe(store, runner.busy_devices(store))
+        if args.json:
+            print_result(json.dumps(rows))
+        else:
+            print("\n".join(f"{r['position']}. {r['run_id']}  {r['name']}  on {r['devices']}  waiting for: "
+                            f"{r['waiting_for']}" for r in rows) or "no run is waiting in the queue")  # fmt: skip
+        return 0
+    if len(args.values) != 1:
+        raise ConfigError(
+            [f"run_id: `nexa runs queue {action}` needs one waiting run's id (see `nexa runs queue`)"]
+        )
+    (run_id,) = args.values
+    if action == "cancel":
+        if not runner.cancel_queued(run_id, by="user", store=store):
+            raise ConfigError([run_queue.not_queued(run_id)])
+        print(run_queue.cancelled(run_id))
+    else:
+        print(run_queue.move(store, run_id, action))
     return 0
 
 

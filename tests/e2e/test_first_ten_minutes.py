@@ -280,7 +280,7 @@ def _compare(tour: Tour) -> None:
     tour.see(page.get_by_role("button", name="Run comparison"))
     tour.see(page.get_by_text("No comparisons yet"))
     tour.see(page.get_by_role("heading", name="Cost view"))
-    tour.see(page.get_by_test_id("stDataFrame"))
+    tour.see(page.get_by_test_id("stTable"))  # the cost view: a plain table
     tour.screenshot("compare")
 
 

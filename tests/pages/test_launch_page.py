@@ -192,8 +192,8 @@ def test_launch_hands_the_run_to_the_monitor_page(home, monkeypatch):
     """Through the router, as in the app; runner.launch is replaced, so nothing trains here."""
     launched = []
 
-    def fake_launch(spec, run_id=None, estimate=None, store=None):
-        launched.append((spec, estimate))
+    def fake_launch(spec, run_id=None, estimate=None, store=None, queue=False):
+        launched.append((spec, estimate, queue))
         store = RunStore()
         store.create_run(
             "fake-run", name="fake", spec=spec.train.to_dict(), run_dir="", state=RunState.SUCCEEDED
@@ -207,8 +207,9 @@ def test_launch_hands_the_run_to_the_monitor_page(home, monkeypatch):
     at.text_input(key="launch_name").input("my run")
     at.button(key="launch_go").click().run()
     assert not at.exception
-    ((spec, estimate),) = launched
+    ((spec, estimate, queue),) = launched
     assert spec.train.name == "my run" and estimate and estimate["host_total_bytes"] > 0
+    assert queue  # a busy device: the run waits in the run queue instead of being refused
     assert at.session_state["monitor_run"] == "fake-run"
     assert at.title[0].value == "Monitor a run"
     assert at.selectbox(key="monitor_pick").value == "fake-run"
