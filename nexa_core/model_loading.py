@@ -85,7 +85,9 @@ def build_model(
     )
     source = f"checkpoint {resolved.weights_dir}" if pretrained else "RANDOM-INITIALISED"
     event(f"model load: {how}, {str(r.dtype).removeprefix('torch.')} weights, {source}")
-    if r.task is Task.CAUSAL_LM and model.config.pad_token_id is None:
+    # Decoders (GPT-2, Llama) have no pad token: a causal LM's labels and a sequence classifier's
+    # "last real token" both need one, so padding reuses end-of-sequence (as the tokenizer does)
+    if model.config.pad_token_id is None and model.config.eos_token_id is not None:
         model.config.pad_token_id = model.config.eos_token_id
     if r.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -14,6 +14,8 @@ from typing import Any
 
 import psutil
 
+from nexa_core.errors import ConfigError
+
 log = logging.getLogger("nexa.telemetry")
 _nvml_lock = threading.Lock()
 _nvml_ready: bool | None = None
@@ -193,7 +195,11 @@ class MemorySampler:
             return
         try:
             self.store.log_memory(self.run_id, rows)
-        except (sqlite3.Error, OSError) as exc:  # a busy or broken store: these samples are dropped
+        except (
+            sqlite3.Error,
+            OSError,
+            ConfigError,
+        ) as exc:  # a busy or broken store: these samples are dropped
             self._error(exc)
 
     def _loop(self) -> None:

@@ -28,7 +28,7 @@ def run_with_checkpoint(nexa_home, tmp_path) -> str:
     from nexa_core.runstore import RunStore
 
     model = tiny_bert(tmp_path / "tiny-bert", vocab_size=128)
-    config = TrainConfig(model=str(model), task="classification", num_labels=2, deepspeed="off")
+    config = TrainConfig(model=str(model), task="classification", num_labels=2, deepspeed="off", seq_len=32)
     run_dir = paths.run_dir(RUN)
     ckpt = run_dir / "checkpoints" / "step-1"
     ckpt.mkdir(parents=True)

@@ -154,3 +154,13 @@ def test_bf16_true_with_deepspeed_stage_0_is_refused_with_the_alternative(nexa_h
         "bf16-true with DeepSpeed needs ZeRO stage 1, 2 or 3" in out.stderr
         and "--deepspeed off" in out.stderr
     )
+
+
+def test_a_decoder_trains_a_sequence_classifier_with_padded_batches(nexa_home, tmp_path):
+    """Llama has no pad token: classifying padded batches needs one (found by the calibration)."""
+    model = tiny_llama(tmp_path / "llama", weights=False)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "eos_token_id": 102}))  # MiniLM's [SEP]
+    result = nexa_train(nexa_home, "--model", str(model), "--random-init", "--task", "classification",
+                        "--max-steps", "2", "--batch-size", "4", "--seq-len", "32", "--deepspeed", "off")  # fmt: skip
+    assert result["steps"] == 2 and math.isfinite(result["final_loss"]) and "accuracy" in result
