@@ -18,6 +18,14 @@ from nexa_core.paths import text_problems
 RUN_CONFIG = "run_config.json"
 SPEC_FILE = "spec.json"
 TRACKERS = ("tensorboard", "mlflow", "wandb", "aim", "comet_ml", "clearml", "dvclive")
+# The seed guide's DeepSpeedTrainer keyword -> this config's field (TrainConfig.from_seed_kwargs)
+_SEED_NAMES = {
+    "offload_params": "offload_param",
+    "use_lora": "lora",
+    "learning_rate": "lr",
+    "use_deepspeed": "deepspeed",
+    "gradient_accumulation_steps": "gradient_accumulation",
+}
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._- ")
 
 
@@ -173,6 +181,25 @@ class TrainConfig:
                 [f"run config: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}"]
             )
         return cls(**data)
+
+    @classmethod
+    def from_seed_kwargs(cls, model_name: str, **seed: Any) -> TrainConfig:
+        """The seed guide's DeepSpeedTrainer keywords as a TrainConfig: its names
+        (``offload_params``, ``use_lora``, ``learning_rate``, ``use_deepspeed``,
+        ``gradient_accumulation_steps``) and its booleans for offload and DeepSpeed mapped to this
+        config's fields; any other keyword is a field of the same name. Unknown names are refused
+        with the allowed ones."""
+        data: dict[str, Any] = {"model": model_name}
+        for key, value in seed.items():
+            name = _SEED_NAMES.get(key, key)
+            if name in ("offload_optimizer", "offload_param") and isinstance(value, bool):
+                value = Offload.CPU if value else Offload.NONE
+            elif name == "deepspeed" and isinstance(value, bool):
+                value = DeepSpeedMode.ON if value else DeepSpeedMode.OFF
+            elif name == "deepspeed" and value is None:
+                continue  # the seed's "decide for me": auto
+            data[name] = value
+        return cls.from_dict(data)
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:

@@ -17,10 +17,12 @@ import psutil
 
 from nexa_core import task_metrics
 from nexa_core.checkpoints import StepInfo, latest_checkpoint, load_latest_state, save_state
-from nexa_core.device_manager import DeepSpeedSettings, get_accelerator
-from nexa_core.enums import Attention, Offload, Precision, Task
+from nexa_core.device_manager import get_accelerator
+from nexa_core.enums import Attention, Task
 from nexa_core.model_loading import ModelRequest, build_model, load_dtype
+from nexa_core.models import DEFAULT_MODEL
 from nexa_core.run_facts import engine_report, engine_text, precision_report, precision_text
+from nexa_core.train_config import TrainConfig
 from nexa_core.train_loop import Schedule, ThroughputWindow, batches, due, epochs_from
 
 log = logging.getLogger("nexa.trainer")
@@ -47,84 +49,46 @@ class DeepSpeedTrainer:
 
     def __init__(
         self,
-        model_name: str,
-        task: Task | str = Task.NER,
-        num_labels: int | None = None,
-        zero_stage: int | None = None,
-        offload_optimizer: bool | str | None = None,
-        offload_params: bool | str | None = None,
-        gradient_checkpointing: bool = False,
-        use_lora: bool = False,
-        lora_rank: int = 8,
-        precision: Precision | str | None = None,
-        use_deepspeed: bool | None = None,
-        learning_rate: float = 5e-5,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 0,
-        gradient_accumulation_steps: int | None = None,
-        max_steps: int | None = None,
-        save_every: int | None = None,
-        eval_every: int | None = None,
-        keep_last: int = 2,
-        seed: int = 0,
+        model_name: str | None = None,
+        *,
+        config: TrainConfig | None = None,
         label_names: list[str] | None = None,
-        random_init: bool = False,
         store: Any = None,
         run_id: str | None = None,
-        tracker: str | None = None,
         tracker_dir: str | Path | None = None,
         progress: bool = False,
-        save: bool = True,
-        zero3_init: bool = True,
-        attention: Attention | str = Attention.AUTO,
+        **seed_kwargs: Any,
     ) -> None:
-        from accelerate.utils import set_seed
+        """``config``: the run's validated TrainConfig (what `nexa train` and the run manager pass).
+        Or the seed guide's form, ``DeepSpeedTrainer(model_name=..., zero_stage=3,
+        offload_optimizer=True, offload_params=True, gradient_checkpointing=True)``, which
+        TrainConfig.from_seed_kwargs turns into the same config (the one place that maps its names)."""
+        from accelerate.utils import DataLoaderConfiguration, set_seed
 
-        self.task = Task.parse(task, "task")
-        self.model_name = model_name
+        if config is None:
+            config = TrainConfig.from_seed_kwargs(model_name or DEFAULT_MODEL, **seed_kwargs)
+        elif model_name is not None or seed_kwargs:
+            raise TypeError("DeepSpeedTrainer: give config=, or the seed guide's keywords, not both")
+        self.config = config
+        self.task = Task(config.task)
         self.label_names = label_names
-        self.num_labels = num_labels or (len(label_names) if label_names else 7)
-        self.gradient_checkpointing = gradient_checkpointing
-        self.use_lora = use_lora
-        self.lora_rank = lora_rank
-        self.learning_rate = learning_rate
-        self.weight_decay = weight_decay
-        self.warmup_steps = warmup_steps
-        self.max_steps = max_steps
-        self.save_every = save_every
-        self.eval_every = eval_every
-        self.keep_last = keep_last
-        self.seed = seed
-        self.random_init = random_init
+        self.num_labels = config.num_labels or (len(label_names) if label_names else 7)
         self.store = store
         self.run_id = run_id
-        self.tracker = tracker
         self.progress = progress
-        self.save = save
-        self.attention = Attention.parse(attention, "attention (--attention)")
-        self.settings = DeepSpeedSettings.from_env(
-            mode=None if use_deepspeed is None else ("on" if use_deepspeed else "off"),
-            zero_stage=zero_stage,
-            offload_optimizer=_offload(offload_optimizer),
-            offload_param=_offload(offload_params),
-            precision=precision,
-            gradient_accumulation_steps=gradient_accumulation_steps,
-            zero3_init=None if zero3_init else False,
-        )
+        self.settings = config.deepspeed_settings()
         kwargs: dict[str, Any] = {}
-        if tracker:
-            kwargs["log_with"] = tracker
+        if config.tracker:
+            kwargs["log_with"] = config.tracker
             # File-based trackers (tensorboard) refuse to start without a logging folder.
             kwargs["project_dir"] = str(tracker_dir or Path("nexa-tracker-logs"))
-        from accelerate.utils import DataLoaderConfiguration
-
         # Seedable sampler: the shuffle order depends only on (seed, epoch), so a resumed run sees
         # the same batches as an uninterrupted one.
         kwargs["dataloader_config"] = DataLoaderConfiguration(use_seedable_sampler=True)
         self.accelerator = get_accelerator(settings=self.settings, **kwargs)
         self.use_deepspeed = self.accelerator.state.deepspeed_plugin is not None
         self.precision = self.settings.resolved_precision()
-        set_seed(seed)
+        set_seed(config.seed)
         self.model = self._build_model()
         self.stop_requested = False  # set from a signal handler; acted on at the next step boundary
 
@@ -138,9 +102,9 @@ class DeepSpeedTrainer:
         stage, _, _ = self.settings.layout()
         return build_model(
             ModelRequest(
-                self.model_name, self.task, self.num_labels, self.label_names, self.random_init,
-                load_dtype(self.precision, self.use_deepspeed), self.attention, self.gradient_checkpointing,
-                self.lora_rank if self.use_lora else None,
+                self.config.model, self.task, self.num_labels, self.label_names, self.config.random_init,
+                load_dtype(self.precision, self.use_deepspeed), Attention(self.config.attention), self.config.gradient_checkpointing,
+                self.config.lora_rank if self.config.lora else None,
             ),
             sharded=self.sharded_init(),
             unsharded_zero3=self.use_deepspeed and stage == 3 and not self.settings.zero3_init,
@@ -196,15 +160,15 @@ class DeepSpeedTrainer:
         if "optimizer" in ds_config:
             # The DeepSpeed config owns the optimizer (CPU Adam with offload): Accelerate's DummyOptim
             # carries lr/weight decay into its "auto" fields.
-            optimizer = DummyOptim(params, lr=self.learning_rate, weight_decay=self.weight_decay)
+            optimizer = DummyOptim(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
         else:
-            optimizer = torch.optim.AdamW(params, lr=self.learning_rate, weight_decay=self.weight_decay)
+            optimizer = torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
         if "scheduler" in ds_config:
             scheduler = DummyScheduler(
-                optimizer, total_num_steps=total_steps, warmup_num_steps=self.warmup_steps
+                optimizer, total_num_steps=total_steps, warmup_num_steps=self.config.warmup_steps
             )
         else:
-            scheduler = get_linear_schedule_with_warmup(optimizer, self.warmup_steps, total_steps)
+            scheduler = get_linear_schedule_with_warmup(optimizer, self.config.warmup_steps, total_steps)
         return optimizer, scheduler
 
     def train(
@@ -238,14 +202,14 @@ class DeepSpeedTrainer:
                 progress.close()
             if sampler:
                 sampler.stop(self.position.step)
-            if self.tracker:
+            if self.config.tracker:
                 self.accelerator.end_training()
 
     # -- prepare
     def _prepare(self, train_dataloader, eval_dataloader, num_epochs: int) -> _Prepared:
         acc = self.accelerator
         accumulation = self.settings.gradient_accumulation_steps
-        schedule = Schedule.of(len(train_dataloader), accumulation, num_epochs, self.max_steps)
+        schedule = Schedule.of(len(train_dataloader), accumulation, num_epochs, self.config.max_steps)
         optimizer, scheduler = self._optimizer_and_scheduler(schedule.total_steps)
         prepared = acc.prepare(
             self.model,
@@ -256,9 +220,9 @@ class DeepSpeedTrainer:
         )
         model, optimizer, train_loader, scheduler = prepared[:4]
         self.model = model
-        if self.tracker:
+        if self.config.tracker:
             acc.init_trackers(
-                self.run_id or "nexa", config={"model": self.model_name, "task": str(self.task)}
+                self.run_id or "nexa", config={"model": self.config.model, "task": str(self.task)}
             )
         self._log_memory_state("after prepare")
         self._event("engine: " + engine_text(engine_report(model, optimizer)))
@@ -346,16 +310,16 @@ class DeepSpeedTrainer:
     def _periodic(self, run: _Prepared, at: StepInfo, output_dir: Path) -> None:
         """The checkpoint and the evaluation that fall on this step (--save-every, --eval-every)."""
         total = run.schedule.total_steps
-        if self.save and due(at.step, self.save_every, total):
+        if self.config.save and due(at.step, self.config.save_every, total):
             self.save_checkpoint(output_dir, at)
-        if run.eval_loader is not None and due(at.step, self.eval_every, total):
+        if run.eval_loader is not None and due(at.step, self.config.eval_every, total):
             self._record(at.step, _store_names(self.evaluate(run.eval_loader)), None)
 
     def _stop_if_requested(self, at: StepInfo, total_steps: int, output_dir: Path) -> None:
         """The stop protocol: when any rank was asked to stop (SIGTERM/SIGINT), every rank
         checkpoints at this same step and the run ends with RunStopped."""
         if at.step < total_steps and self._any_rank_stopping():
-            if self.save:
+            if self.config.save:
                 self.save_checkpoint(output_dir, at)
             raise RunStopped(f"stopped at step {at.step} of {total_steps}")
 
@@ -364,7 +328,7 @@ class DeepSpeedTrainer:
         self, run: _Prepared, start: StepInfo, at: StepInfo, loss_value: float, output_dir: Path
     ) -> dict:
         """The last checkpoint (when the run trained at all) and the final evaluation."""
-        if self.save and at.step > start.step:
+        if self.config.save and at.step > start.step:
             self.save_checkpoint(output_dir, at)
         metrics: dict[str, Any] = {"steps": at.step, "final_loss": loss_value, "epochs": at.epoch + 1}
         if run.eval_loader is not None:
@@ -395,7 +359,7 @@ class DeepSpeedTrainer:
             return
         if self.store is not None and self.run_id:
             self.store.log_metrics(self.run_id, step, row)
-        if self.tracker:
+        if self.config.tracker:
             self.accelerator.log(row, step=step)
 
     def _event(self, message: str, level: str = "info") -> None:
@@ -406,7 +370,7 @@ class DeepSpeedTrainer:
     # ---------------------------------------------------------- checkpoints
     def save_checkpoint(self, output_dir: Path, info: StepInfo) -> Path:
         """Write ``step-N`` atomically and keep the last ``keep_last`` (checkpoints.save_state)."""
-        return save_state(self.accelerator, output_dir, info, self.keep_last, self._event)
+        return save_state(self.accelerator, output_dir, info, self.config.keep_last, self._event)
 
     def _resume_state(self, output_dir: Path) -> StepInfo:
         """The newest complete checkpoint that loads (checkpoints.load_latest_state); the store's
@@ -430,14 +394,6 @@ class DeepSpeedTrainer:
 def _store_names(evaluation: dict[str, float]) -> dict[str, float]:
     """Validation metrics as the run store names them: eval_loss, eval_f1, eval_accuracy, eval_perplexity."""
     return {(k if k.startswith("eval") else f"eval_{k}"): v for k, v in evaluation.items()}
-
-
-def _offload(value: bool | str | None) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return Offload.CPU.value if value else Offload.NONE.value
-    return value
 
 
 class _Sampler:

@@ -139,36 +139,12 @@ def run_training(
         if foreground and not (existing or {}).get("estimate"):
             _record_estimate(store, run_id, config, data.train_loader.dataset)
         trainer = DeepSpeedTrainer(
-            config.model,
-            task=config.task,
-            num_labels=config.num_labels or (len(data.label_names) if data.label_names else None),
-            zero_stage=config.zero_stage,
-            offload_optimizer=config.offload_optimizer,
-            offload_params=config.offload_param,
-            gradient_checkpointing=config.gradient_checkpointing,
-            use_lora=config.lora,
-            lora_rank=config.lora_rank,
-            precision=config.precision,
-            use_deepspeed={"on": True, "off": False}.get(str(config.deepspeed)),
-            learning_rate=config.lr,
-            weight_decay=config.weight_decay,
-            warmup_steps=config.warmup_steps,
-            gradient_accumulation_steps=config.gradient_accumulation,
-            max_steps=config.max_steps,
-            save_every=config.save_every,
-            eval_every=config.eval_every,
-            keep_last=config.keep_last,
-            seed=config.seed,
+            config=config,
             label_names=data.label_names or None,
-            random_init=config.random_init,
             store=store,
             run_id=run_id,
-            tracker=config.tracker,
             tracker_dir=run_dir / "tracker",
             progress=progress,
-            save=config.save,
-            zero3_init=config.zero3_init,
-            attention=config.attention,
         )
         _stop_on_signals(trainer)
         if main:
