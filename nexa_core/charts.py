@@ -235,3 +235,27 @@ def overlay(
         return _layout(fig, "Host memory, all ranks", "seconds", "GiB")
     name = OVERLAY_NAMES.get(metric, metric)
     return _layout(fig, name[0].upper() + name[1:], "step", name, yaxis_type="log" if log_y else "linear")
+
+
+_TERMS = (("parameters", "params_bytes"), ("gradients", "gradients_bytes"), ("optimizer", "optimizer_bytes"),
+          ("activations", "activations_bytes"), ("overhead", "overhead_bytes"))  # fmt: skip
+
+
+def plan_figure(plan: Any) -> go.Figure:
+    """The Plan page's stacked bars: each layout's memory by term against the capacity. Per GPU for a
+    GPU plan; host bytes for a CPU-only one (every term is in host RAM there, per-GPU totals are 0)."""
+    from nexa_core.memory import GIB
+
+    on_gpu = plan.gpus_per_node > 0
+    fig = go.Figure()
+    labels = [e.label for e in plan.estimates]
+    for term, attr in _TERMS:
+        values = [getattr(e.per_gpu if on_gpu else e.host, attr) / GIB for e in plan.estimates]
+        fig.add_trace(go.Bar(name=term, x=labels, y=values))
+    capacity = (plan.gpu_budget_bytes if on_gpu else plan.host_budget_bytes or 0) / GIB
+    if capacity:  # none for another machine's host RAM that was not given
+        where = "GPU memory" if on_gpu else "host RAM"
+        fig.add_hline(y=capacity, line_dash="dash", annotation_text=f"{where} capacity {capacity:.1f} GiB")
+    title = "Per-GPU memory by option (GiB)" if on_gpu else "Host memory by option, CPU-only training (GiB)"
+    fig.update_layout(barmode="stack", title=title, yaxis_title="GiB", legend_title="term")
+    return fig

@@ -90,6 +90,11 @@ def runs_root() -> Path:
     return home_folder("runs")
 
 
+def is_run_id(text: str) -> bool:
+    """Letters, digits, '.', '_', '-', up to 128, not starting with '.' or '-': safe as a file name."""
+    return bool(_RUN_ID.match(text))
+
+
 def run_dir(run_id: str) -> Path:
     """The run's folder (not created); refuses ids, and symlinks, that could lead outside the runs root."""
     if not isinstance(run_id, str) or not _RUN_ID.match(run_id):

@@ -1,14 +1,15 @@
 """Plan: will this model train here, with which ZeRO stage, and how much memory will it take?"""
 
-import plotly.graph_objects as go
 import streamlit as st
 
+from nexa_core import probe_jobs
+from nexa_core.charts import plan_figure
 from nexa_core.enums import Attention, Precision, Task
 from nexa_core.errors import ConfigError
 from nexa_core.memory import GIB
 from nexa_core.models import DEFAULT_MODEL, catalogue
 from nexa_core.planner import plan_command
-from nexa_core.probe import PROBE_STEPS, find_batch_size, probe
+from nexa_core.probe import PROBE_STEPS
 from nexa_core.report import plan_rows
 from nexa_core.targets import hardware_presets
 from nexa_core.train_config import TrainConfig
@@ -136,27 +137,8 @@ if rec.layout is None:
 else:
     st.success(f"**Recommended: {rec.label}**\n\n{rec.reason}")
 
-# CPU-only training keeps every term in host RAM (per-GPU totals are 0), so chart host bytes then.
 on_gpu = plan.gpus_per_node > 0
-labels = [e.label for e in plan.estimates]
-fig = go.Figure()
-for term, attr in (("parameters", "params_bytes"), ("gradients", "gradients_bytes"), ("optimizer", "optimizer_bytes"),
-                   ("activations", "activations_bytes"), ("overhead", "overhead_bytes")):  # fmt: skip
-    values = [getattr(e.per_gpu if on_gpu else e.host, attr) / GIB for e in plan.estimates]
-    fig.add_trace(go.Bar(name=term, x=labels, y=values))
-capacity = (plan.gpu_budget_bytes if on_gpu else plan.host_budget_bytes or 0) / GIB
-if capacity:
-    fig.add_hline(
-        y=capacity,
-        line_dash="dash",
-        annotation_text=f"{'GPU memory' if on_gpu else 'host RAM'} capacity {capacity:.1f} GiB",
-    )
-fig.update_layout(
-    barmode="stack",
-    title="Per-GPU memory by option (GiB)" if on_gpu else "Host memory by option, CPU-only training (GiB)",
-    yaxis_title="GiB",
-    legend_title="term",
-)
+fig = plan_figure(plan)
 st.plotly_chart(fig, width="stretch")
 st.dataframe(plan_rows(plan), hide_index=True, width="stretch")
 if plan.learned_from:
@@ -247,31 +229,43 @@ with st.expander("Probe this plan"):
         except ConfigError as exc:
             show_problems(exc.problems)
             st.stop()
-        budget_bytes = int(budget_gb * GIB)
-        if probe_one:
-            with st.spinner(f"Probing batch {batch} at sequence length {seq}: {PROBE_STEPS} real steps…"):
-                result = probe(probe_config, budget_bytes, on_gpu=probe_on_gpu)
-            (st.success if result.fits else st.error)(
-                f"Batch {result.batch_size} at sequence length {seq} "
-                f"{'fits' if result.fits else 'does not fit'} the {budget_gb:.1f} GiB budget (run {result.state})"
-            )
-            _probe_table([result.__dict__])
-        else:
-            tried = st.empty()
-            with st.spinner(f"Finding the largest batch up to {max_batch} that fits {budget_gb:.1f} GiB…"):
-                found = find_batch_size(
-                    probe_config, budget_bytes, int(max_batch), probe_on_gpu,
-                    progress=lambda p: tried.caption(f"Tried batch {p.batch_size}: {'fits' if p.fits else 'does not fit'}"),
-                )  # fmt: skip
-            tried.empty()
-            if found["error"]:
-                st.error(
-                    f"The search stopped: a probe failed for another reason than memory ({found['error']})."
-                )
-            elif found["batch_size"] is None:
-                st.error(f"Not even batch 1 fits {budget_gb:.1f} GiB at sequence length {seq}.")
-            else:
-                st.success(
-                    f"Largest batch that fits {budget_gb:.1f} GiB at sequence length {seq}: **{found['batch_size']}**"
-                )
-            _probe_table(found["probes"])
+        # in its own process: a search of several probes can take an hour (nexa_core/probe_jobs.py)
+        st.session_state["plan_probe_job"] = probe_jobs.start(
+            probe_config, int(budget_gb * GIB), probe_on_gpu, find=probe_find, max_batch=int(max_batch)
+        )
+
+
+@st.fragment(run_every=2)
+def _probe_progress() -> None:
+    """The background probe job of this session, read from its file every 2 s."""
+    job = probe_jobs.state(st.session_state["plan_probe_job"])
+    if job is None:
+        return
+    config, budget = job["config"], job["budget_bytes"] / GIB
+    for landed in job["probes"]:
+        st.caption(f"Tried batch {landed['batch_size']}: {'fits' if landed['fits'] else 'does not fit'}")
+    if job["state"] == "running":
+        what = "the largest batch that fits" if job["find"] else f"batch {config['batch_size']}"
+        st.info(f"Probing {what} at sequence length {config['seq_len']} in the background "
+                f"({PROBE_STEPS} real steps a probe; this page can be closed).")  # fmt: skip
+    elif job["error"]:
+        st.error(f"The probe stopped: a probe failed for another reason than memory ({job['error']}).")
+    elif not job["find"]:
+        fits = job["result"]["fits"]
+        (st.success if fits else st.error)(
+            f"Batch {config['batch_size']} at sequence length {config['seq_len']} "
+            f"{'fits' if fits else 'does not fit'} the {budget:.1f} GiB budget"
+        )
+    elif job["result"]["batch_size"] is None:
+        st.error(f"Not even batch 1 fits {budget:.1f} GiB at sequence length {config['seq_len']}.")
+    else:
+        st.success(
+            f"Largest batch that fits {budget:.1f} GiB at sequence length {config['seq_len']}: "
+            f"**{job['result']['batch_size']}**"
+        )
+    if job["probes"]:
+        _probe_table(job["probes"])
+
+
+if "plan_probe_job" in st.session_state:
+    _probe_progress()

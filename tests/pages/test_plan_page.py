@@ -212,3 +212,28 @@ def test_corrections_from_past_runs_on_this_machine_show_beside_the_estimates(ne
     assert "±" in zero0 and "3 runs" in zero0  # beside the formula's "host total GiB", not instead of it
     assert table["host total GiB"].notna().all()
     assert any("3 finished runs on this machine" in c.value for c in at.caption)
+
+
+def test_a_probe_starts_in_the_background_and_its_progress_is_read_back(page, monkeypatch):
+    """The page never runs a probe in its script (a search can take an hour): the click starts a job
+    and the page shows what the job's file says."""
+    from nexa_core import probe_jobs
+
+    started = []
+    monkeypatch.setattr(probe_jobs, "start", lambda *a, **k: started.append((a, k)) or "job-1")
+    finished = {"state": "done", "find": True, "config": {"batch_size": 8, "seq_len": 128}, "budget_bytes": 8 * 2**30,
+                "probes": [{"batch_size": 1, "fits": True}, {"batch_size": 2, "fits": False}],
+                "result": {"batch_size": 1}, "error": None}  # fmt: skip
+    monkeypatch.setattr(probe_jobs, "state", lambda job_id: finished if job_id == "job-1" else None)
+    page.button(key="plan_probe_find").click().run()
+    assert not page.exception
+    ((args, kwargs),) = started
+    assert kwargs["find"] is True and kwargs["max_batch"] == 64
+    assert page.session_state["plan_probe_job"] == "job-1"
+    assert any(
+        "Largest batch that fits 8.0 GiB at sequence length 128: **1**" in s.value for s in page.success
+    )
+    assert [c.value for c in page.caption if c.value.startswith("Tried batch")] == [
+        "Tried batch 1: fits",
+        "Tried batch 2: does not fit",
+    ]
