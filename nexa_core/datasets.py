@@ -564,8 +564,9 @@ def make_collator(task: Task | str, tokenizer: Any, pad_to: int | None = None):
     ``pad_to``: pad every batch to exactly this length (sequences are already truncated to it), as
     a probe run does to measure memory at the longest sequence length.
     """
-    import transformers
+    from nexa_core.models import _transformers  # resolved under models' import lock (thread safety)
 
+    transformers = _transformers()
     task = Task.parse(task, "task")
     ensure_pad_token(tokenizer)
     if task is Task.NER:  # pads labels with -100

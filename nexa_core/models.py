@@ -175,9 +175,18 @@ def _transformers():
         import transformers
 
         transformers.AutoConfig, peft.get_peft_model  # noqa: B018 (force the lazy resolution)
-        for name in _AUTO_CLASS.values():
+        for name in (*_AUTO_CLASS.values(), *_RESOLVED_TOO):
             getattr(transformers, name)
         return transformers
+
+
+# What pages reach besides the model classes (the Launch page's data profile loads a tokenizer, the
+# collators pad batches, Try the model builds a pipeline): resolved under the same lock. Seen in the
+# browser test: "cannot import name 'AutoTokenizer' from 'transformers'" from two sessions at once.
+_RESOLVED_TOO = (
+    "AutoTokenizer", "DataCollatorForTokenClassification", "DataCollatorWithPadding",
+    "DataCollatorForSeq2Seq", "pipeline",
+)  # fmt: skip
 
 
 def _resolve_hub(name: str) -> ResolvedModel:
@@ -403,7 +412,7 @@ def load_tokenizer(model: str, announce: bool = True):
     """The model's own tokenizer when its folder has one, else the packaged MiniLM tokenizer (for
     random-initialised test variants whose config sets a vocabulary at least that large; a run's log
     says so unless ``announce`` is off)."""
-    from transformers import AutoTokenizer
+    AutoTokenizer = _transformers().AutoTokenizer
 
     resolved = resolve_model(model)
     for folder in (resolved.weights_dir, Path(model) if Path(model).is_dir() else None):

@@ -67,14 +67,20 @@ def state(job_id: str) -> dict[str, Any] | None:
         time.sleep(0.2)  # it may have written its result just now
         job = json.loads(_file(job_id).read_text())
         if job["state"] == "running":
-            job = {**job, "state": "failed", "error": "the probe process ended without a result (see its log)"}
+            job = {
+                **job,
+                "state": "failed",
+                "error": "the probe process ended without a result (see its log)",
+            }
     return job
 
 
 def _alive(pid: int, create_time: float | None) -> bool:
     try:
         proc = psutil.Process(pid)
-        return proc.status() != psutil.STATUS_ZOMBIE and (create_time is None or proc.create_time() == create_time)
+        return proc.status() != psutil.STATUS_ZOMBIE and (
+            create_time is None or proc.create_time() == create_time
+        )
     except psutil.Error:
         return False
 
@@ -92,8 +98,12 @@ def run(job_id: str) -> None:
 
     try:
         if job["find"]:
-            found = find_batch_size(config, job["budget_bytes"], job["max_batch"], job["on_gpu"], progress=landed)
-            job.update(result={"batch_size": found["batch_size"]}, probes=found["probes"], error=found["error"])
+            found = find_batch_size(
+                config, job["budget_bytes"], job["max_batch"], job["on_gpu"], progress=landed
+            )
+            job.update(
+                result={"batch_size": found["batch_size"]}, probes=found["probes"], error=found["error"]
+            )
         else:
             landed(probe(replace(config), job["budget_bytes"], on_gpu=job["on_gpu"]))
             job["result"] = {"batch_size": config.batch_size, "fits": job["probes"][-1]["fits"]}

@@ -120,7 +120,9 @@ class Loaded:
 def load(folder: str | Path, task: Task | str | None = None) -> Loaded:
     """A pipeline for the folder's task (or ``task``): token-classification with word-level grouping,
     text-classification, feature-extraction, or text-generation; CPU, float32, safetensors only."""
-    from transformers import pipeline
+    from nexa_core.models import _transformers  # resolved under models' import lock (thread safety)
+
+    pipeline = _transformers().pipeline
 
     folder = Path(folder)
     raise_if(folder_problems(folder))

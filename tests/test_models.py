@@ -127,13 +127,18 @@ def test_packaged_minilm_has_weights():
 RACE = """
 import threading
 from nexa_core.planner import PlanConfig, make_plan
+from nexa_core.models import load_tokenizer
+from nexa_core.datasets import make_collator
 errors = []
-def plan():
+def plan(i):
     try:
-        make_plan(PlanConfig(model="sentence-transformers/all-MiniLM-L6-v2", gpus=0))
+        if i % 2:  # a Launch page's data profile beside another session's plan
+            make_collator("ner", load_tokenizer("sentence-transformers/all-MiniLM-L6-v2"))
+        else:
+            make_plan(PlanConfig(model="sentence-transformers/all-MiniLM-L6-v2", gpus=0))
     except Exception as exc:
         errors.append(repr(exc))
-threads = [threading.Thread(target=plan) for _ in range(4)]
+threads = [threading.Thread(target=plan, args=(i,)) for i in range(8)]
 [t.start() for t in threads]
 [t.join() for t in threads]
 print(errors)
@@ -142,7 +147,8 @@ print(errors)
 
 def test_first_plans_in_concurrent_sessions_do_not_race_on_transformers_lazy_imports():
     """A fresh server with two sessions (or a rerun beside the run it interrupts) planning at once
-    used to fail with "cannot import name 'AutoConfig'" (seen 4 times in 4 in a browser)."""
+    used to fail with "cannot import name 'AutoConfig'" (seen 4 times in 4 in a browser), and a
+    Launch page's tokenizer with "cannot import name 'AutoTokenizer'" (the browser test, in CI)."""
     import subprocess
     import sys
 
