@@ -39,7 +39,7 @@ from nexa_core.runstore import RunStore  # noqa: E402
 from nexa_core.telemetry import PEAK_RSS_METRIC  # noqa: E402
 
 
-def write_model(folder: Path, hidden: int, layers: int) -> Path:
+def write_model(folder: Path, hidden: int, layers: int, vocab: int, tied: bool) -> Path:
     """A Llama-style config (no weights: the runs are --random-init); intermediate 2.75h rounded to 64."""
     folder.mkdir(parents=True, exist_ok=True)
     config = {
@@ -49,9 +49,9 @@ def write_model(folder: Path, hidden: int, layers: int) -> Path:
         "num_hidden_layers": layers,
         "num_attention_heads": hidden // 64,
         "num_key_value_heads": max(1, hidden // 256),
-        "vocab_size": 32000,
+        "vocab_size": vocab,
         "max_position_embeddings": 2048,
-        "tie_word_embeddings": False,
+        "tie_word_embeddings": tied,
     }
     (folder / "config.json").write_text(json.dumps(config))
     return folder
@@ -106,6 +106,10 @@ def main() -> int:
     )
     parser.add_argument("--hidden", type=int, default=2048)
     parser.add_argument("--layers", type=int, default=24)
+    parser.add_argument(
+        "--vocab", type=int, default=32000, help="vocabulary size (the embedding and LM head are the largest gathers)"
+    )
+    parser.add_argument("--tie-embeddings", action="store_true", help="one matrix for the embedding and LM head")
     parser.add_argument("--max-live", type=int, default=10**7, help="stage3_max_live_parameters (and reuse)")
     parser.add_argument(
         "--malloc-mmap-threshold", type=int, help="set glibc's MALLOC_MMAP_THRESHOLD_ for both runs (bytes)"
@@ -113,7 +117,7 @@ def main() -> int:
     parser.add_argument("--json", dest="json_out", help="also write the figures to this file")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        model = write_model(Path(tmp) / "llama", args.hidden, args.layers)
+        model = write_model(Path(tmp) / "llama", args.hidden, args.layers, args.vocab, args.tie_embeddings)
         ds_config = write_deepspeed_config(Path(tmp) / "deepspeed_config.json", args.max_live)
         os.environ["DEEPSPEED_CONFIG_FILE"] = str(ds_config)  # the planner reads the same max-live value
         rows = {}
@@ -124,8 +128,9 @@ def main() -> int:
                 "measured_per_rank": measured,
                 "estimate_per_rank": estimate,
             }
-    print(f"2-rank ZeRO-3 + LoRA r8, fp32, random-initialised Llama-style decoder of {params:,} parameters; "
-          f"stage3_max_live_parameters {args.max_live:.0e}; MALLOC_MMAP_THRESHOLD_ "
+    print(f"2-rank ZeRO-3 + LoRA r8, fp32, random-initialised Llama-style decoder of {params:,} parameters "
+          f"(hidden {args.hidden}, {args.layers} layers, vocabulary {args.vocab:,}, "
+          f"{'tied' if args.tie_embeddings else 'untied'} embeddings); stage3_max_live_parameters {args.max_live:.0e}; MALLOC_MMAP_THRESHOLD_ "
           f"{args.malloc_mmap_threshold or 'not set (glibc default)'}")  # fmt: skip
     print(
         f"{'creation':34s} {'rank 0 GiB':>10s} {'rank 1 GiB':>10s} {'estimate GiB':>12s} {'error (worst rank)':>19s}"
@@ -143,6 +148,10 @@ def main() -> int:
             json.dumps(
                 {
                     "params": params,
+                    "hidden": args.hidden,
+                    "layers": args.layers,
+                    "vocab": args.vocab,
+                    "tied_embeddings": args.tie_embeddings,
                     "max_live": args.max_live,
                     "malloc_mmap_threshold": args.malloc_mmap_threshold,
                     "ratio": ratio,
