@@ -54,7 +54,31 @@ def write_model(folder: Path, hidden: int, layers: int, vocab: int, tied: bool) 
         "tie_word_embeddings": tied,
     }
     (folder / "config.json").write_text(json.dumps(config))
+    if vocab < FALLBACK_VOCAB:
+        write_tokenizer(folder, vocab)
     return folder
+
+
+FALLBACK_VOCAB = 30522  # the packaged MiniLM tokenizer NEXA uses for a folder without its own
+
+
+def write_tokenizer(folder: Path, vocab: int) -> None:
+    """A byte-level BPE tokenizer of at most ``vocab`` tokens, trained on the bundled causal-LM sample,
+    so that a vocabulary smaller than the packaged fallback's can be benchmarked (tokenizers library)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from nexa_core.datasets import bundled_paths, load_records
+
+    texts = [r["text"] for r in load_records(bundled_paths("causal-lm")[0], "causal-lm")]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    tokenizer.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    fast.save_pretrained(folder)
 
 
 def write_deepspeed_config(path: Path, max_live: int) -> Path:
