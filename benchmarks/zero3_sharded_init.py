@@ -95,7 +95,7 @@ ARGS = ["--task", "causal-lm", "--random-init", "--lora", "--precision", "fp32",
         "--zero-stage", "3", "--offload-optimizer", "none", "--offload-param", "none"]  # fmt: skip
 
 
-def run(model: Path, sharded: bool, ds_config: Path, port: int, mmap_threshold: int | None) -> list[int]:
+def run(model: Path, sharded: bool, ds_config: Path, port: int, mmap_threshold: int | None, checkpointing: bool) -> list[int]:
     """One 2-rank run in a fresh NEXA_HOME; each rank's kernel peak RSS in bytes."""
     with tempfile.TemporaryDirectory() as home:
         env = dict(os.environ, NEXA_HOME=home, NEXA_RUN_ID="bench", DEEPSPEED_CONFIG_FILE=str(ds_config),
@@ -107,6 +107,8 @@ def run(model: Path, sharded: bool, ds_config: Path, port: int, mmap_threshold: 
                 "-m", "nexa_core", "train", "--model", str(model), *ARGS]  # fmt: skip
         if not sharded:
             argv.append("--no-zero3-init")
+        if checkpointing:
+            argv.append("--gradient-checkpointing")
         out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=3600)
         if out.returncode != 0:
             raise SystemExit(f"run failed (sharded={sharded}):\n{out.stderr[-3000:]}")
@@ -114,11 +116,12 @@ def run(model: Path, sharded: bool, ds_config: Path, port: int, mmap_threshold: 
         return [int(peaks[f"{PEAK_RSS_METRIC}{r}"]) for r in range(2)]
 
 
-def estimate_per_rank(model: Path, sharded: bool) -> tuple[int, int]:
+def estimate_per_rank(model: Path, sharded: bool, checkpointing: bool) -> tuple[int, int]:
     """(planner's host bytes per rank, exact parameter count) for this layout."""
     plan = make_plan(
         PlanConfig(model=str(model), task="causal-lm", precision="fp32", batch_size=1, seq_len=64, lora=True,
-                   gpus=0, cpu_ranks=2, random_init=True, zero3_init=sharded, host_memory_gb=1024)
+                   gpus=0, cpu_ranks=2, random_init=True, zero3_init=sharded, host_memory_gb=1024,
+                   gradient_checkpointing=checkpointing)
     )  # fmt: skip
     (z3,) = [e for e in plan.estimates if e.layout.zero_stage == 3 and not e.layout.offload_optimizer]
     return z3.host.total_bytes // 2, plan.size.params
@@ -138,6 +141,9 @@ def main() -> int:
     parser.add_argument(
         "--malloc-mmap-threshold", type=int, help="set glibc's MALLOC_MMAP_THRESHOLD_ for both runs (bytes)"
     )
+    parser.add_argument(
+        "--gradient-checkpointing", action="store_true", help="keep one activation per layer (as LLM fine-tunes do)"
+    )
     parser.add_argument("--json", dest="json_out", help="also write the figures to this file")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -146,15 +152,16 @@ def main() -> int:
         os.environ["DEEPSPEED_CONFIG_FILE"] = str(ds_config)  # the planner reads the same max-live value
         rows = {}
         for sharded, port in ((True, 29611), (False, 29612)):
-            estimate, params = estimate_per_rank(model, sharded)
-            measured = run(model, sharded, ds_config, port, args.malloc_mmap_threshold)
+            estimate, params = estimate_per_rank(model, sharded, args.gradient_checkpointing)
+            measured = run(model, sharded, ds_config, port, args.malloc_mmap_threshold, args.gradient_checkpointing)
             rows["sharded" if sharded else "whole"] = {
                 "measured_per_rank": measured,
                 "estimate_per_rank": estimate,
             }
     print(f"2-rank ZeRO-3 + LoRA r8, fp32, random-initialised Llama-style decoder of {params:,} parameters "
           f"(hidden {args.hidden}, {args.layers} layers, vocabulary {args.vocab:,}, "
-          f"{'tied' if args.tie_embeddings else 'untied'} embeddings); stage3_max_live_parameters {args.max_live:.0e}; MALLOC_MMAP_THRESHOLD_ "
+          f"{'tied' if args.tie_embeddings else 'untied'} embeddings; gradient checkpointing "
+          f"{'on' if args.gradient_checkpointing else 'off'}); stage3_max_live_parameters {args.max_live:.0e}; MALLOC_MMAP_THRESHOLD_ "
           f"{args.malloc_mmap_threshold or 'not set (glibc default)'}")  # fmt: skip
     print(
         f"{'creation':34s} {'rank 0 GiB':>10s} {'rank 1 GiB':>10s} {'estimate GiB':>12s} {'error (worst rank)':>19s}"
@@ -176,6 +183,7 @@ def main() -> int:
                     "layers": args.layers,
                     "vocab": args.vocab,
                     "tied_embeddings": args.tie_embeddings,
+                    "gradient_checkpointing": args.gradient_checkpointing,
                     "max_live": args.max_live,
                     "malloc_mmap_threshold": args.malloc_mmap_threshold,
                     "ratio": ratio,
