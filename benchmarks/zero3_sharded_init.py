@@ -17,6 +17,9 @@ planner reads the same value.
 
     python benchmarks/zero3_sharded_init.py                     # ~1.2B parameters (the default)
     python benchmarks/zero3_sharded_init.py --hidden 1024 --layers 24   # ~0.33B
+    # the figures of docs/BENCHMARKS.md of 2026-12-04 (2.02B; about 17 GiB of RAM in all):
+    python benchmarks/zero3_sharded_init.py --hidden 2048 --layers 44 --vocab 8192 \
+        --malloc-mmap-threshold 1048576 [--gradient-checkpointing]
 """
 
 from __future__ import annotations
@@ -77,7 +80,9 @@ def write_tokenizer(folder: Path, vocab: int) -> None:
     trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<|endoftext|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
     tokenizer.train_from_iterator(texts, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
     fast.save_pretrained(folder)
 
 
@@ -95,7 +100,9 @@ ARGS = ["--task", "causal-lm", "--random-init", "--lora", "--precision", "fp32",
         "--zero-stage", "3", "--offload-optimizer", "none", "--offload-param", "none"]  # fmt: skip
 
 
-def run(model: Path, sharded: bool, ds_config: Path, port: int, mmap_threshold: int | None, checkpointing: bool) -> list[int]:
+def run(
+    model: Path, sharded: bool, ds_config: Path, port: int, mmap_threshold: int | None, checkpointing: bool
+) -> list[int]:
     """One 2-rank run in a fresh NEXA_HOME; each rank's kernel peak RSS in bytes."""
     with tempfile.TemporaryDirectory() as home:
         env = dict(os.environ, NEXA_HOME=home, NEXA_RUN_ID="bench", DEEPSPEED_CONFIG_FILE=str(ds_config),
@@ -134,15 +141,22 @@ def main() -> int:
     parser.add_argument("--hidden", type=int, default=2048)
     parser.add_argument("--layers", type=int, default=24)
     parser.add_argument(
-        "--vocab", type=int, default=32000, help="vocabulary size (the embedding and LM head are the largest gathers)"
+        "--vocab",
+        type=int,
+        default=32000,
+        help="vocabulary size (the embedding and LM head are the largest gathers)",
     )
-    parser.add_argument("--tie-embeddings", action="store_true", help="one matrix for the embedding and LM head")
+    parser.add_argument(
+        "--tie-embeddings", action="store_true", help="one matrix for the embedding and LM head"
+    )
     parser.add_argument("--max-live", type=int, default=10**7, help="stage3_max_live_parameters (and reuse)")
     parser.add_argument(
         "--malloc-mmap-threshold", type=int, help="set glibc's MALLOC_MMAP_THRESHOLD_ for both runs (bytes)"
     )
     parser.add_argument(
-        "--gradient-checkpointing", action="store_true", help="keep one activation per layer (as LLM fine-tunes do)"
+        "--gradient-checkpointing",
+        action="store_true",
+        help="keep one activation per layer (as LLM fine-tunes do)",
     )
     parser.add_argument("--json", dest="json_out", help="also write the figures to this file")
     args = parser.parse_args()
@@ -153,7 +167,9 @@ def main() -> int:
         rows = {}
         for sharded, port in ((True, 29611), (False, 29612)):
             estimate, params = estimate_per_rank(model, sharded, args.gradient_checkpointing)
-            measured = run(model, sharded, ds_config, port, args.malloc_mmap_threshold, args.gradient_checkpointing)
+            measured = run(
+                model, sharded, ds_config, port, args.malloc_mmap_threshold, args.gradient_checkpointing
+            )
             rows["sharded" if sharded else "whole"] = {
                 "measured_per_rank": measured,
                 "estimate_per_rank": estimate,
