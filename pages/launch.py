@@ -54,10 +54,11 @@ def _load_preset() -> None:  # a button callback: it runs before the page is dra
 # Arriving from another page (Streamlit has dropped this page's widget state): start from the Plan
 # page's choices, or from the run the Runs page asked to clone.
 plan = st.session_state.get("plan_choices") or {}
+planned = form_state(spec_from_plan(plan, gpu_ids), ids, gpu_ids)[0]
 if "launch_task" not in st.session_state:
     for stale in ("launch_extra", "launch_loaded"):
         st.session_state.pop(stale, None)
-    st.session_state.update(form_state(spec_from_plan(plan, gpu_ids), ids, gpu_ids)[0])
+    st.session_state.update(planned)
     clone = st.session_state.pop("launch_clone", None)
     if clone:
         try:
@@ -69,6 +70,12 @@ if "launch_task" not in st.session_state:
             "label": "the Plan page's choices and recommended layout",
             "notes": [],
         }
+else:
+    # Part of the form's state can be gone: in a browser, a page switch that races a rerun keeps only
+    # the widgets the frontend still showed. A dropped field starts from the plan again, never from a
+    # number input's 0 (which failed validation as "nodes ... got 0"); kept fields keep their values.
+    for key, value in planned.items():
+        st.session_state.setdefault(key, value)
 
 with st.expander("Presets: load a saved configuration", expanded=False):
     try:

@@ -110,6 +110,14 @@ def _stop_runs(home: Path) -> None:
             runner.stop(run["id"], grace_s=5, by="e2e teardown", store=store)
 
 
+@pytest.fixture
+def no_run_left(app) -> Iterator[None]:
+    """For a test that starts a run meant to be stopped: if the test fails first, the run is stopped
+    when it ends, not when the module's app ends (a 10,000-step run left going slowed every later test)."""
+    yield
+    _stop_runs(app.home)
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator:
     if not CHROMIUM.exists():

@@ -68,7 +68,9 @@ def _pick(tour: Tour, label: str, run_id: str) -> None:
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_a_second_launch_waits_in_the_queue_and_starts_when_the_first_ends(app, page, screenshot_dir):
+def test_a_second_launch_waits_in_the_queue_and_starts_when_the_first_ends(
+    app, page, screenshot_dir, no_run_left
+):
     page.set_default_timeout(TIMEOUT_MS)
     tour = Tour(page, app, screenshot_dir)
     with tour.reporting():

@@ -264,6 +264,22 @@ def test_slurm_mode_previews_the_batch_script_and_submits_the_request(home, monk
     assert str(spec.mode) == "torchrun" and estimate["host_total_bytes"] > 0
 
 
+def test_fields_streamlit_dropped_start_again_from_the_plan_not_from_zero(home):
+    """Streamlit drops the state of widgets a run did not draw; in a real browser a page switch that
+    races a rerun keeps part of the form (the frontend reports only the widgets it still shows). The
+    dropped fields start again from the plan, not from a number input's 0 ("nodes (--nodes): ... got 0"
+    stopped a launch in the browser test of 2026-12-04); the fields that were kept keep their values."""
+    at = AppTest.from_file(ROOT / "pages" / "launch.py", default_timeout=120)
+    at.session_state["launch_task"] = "ner"  # kept, with a changed batch; every other field dropped
+    at.session_state["launch_batch"] = 4
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.number_input(key="launch_nodes").value == 1
+    assert at.number_input(key="launch_master_port").value == 0
+    assert at.number_input(key="launch_batch").value == 4
+    assert at.button(key="launch_go")
+
+
 def test_a_saved_preset_fills_a_fresh_form_and_keeps_hidden_fields(page, home, monkeypatch):
     page.number_input(key="launch_batch").set_value(4)
     page.selectbox(key="launch_stage").set_value(2)
