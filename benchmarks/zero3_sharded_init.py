@@ -95,13 +95,21 @@ def write_deepspeed_config(path: Path, max_live: int) -> Path:
     return path
 
 
-ARGS = ["--task", "causal-lm", "--random-init", "--lora", "--precision", "fp32", "--batch-size", "1",
-        "--seq-len", "64", "--max-steps", "2", "--no-eval", "--no-save", "--deepspeed", "on",
-        "--zero-stage", "3", "--offload-optimizer", "none", "--offload-param", "none"]  # fmt: skip
+def train_args(seq_len: int, steps: int) -> list[str]:
+    return ["--task", "causal-lm", "--random-init", "--lora", "--precision", "fp32", "--batch-size", "1",
+            "--seq-len", str(seq_len), "--max-steps", str(steps), "--no-eval", "--no-save", "--deepspeed", "on",
+            "--zero-stage", "3", "--offload-optimizer", "none", "--offload-param", "none"]  # fmt: skip
 
 
 def run(
-    model: Path, sharded: bool, ds_config: Path, port: int, mmap_threshold: int | None, checkpointing: bool
+    model: Path,
+    sharded: bool,
+    ds_config: Path,
+    port: int,
+    mmap_threshold: int | None,
+    checkpointing: bool,
+    seq_len: int,
+    steps: int,
 ) -> list[int]:
     """One 2-rank run in a fresh NEXA_HOME; each rank's kernel peak RSS in bytes."""
     with tempfile.TemporaryDirectory() as home:
@@ -111,7 +119,7 @@ def run(
             env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
         torchrun = Path(sys.executable).parent / "torchrun"
         argv = [str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port),
-                "-m", "nexa_core", "train", "--model", str(model), *ARGS]  # fmt: skip
+                "-m", "nexa_core", "train", "--model", str(model), *train_args(seq_len, steps)]  # fmt: skip
         if not sharded:
             argv.append("--no-zero3-init")
         if checkpointing:
@@ -123,10 +131,10 @@ def run(
         return [int(peaks[f"{PEAK_RSS_METRIC}{r}"]) for r in range(2)]
 
 
-def estimate_per_rank(model: Path, sharded: bool, checkpointing: bool) -> tuple[int, int]:
+def estimate_per_rank(model: Path, sharded: bool, checkpointing: bool, seq_len: int) -> tuple[int, int]:
     """(planner's host bytes per rank, exact parameter count) for this layout."""
     plan = make_plan(
-        PlanConfig(model=str(model), task="causal-lm", precision="fp32", batch_size=1, seq_len=64, lora=True,
+        PlanConfig(model=str(model), task="causal-lm", precision="fp32", batch_size=1, seq_len=seq_len, lora=True,
                    gpus=0, cpu_ranks=2, random_init=True, zero3_init=sharded, host_memory_gb=1024,
                    gradient_checkpointing=checkpointing)
     )  # fmt: skip
@@ -158,6 +166,8 @@ def main() -> int:
         action="store_true",
         help="keep one activation per layer (as LLM fine-tunes do)",
     )
+    parser.add_argument("--seq-len", type=int, default=64, help="tokens per sequence (batch 1)")
+    parser.add_argument("--steps", type=int, default=2, help="training steps per run")
     parser.add_argument("--json", dest="json_out", help="also write the figures to this file")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -166,9 +176,16 @@ def main() -> int:
         os.environ["DEEPSPEED_CONFIG_FILE"] = str(ds_config)  # the planner reads the same max-live value
         rows = {}
         for sharded, port in ((True, 29611), (False, 29612)):
-            estimate, params = estimate_per_rank(model, sharded, args.gradient_checkpointing)
+            estimate, params = estimate_per_rank(model, sharded, args.gradient_checkpointing, args.seq_len)
             measured = run(
-                model, sharded, ds_config, port, args.malloc_mmap_threshold, args.gradient_checkpointing
+                model,
+                sharded,
+                ds_config,
+                port,
+                args.malloc_mmap_threshold,
+                args.gradient_checkpointing,
+                args.seq_len,
+                args.steps,
             )
             rows["sharded" if sharded else "whole"] = {
                 "measured_per_rank": measured,
@@ -177,7 +194,7 @@ def main() -> int:
     print(f"2-rank ZeRO-3 + LoRA r8, fp32, random-initialised Llama-style decoder of {params:,} parameters "
           f"(hidden {args.hidden}, {args.layers} layers, vocabulary {args.vocab:,}, "
           f"{'tied' if args.tie_embeddings else 'untied'} embeddings; gradient checkpointing "
-          f"{'on' if args.gradient_checkpointing else 'off'}); stage3_max_live_parameters {args.max_live:.0e}; MALLOC_MMAP_THRESHOLD_ "
+          f"{'on' if args.gradient_checkpointing else 'off'}; sequence {args.seq_len}, {args.steps} steps); stage3_max_live_parameters {args.max_live:.0e}; MALLOC_MMAP_THRESHOLD_ "
           f"{args.malloc_mmap_threshold or 'not set (glibc default)'}")  # fmt: skip
     print(
         f"{'creation':34s} {'rank 0 GiB':>10s} {'rank 1 GiB':>10s} {'estimate GiB':>12s} {'error (worst rank)':>19s}"
@@ -200,6 +217,8 @@ def main() -> int:
                     "vocab": args.vocab,
                     "tied_embeddings": args.tie_embeddings,
                     "gradient_checkpointing": args.gradient_checkpointing,
+                    "seq_len": args.seq_len,
+                    "steps": args.steps,
                     "max_live": args.max_live,
                     "malloc_mmap_threshold": args.malloc_mmap_threshold,
                     "ratio": ratio,
