@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from nexa_core.device_manager import DEFAULT_DEEPSPEED_CONFIG  # noqa: E402
 from nexa_core.memory import GIB  # noqa: E402
+from nexa_core.models import DEFAULT_MODEL, resolve_model  # noqa: E402
 from nexa_core.planner import PlanConfig, make_plan  # noqa: E402
 from nexa_core.runstore import RunStore  # noqa: E402
 from nexa_core.telemetry import PEAK_RSS_METRIC  # noqa: E402
@@ -57,12 +58,11 @@ def write_model(folder: Path, hidden: int, layers: int, vocab: int, tied: bool) 
         "tie_word_embeddings": tied,
     }
     (folder / "config.json").write_text(json.dumps(config))
-    if vocab < FALLBACK_VOCAB:
+    # NEXA falls back to the packaged MiniLM tokenizer for a folder without one; a smaller
+    # vocabulary needs its own (nexa_core.models.load_tokenizer refuses it otherwise)
+    if vocab < int(resolve_model(DEFAULT_MODEL).config["vocab_size"]):
         write_tokenizer(folder, vocab)
     return folder
-
-
-FALLBACK_VOCAB = 30522  # the packaged MiniLM tokenizer NEXA uses for a folder without its own
 
 
 def write_tokenizer(folder: Path, vocab: int) -> None:
@@ -101,28 +101,20 @@ def train_args(seq_len: int, steps: int) -> list[str]:
             "--zero-stage", "3", "--offload-optimizer", "none", "--offload-param", "none"]  # fmt: skip
 
 
-def run(
-    model: Path,
-    sharded: bool,
-    ds_config: Path,
-    port: int,
-    mmap_threshold: int | None,
-    checkpointing: bool,
-    seq_len: int,
-    steps: int,
-) -> list[int]:
+def run(model: Path, sharded: bool, ds_config: Path, port: int, args: argparse.Namespace) -> list[int]:
     """One 2-rank run in a fresh NEXA_HOME; each rank's kernel peak RSS in bytes."""
     with tempfile.TemporaryDirectory() as home:
         env = dict(os.environ, NEXA_HOME=home, NEXA_RUN_ID="bench", DEEPSPEED_CONFIG_FILE=str(ds_config),
                    HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")  # fmt: skip
-        if mmap_threshold:  # glibc: freed blocks above this size go back to the kernel (docs/MEMORY.md)
-            env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
+        # glibc: freed blocks above this size go back to the kernel (docs/MEMORY.md)
+        if args.malloc_mmap_threshold:
+            env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
         torchrun = Path(sys.executable).parent / "torchrun"
         argv = [str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port),
-                "-m", "nexa_core", "train", "--model", str(model), *train_args(seq_len, steps)]  # fmt: skip
+                "-m", "nexa_core", "train", "--model", str(model), *train_args(args.seq_len, args.steps)]  # fmt: skip
         if not sharded:
             argv.append("--no-zero3-init")
-        if checkpointing:
+        if args.gradient_checkpointing:
             argv.append("--gradient-checkpointing")
         out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=3600)
         if out.returncode != 0:
@@ -131,12 +123,12 @@ def run(
         return [int(peaks[f"{PEAK_RSS_METRIC}{r}"]) for r in range(2)]
 
 
-def estimate_per_rank(model: Path, sharded: bool, checkpointing: bool, seq_len: int) -> tuple[int, int]:
+def estimate_per_rank(model: Path, sharded: bool, args: argparse.Namespace) -> tuple[int, int]:
     """(planner's host bytes per rank, exact parameter count) for this layout."""
     plan = make_plan(
-        PlanConfig(model=str(model), task="causal-lm", precision="fp32", batch_size=1, seq_len=seq_len, lora=True,
+        PlanConfig(model=str(model), task="causal-lm", precision="fp32", batch_size=1, seq_len=args.seq_len, lora=True,
                    gpus=0, cpu_ranks=2, random_init=True, zero3_init=sharded, host_memory_gb=1024,
-                   gradient_checkpointing=checkpointing)
+                   gradient_checkpointing=args.gradient_checkpointing)
     )  # fmt: skip
     (z3,) = [e for e in plan.estimates if e.layout.zero_stage == 3 and not e.layout.offload_optimizer]
     return z3.host.total_bytes // 2, plan.size.params
@@ -176,17 +168,8 @@ def main() -> int:
         os.environ["DEEPSPEED_CONFIG_FILE"] = str(ds_config)  # the planner reads the same max-live value
         rows = {}
         for sharded, port in ((True, 29611), (False, 29612)):
-            estimate, params = estimate_per_rank(model, sharded, args.gradient_checkpointing, args.seq_len)
-            measured = run(
-                model,
-                sharded,
-                ds_config,
-                port,
-                args.malloc_mmap_threshold,
-                args.gradient_checkpointing,
-                args.seq_len,
-                args.steps,
-            )
+            estimate, params = estimate_per_rank(model, sharded, args)
+            measured = run(model, sharded, ds_config, port, args)
             rows["sharded" if sharded else "whole"] = {
                 "measured_per_rank": measured,
                 "estimate_per_rank": estimate,
