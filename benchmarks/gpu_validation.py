@@ -99,6 +99,13 @@ def case(
 
 L1B = "meta-llama/Llama-3.2-1B"
 CASES = [
+    # ~1B first: the scale users plan for, kept if a device lease ends the run early
+    # Llama-3.2-1B: SwiGLU, GQA 32/8, vocabulary 128k
+    case("llama-3.2-1b bf16 zero2", L1B, batch_size=4, zero_stage=2),
+    case("llama-3.2-1b bf16 zero3", L1B, batch_size=4, zero_stage=3),
+    case("llama-3.2-1b bf16 zero3 offload both", L1B, batch_size=4, zero_stage=3, offload_optimizer="cpu", offload_param="cpu", dry_run=True),
+    case("llama-3.2-1b bf16 zero2 ckpt s2048", L1B, batch_size=4, seq_len=2048, zero_stage=2, gradient_checkpointing=True),
+    case("llama-3.2-1b bf16 lora16 ckpt", L1B, lora=True, lora_rank=16, gradient_checkpointing=True, dry_run=True),
     # ~0.1B: GPT-2 small through the precision and ZeRO paths; max_steps 3: peaks over steps 2+
     case("gpt2 bf16 no-deepspeed", "gpt2", deepspeed="off", dry_run=True),  # Accelerate alone, torch AdamW
     case("gpt2 bf16 zero0", "gpt2"),
@@ -110,12 +117,6 @@ CASES = [
     case("gpt2-medium bf16 zero2", "gpt2-medium", zero_stage=2),
     case("gpt2-medium bf16 zero2 offload", "gpt2-medium", zero_stage=2, offload_optimizer="cpu"),
     case("bert-large ner bf16 zero2", "bert-large-uncased", task="ner", batch_size=16, seq_len=512, zero_stage=2),
-    # ~1B Llama (SwiGLU, GQA 32/8, vocabulary 128k)
-    case("llama-3.2-1b bf16 zero2", L1B, batch_size=4, zero_stage=2),
-    case("llama-3.2-1b bf16 zero3", L1B, batch_size=4, zero_stage=3),
-    case("llama-3.2-1b bf16 zero3 offload both", L1B, batch_size=4, zero_stage=3, offload_optimizer="cpu", offload_param="cpu", dry_run=True),
-    case("llama-3.2-1b bf16 zero2 ckpt s2048", L1B, batch_size=4, seq_len=2048, zero_stage=2, gradient_checkpointing=True),
-    case("llama-3.2-1b bf16 lora16 ckpt", L1B, lora=True, lora_rank=16, gradient_checkpointing=True, dry_run=True),
 ]  # fmt: skip
 
 
@@ -298,6 +299,18 @@ def report(rows: list[dict[str, Any]], dry_run: bool) -> str:
     return "\n".join(lines)
 
 
+def result_path(out: Path | None, dry_run: bool, env: dict[str, Any]) -> Path:
+    """--out, else benchmarks/results/gpu_validation-<date>-<gpu>.json (a temporary folder for --dry-run)."""
+    date = time.strftime("%Y-%m-%d")
+    if out is None and dry_run:
+        out = Path(tempfile.mkdtemp(prefix="gpu_validation-")) / f"gpu_validation-{date}-cpu-dry-run.json"
+    elif out is None:
+        gpu = re.sub(r"[^a-z0-9]+", "-", env["gpu"].lower()).strip("-")
+        out = RESULTS / f"gpu_validation-{date}-{gpu}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -357,7 +370,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.list:
             return 0
         timeout = args.timeout or (180.0 if dry else 240.0)
-        rows, start = [], time.perf_counter()
+        out = result_path(args.out, dry, env)
+        payload: dict[str, Any] = {
+            "date": time.strftime("%Y-%m-%d"),
+            "dry_run": dry,
+            "environment": env,
+            "budget_s": BUDGET_S,
+            "estimated_s": round(total_est),
+            "wall_s": None,
+            "cases": [],
+        }
+        rows, start = payload["cases"], time.perf_counter()
         for case in cases:
             plan, est = plans[case.name]
             result = run_worker(case, dirs[case.name], dry, timeout)
@@ -379,33 +402,15 @@ def main(argv: list[str] | None = None) -> int:
                     "errors": errors,
                 }
             )
+            # Written after every case: a run cut short (a device lease ending) keeps what it measured.
+            payload["wall_s"] = round(time.perf_counter() - start, 1)
+            out.write_text(json.dumps(payload, indent=1))
             print(
                 f"  done {case.name} ({'FAILED' if 'error' in result else str(result['wall_s']) + ' s'})",
                 flush=True,
             )
         wall = time.perf_counter() - start
 
-    date = time.strftime("%Y-%m-%d")
-    if args.out:
-        out = args.out
-    elif dry:
-        out = Path(tempfile.mkdtemp(prefix="gpu_validation-")) / f"gpu_validation-{date}-cpu-dry-run.json"
-    else:
-        out = (
-            RESULTS
-            / f"gpu_validation-{date}-{re.sub(r'[^a-z0-9]+', '-', env['gpu'].lower()).strip('-')}.json"
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "date": date,
-        "dry_run": dry,
-        "environment": env,
-        "budget_s": BUDGET_S,
-        "estimated_s": round(total_est),
-        "wall_s": round(wall, 1),
-        "cases": rows,
-    }
-    out.write_text(json.dumps(payload, indent=1))
     print(report(rows, dry))
     if dry:
         print("dry run: tiny models on the CPU check the kit's code path, not the planner's GPU terms")
