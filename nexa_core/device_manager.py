@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,7 @@ DEFAULT_DEEPSPEED_CONFIG = deployment_file("deepspeed_config.json")
 DEFAULT_ACCELERATE_CONFIG = deployment_file("accelerate_config.yaml")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+log = logging.getLogger(__name__)
 
 
 def gpu_available() -> bool:
@@ -231,6 +234,32 @@ def ensure_distributed_env() -> None:
         os.environ["MASTER_PORT"] = str(_free_port())
 
 
+def deepspeed_arch_list(value: str) -> str:
+    """TORCH_CUDA_ARCH_LIST as DeepSpeed's JIT op builder can read it.
+
+    DeepSpeed 0.19.8 (op_builder/builder.py, ``compute_capability_args``) reads every entry as
+    integers, so the architecture-specific suffixes CUDA 12+ images set ("9.0a", Hopper's wgmma;
+    "10.0f") fail with "invalid literal for int() with base 10: '0a'" and FusedAdam never builds.
+    Measured: every GPU-optimizer case of benchmarks/gpu_validation.py failed so on an H200 image
+    with TORCH_CUDA_ARCH_LIST=9.0a (2026-12-04). Dropping the suffix builds the ops for the plain
+    architecture, which Adam's kernels need nothing beyond; "+PTX" is kept."""
+    return re.sub(r"(\d+\.\d+)[a-z]+", r"\1", value)
+
+
+def ensure_deepspeed_arch_list(environ: dict[str, str] | None = None) -> str | None:
+    """Rewrite TORCH_CUDA_ARCH_LIST in ``environ`` (default: this process's) for DeepSpeed's JIT
+    builder (see ``deepspeed_arch_list``); returns the new value when it changed, else None."""
+    environ = os.environ if environ is None else environ
+    old = environ.get("TORCH_CUDA_ARCH_LIST")
+    if not old or deepspeed_arch_list(old) == old:
+        return None
+    environ["TORCH_CUDA_ARCH_LIST"] = new = deepspeed_arch_list(old)
+    log.warning(
+        "TORCH_CUDA_ARCH_LIST %r read as %r: DeepSpeed's op builder cannot parse the suffix", old, new
+    )
+    return new
+
+
 def _free_port() -> int:
     import socket
 
@@ -267,6 +296,7 @@ def get_accelerator(
             **accelerator_kwargs,
         )
     ensure_distributed_env()
+    ensure_deepspeed_arch_list()  # before DeepSpeed JIT-builds FusedAdam / CPUAdam
     stage, _, _ = settings.layout()
     plugin = DeepSpeedPlugin(
         hf_ds_config=settings.deepspeed_config(precision),

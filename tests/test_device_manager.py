@@ -1,8 +1,10 @@
 import json
+import os
 
 import pytest
 import yaml
 
+from nexa_core import device_manager
 from nexa_core.device_manager import DEFAULT_ACCELERATE_CONFIG, DEFAULT_DEEPSPEED_CONFIG, DeepSpeedSettings
 from nexa_core.enums import DeepSpeedMode, Offload, Precision
 from nexa_core.errors import ConfigError
@@ -126,3 +128,43 @@ def test_a_runs_auto_mode_defers_to_use_deepspeed_and_explicit_choices_win(monke
     monkeypatch.delenv("USE_DEEPSPEED")
     assert TrainConfig().deepspeed_settings().deepspeed_enabled(has_gpu=True)
     assert not TrainConfig().deepspeed_settings().deepspeed_enabled(has_gpu=False)
+
+
+def test_arch_suffixes_that_deepspeed_cannot_parse_are_dropped():
+    # "9.0a" made every FusedAdam build fail on an H200 image (int('0a') in DeepSpeed's builder)
+    assert device_manager.deepspeed_arch_list("9.0a") == "9.0"
+    assert device_manager.deepspeed_arch_list("8.0;9.0a;10.0f+PTX") == "8.0;9.0;10.0+PTX"
+    assert device_manager.deepspeed_arch_list("7.5 8.6+PTX") == "7.5 8.6+PTX"
+    env = {"TORCH_CUDA_ARCH_LIST": "9.0a"}
+    assert device_manager.ensure_deepspeed_arch_list(env) == "9.0"
+    assert env == {"TORCH_CUDA_ARCH_LIST": "9.0"}
+    untouched = {"TORCH_CUDA_ARCH_LIST": "9.0+PTX"}
+    assert device_manager.ensure_deepspeed_arch_list(untouched) is None
+    assert untouched == {"TORCH_CUDA_ARCH_LIST": "9.0+PTX"}
+    assert device_manager.ensure_deepspeed_arch_list({}) is None
+
+
+def test_the_rewritten_list_is_one_deepspeeds_builder_accepts():
+    from deepspeed.ops.op_builder.builder import CUDAOpBuilder
+
+    class Probe(CUDAOpBuilder):  # only compute_capability_args is exercised; no build happens
+        NAME = "probe"
+
+        def __init__(self):
+            super().__init__(name=self.NAME)
+
+        def absolute_name(self):
+            return "probe"
+
+        def sources(self):
+            return []
+
+    probe = Probe()
+    probe.jit_mode = True
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_CUDA_ARCH_LIST", "9.0a")
+        with pytest.raises(ValueError, match="0a"):
+            probe.compute_capability_args()
+        mp.setenv("TORCH_CUDA_ARCH_LIST", device_manager.deepspeed_arch_list("9.0a"))
+        probe.compute_capability_args()  # JIT mode: leaves the list torch's extension build reads
+        assert os.environ["TORCH_CUDA_ARCH_LIST"] == "9.0+PTX"
