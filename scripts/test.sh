@@ -37,9 +37,8 @@ export NEXA_HOME="$(mktemp -d)/nexa_home"  # tests never touch the user's runs (
 if [ "$#" -gt 0 ]; then  # a chosen subset (-m e2e, a file, -k ...) runs as asked, in one process
   exec python -m pytest -q -ra --durations=20 "$@"
 fi
-# The whole suite: most tests on NEXA_TEST_WORKERS processes (pytest-xdist; a file's tests stay on one
-# worker, so module fixtures and their order hold), then the Slurm and browser tests on their own:
-# they share one private cluster and one app server. Measured on 2 cores: the trainer tests took 187 s
-# on 2 workers against 258 s in one process (many of their waits are process start-up and I/O).
-python -m pytest -q -ra --durations=20 -n "${NEXA_TEST_WORKERS:-2}" --dist loadfile -m "not slurm and not e2e"
-exec python -m pytest -q -ra --durations=10 -m "slurm or e2e"
+# The whole suite on NEXA_TEST_WORKERS processes (pytest-xdist). Tests are grouped (conftest.py): a
+# file's tests stay on one worker, and the Slurm and browser tests share one worker (one private
+# cluster, one app server). Measured on 2 cores: the trainer tests took 187 s on 2 workers against
+# 258 s in one process (many of their waits are process start-up, I/O and sleeps).
+exec python -m pytest -q -ra --durations=20 -n "${NEXA_TEST_WORKERS:-2}" --dist loadgroup
