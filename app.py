@@ -2,6 +2,11 @@
 
 from pathlib import Path
 
+# Imported here, first in every script run, so no page imports it lazily beside another thread: a
+# rerun's thread importing plotly next to the run it interrupted (importing transformers) made
+# Python's import-deadlock breaker hand one of them a half-initialised pandas ("partially
+# initialized module 'pandas' has no attribute 'Series'", seen in the browser test under load).
+import pandas  # noqa: F401
 import streamlit as st
 
 from nexa_ui.auth import access_pages

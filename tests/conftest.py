@@ -42,17 +42,6 @@ def nexa_home(tmp_path, monkeypatch):
 SLURM_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "slurm_local.sh"
 
 
-def pytest_collection_modifyitems(config, items):
-    """Groups for pytest-xdist's --dist loadgroup (scripts/test.sh): a file's tests stay on one worker
-    (module fixtures, and the order they were written in), and the Slurm and browser tests form one
-    group: the private cluster and the app server exist once, and the scheduler's one-minute time
-    limit waits while the other worker trains."""
-    for item in items:
-        shared = item.get_closest_marker("slurm") or item.get_closest_marker("e2e")
-        group = "slurm-and-browser" if shared else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
 def pytest_configure(config):
     # registered beside the fixture it belongs to (the other markers are in pyproject.toml)
     config.addinivalue_line(
