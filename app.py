@@ -2,10 +2,10 @@
 
 from pathlib import Path
 
-# Imported here, first in every script run, so no page imports it lazily beside another thread: a
-# rerun's thread importing plotly next to the run it interrupted (importing transformers) made
-# Python's import-deadlock breaker hand one of them a half-initialised pandas ("partially
-# initialized module 'pandas' has no attribute 'Series'", seen in the browser test under load).
+# pandas is imported here, first in every script run, so that it is whole before any page draws a chart:
+# plotly looks pandas up in sys.modules without importing it (get_module("pandas", should_load=False)),
+# so while another session's script thread is still importing pandas, a chart got the half-initialised
+# module ("partially initialized module 'pandas' has no attribute 'Series'", the browser test under load).
 import pandas  # noqa: F401
 import streamlit as st
 

@@ -32,15 +32,6 @@ fi
 # root or with sudo; otherwise those tests are skipped with the command to run).
 bash "$ROOT/scripts/slurm_local.sh" install || echo "nexa: the Slurm tests will be skipped" >&2
 
-export NEXA_HOME="$(mktemp -d)/nexa_home"  # tests never touch the user's runs (one per worker: conftest.py)
+export NEXA_HOME="$(mktemp -d)/nexa_home"  # tests never touch the user's runs
 # --durations: the slowest tests in every CI log, to keep the suite inside its time budget
-if [ "$#" -gt 0 ]; then  # a chosen subset (-m e2e, a file, -k ...) runs as asked, in one process
-  exec python -m pytest -q -ra --durations=20 "$@"
-fi
-# The whole suite on NEXA_TEST_WORKERS processes (pytest-xdist), a file's tests on one worker: module
-# fixtures (the browser tests' app server, the Slurm tests' private cluster) exist once and a file's
-# tests run in the order written. Measured on 2 cores: the trainer tests took 187 s on 2 workers
-# against 258 s in one process (many of their waits are process start-up, I/O and sleeps).
-# (--dist loadgroup would group files further, but with pytest 9.2 and xdist 3.8 it distributed a
-# file's tests one by one, even a file marked xdist_group as its docs show (checked on 6 tests).)
-exec python -m pytest -q -ra --durations=20 -n "${NEXA_TEST_WORKERS:-2}" --dist loadfile
+exec python -m pytest -q -ra --durations=20 "$@"

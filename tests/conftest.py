@@ -10,9 +10,6 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("NEXA_HOME"):
-    # each pytest-xdist worker its own home: launch locks and the one-run-per-device rule live there
-    os.environ["NEXA_HOME"] = os.path.join(os.environ["NEXA_HOME"], os.environ["PYTEST_XDIST_WORKER"])
 
 
 @pytest.fixture
