@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -260,6 +261,56 @@ def ensure_deepspeed_arch_list(environ: dict[str, str] | None = None) -> str | N
     return new
 
 
+# How long a JIT build lock may sit, with nothing in its op's folder changing, before it is taken for
+# stale. Assumed: DeepSpeed's CPU ops build here in under a minute (2 cores) and each compile step
+# writes its object file and .ninja_log entry; five minutes of silence leaves a wide margin.
+STALE_BUILD_LOCK_S = 300.0
+
+
+def stale_build_locks(root: Path, now: float, max_age_s: float = STALE_BUILD_LOCK_S) -> list[Path]:
+    """JIT build locks under ``root`` that no process is using: the lock and every file beside it
+    unchanged for ``max_age_s``.
+
+    torch's extension loader (cpp_extension ``FileBaton``) creates ``<op>/lock`` whenever a process
+    loads a DeepSpeed op, built or not, and every other loader polls until the file is gone. A process
+    killed while holding it (a rank the kernel or Slurm killed for memory during start-up, a kill -9)
+    leaves the file, and every later DeepSpeed process on the machine then waits forever: seen here,
+    both ranks of a run idle for minutes behind ``deepspeed_shm_comm/lock``."""
+    found = []
+    for lock in [*root.glob("*/lock"), *root.glob("*/*/lock")]:
+        try:
+            newest = max(entry.stat().st_mtime for entry in lock.parent.iterdir())
+        except (FileNotFoundError, ValueError):  # released or emptied meanwhile
+            continue
+        if now - newest > max_age_s:
+            found.append(lock)
+    return found
+
+
+def clear_stale_build_locks(root: Path | None = None) -> list[Path]:
+    """Remove stale JIT build locks (``stale_build_locks``) from torch's extension folder
+    (TORCH_EXTENSIONS_DIR, else torch's default root) before DeepSpeed loads its ops."""
+    if root is None:
+        env = os.environ.get("TORCH_EXTENSIONS_DIR")
+        if env:
+            root = Path(env)
+        else:
+            from torch.utils.cpp_extension import get_default_build_root
+
+            root = Path(get_default_build_root())
+    removed = []
+    for lock in stale_build_locks(root, time.time()):
+        try:
+            lock.unlink()
+        except FileNotFoundError:
+            continue
+        log.warning(
+            "removed %s: a JIT build lock no process has touched for %.0f s", lock, STALE_BUILD_LOCK_S
+        )
+        removed.append(lock)
+    return removed
+
+
 def _free_port() -> int:
     import socket
 
@@ -297,6 +348,7 @@ def get_accelerator(
         )
     ensure_distributed_env()
     ensure_deepspeed_arch_list()  # before DeepSpeed JIT-builds FusedAdam / CPUAdam
+    clear_stale_build_locks()  # before DeepSpeed loads its ops, or it waits on a dead process's lock
     stage, _, _ = settings.layout()
     plugin = DeepSpeedPlugin(
         hf_ds_config=settings.deepspeed_config(precision),

@@ -168,3 +168,42 @@ def test_the_rewritten_list_is_one_deepspeeds_builder_accepts():
         mp.setenv("TORCH_CUDA_ARCH_LIST", device_manager.deepspeed_arch_list("9.0a"))
         probe.compute_capability_args()  # JIT mode: leaves the list torch's extension build reads
         assert os.environ["TORCH_CUDA_ARCH_LIST"] == "9.0+PTX"
+
+
+def test_a_build_lock_a_killed_process_left_is_cleared_and_a_live_build_is_not(tmp_path):
+    import time
+
+    dead = tmp_path / "py311_cpu" / "deepspeed_shm_comm"
+    live = tmp_path / "py311_cpu" / "cpu_adam"
+    for folder in (dead, live):
+        folder.mkdir(parents=True)
+        (folder / "build.ninja").write_text("")
+        (folder / "lock").write_text("")
+    old = time.time() - device_manager.STALE_BUILD_LOCK_S - 60
+    for entry in (dead / "build.ninja", dead / "lock", live / "lock"):
+        os.utime(entry, (old, old))
+    # cpu_adam's lock is old too, but its build wrote build.ninja just now: still in use
+    assert device_manager.stale_build_locks(tmp_path, time.time()) == [dead / "lock"]
+    assert device_manager.clear_stale_build_locks(tmp_path) == [dead / "lock"]
+    assert not (dead / "lock").exists() and (live / "lock").exists()
+
+
+def test_torchs_own_loader_proceeds_once_the_stale_lock_is_cleared(tmp_path):
+    """The waiting side is torch's FileBaton, which polls until the lock file is gone."""
+    import threading
+    import time
+
+    from torch.utils.file_baton import FileBaton
+
+    lock = tmp_path / "op" / "lock"
+    lock.parent.mkdir()
+    lock.write_text("")  # left by a killed loader
+    old = time.time() - device_manager.STALE_BUILD_LOCK_S - 1
+    os.utime(lock, (old, old))
+    waiter = threading.Thread(target=FileBaton(str(lock), wait_seconds=0.05).wait, daemon=True)
+    waiter.start()
+    time.sleep(0.2)
+    assert waiter.is_alive()  # waiting on the dead process's lock
+    device_manager.clear_stale_build_locks(tmp_path)
+    waiter.join(timeout=5)
+    assert not waiter.is_alive()
