@@ -361,12 +361,18 @@ def run_processes(run: dict[str, Any]) -> list[psutil.Process]:
         return []
     root = _same_process(pgid, run.get("pid_create_time"))
     procs: dict[int, psutil.Process] = {}
+    children: list[psutil.Process] = []
     if root is not None:
-        procs[root.pid] = root
-        for child in root.children(recursive=True):
-            if _carries_other_run(child, run.get("id")):
-                continue  # the next queued run, started by this run's supervisor as it ends
-            procs[child.pid] = child
+        try:
+            children = root.children(recursive=True)
+        except psutil.Error:  # the supervisor ended since _same_process saw it (seen in the suite)
+            root = None
+        else:
+            procs[root.pid] = root
+    for child in children:
+        if _carries_other_run(child, run.get("id")):
+            continue  # the next queued run, started by this run's supervisor as it ends
+        procs[child.pid] = child
     for proc in psutil.process_iter(["pid"]):
         try:
             if proc.pid in procs or os.getpgid(proc.pid) != pgid or proc.status() == psutil.STATUS_ZOMBIE:

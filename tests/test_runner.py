@@ -218,3 +218,15 @@ def test_a_dataset_that_is_not_a_regular_file_is_named_for_what_it_is(nexa_home,
 
     assert cli.main(["launch", "--dataset", path, "--max-steps", "1", "--deepspeed", "off"]) == 2
     assert f"nexa launch: error: dataset (--dataset): {path!r} {says}" in capsys.readouterr().err
+
+
+def test_a_supervisor_that_ends_while_its_processes_are_listed_is_not_an_error(monkeypatch):
+    """run_processes found the supervisor alive, then it ended before its children were listed:
+    psutil raised NoSuchProcess out of runner.wait (seen once in the suite)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    seen = psutil.Process(proc.pid)
+    proc.wait()
+    with pytest.raises(psutil.NoSuchProcess):
+        seen.children(recursive=True)
+    monkeypatch.setattr(runner, "_same_process", lambda pid, create_time: seen)
+    assert runner.run_processes({"id": "r1", "pid": proc.pid, "pid_create_time": 0.0}) == []
