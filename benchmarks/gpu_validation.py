@@ -299,9 +299,8 @@ def report(rows: list[dict[str, Any]], dry_run: bool) -> str:
     return "\n".join(lines)
 
 
-def result_path(out: Path | None, dry_run: bool, env: dict[str, Any]) -> Path:
+def result_path(out: Path | None, dry_run: bool, env: dict[str, Any], date: str) -> Path:
     """--out, else benchmarks/results/gpu_validation-<date>-<gpu>.json (a temporary folder for --dry-run)."""
-    date = time.strftime("%Y-%m-%d")
     if out is None and dry_run:
         out = Path(tempfile.mkdtemp(prefix="gpu_validation-")) / f"gpu_validation-{date}-cpu-dry-run.json"
     elif out is None:
@@ -370,9 +369,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.list:
             return 0
         timeout = args.timeout or (180.0 if dry else 240.0)
-        out = result_path(args.out, dry, env)
+        date = time.strftime("%Y-%m-%d")
+        out = result_path(args.out, dry, env, date)
         payload: dict[str, Any] = {
-            "date": time.strftime("%Y-%m-%d"),
+            "date": date,
             "dry_run": dry,
             "environment": env,
             "budget_s": BUDGET_S,
