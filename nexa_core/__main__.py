@@ -1,5 +1,5 @@
 """``python -m nexa_core`` is the same as the ``nexa`` command."""
 
-from nexa_core.cli import main
+from nexa_core.entry import main
 
-raise SystemExit(main())
+main()
