@@ -16,6 +16,7 @@ from nexa_core.commands.bench import (
     cmd_cost,
     cmd_probe,
 )
+from nexa_core.commands.ops import add_ops_args, cmd_ops
 from nexa_core.commands.plan import add_plan_args, cmd_plan
 from nexa_core.commands.runs import (
     add_launch_args,
@@ -55,6 +56,11 @@ COMMANDS: dict[
         "try a run's model (or an exported folder) on text: entities, labels, similarity, text",
     ),
     "presets": (add_presets_args, cmd_presets, "save, list, show and delete named launch configurations"),
+    "ops": (
+        add_ops_args,
+        cmd_ops,
+        "build DeepSpeed's C++ ops (CPU Adam, FusedAdam on GPUs) ahead of the first run",
+    ),
     "serve": (add_serve_args, cmd_serve, "start the panel (refuses unsafe exposure; see docs/SECURITY.md)"),
 }
 

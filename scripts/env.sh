@@ -19,6 +19,21 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
+# DeepSpeed JIT-builds its C++ ops (CPU Adam; the all-reduce between CPU ranks, or FusedAdam on a
+# GPU) the first time a run loads them: about a minute here, with the run showing no step. Built
+# once per environment, into the environment's own folder (torch rebuilds an op whenever another
+# environment built it last): nexa_core/deepspeed_ops.py. A failed build is not fatal; the first
+# run that needs the op then builds it.
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$VENV/torch_extensions}"
+OPS_STAMP="$VENV/.nexa-ops-built"
+if [ "$(cat "$OPS_STAMP" 2>/dev/null)" != "$want $TORCH_EXTENSIONS_DIR" ]; then
+  echo "nexa: building DeepSpeed's C++ ops for this environment (nexa ops; about a minute, once)"
+  if "$VENV/bin/python" -m nexa_core ops; then
+    echo "$want $TORCH_EXTENSIONS_DIR" > "$OPS_STAMP"
+  else
+    echo "nexa: an op did not build (above); a run that needs it builds it when it starts" >&2
+  fi
+fi
 # Embedded defaults: runs under ./.nexa unless NEXA_HOME says otherwise; never reach the model hub
 # unless HF_HUB_OFFLINE=0 is set explicitly.
 export NEXA_HOME="${NEXA_HOME:-$ROOT/.nexa}"
