@@ -135,6 +135,24 @@ def text_problems(field: str, value: object, max_chars: int) -> list[str]:
     return []
 
 
+def output_problems(field: str, path: Path, folder: bool = False) -> list[str]:
+    """Why a command cannot write its output (a file, or a folder of files when ``folder``) at
+    ``path``; [] when it can. Missing parent folders are created here, so that a command that
+    measures for minutes before it writes finds out first (seen: `nexa bench --report out/r.html`
+    measured every technique, then failed on the missing out/ with a traceback)."""
+    target = path if folder else path.parent
+    try:
+        if path.exists() and path.is_dir() != folder:
+            kind = "a folder" if path.is_dir() else "a file"
+            return [f"{field}: {path} is {kind}; give {'a folder' if folder else 'a file name'}"]
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return [f"{field}: cannot create {target} ({exc.strerror})"]
+    if not os.access(target, os.W_OK):
+        return [f"{field}: {target} is not writable"]
+    return []
+
+
 def new_run_id(name: str | None = None) -> str:
     """``<UTC yyyymmdd-HHMMSS>-<slug of name or 'run'>-<6 hex>``, always a valid run id."""
     slug = re.sub(r"[^a-z0-9-]+", "-", (name or "run").lower()).strip("-")[:40].strip("-") or "run"

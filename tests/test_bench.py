@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow
 def test_bench_measures_each_technique_and_writes_a_self_contained_report(nexa_home, tmp_path):
     """One ZeRO stage with offload, LoRA and a GPU-only technique beside the baseline: each ZeRO stage
     and offload is trained, and its engine layout read back, in tests/test_trainer.py."""
-    report, table, pngs = tmp_path / "report.html", tmp_path / "table.csv", tmp_path / "png"
+    # the report goes into a folder that does not exist yet: bench creates it before measuring
+    report, table, pngs = tmp_path / "out" / "report.html", tmp_path / "table.csv", tmp_path / "png"
     out = subprocess.run(
         [sys.executable, "-m", "nexa_core", "bench", "sentence-transformers/all-MiniLM-L6-v2", "--task", "ner",
          "--techniques", "baseline,zero3-offload,lora,fp16", "--steps", "4", "--batch-size", "4",
@@ -59,6 +60,20 @@ def test_png_export_without_a_browser_is_one_clear_message(nexa_home, monkeypatc
     # the CLI refuses before measuring anything: exit 2, no bench run started
     assert cli.main(["bench", "--techniques", "baseline", "--png-dir", str(tmp_path / "png")]) == 2
     assert not (tmp_path / "png").exists() and not (nexa_home / "runs").exists()
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_anything_is_measured(nexa_home, tmp_path, capsys):
+    from nexa_core import cli
+
+    (tmp_path / "a-folder").mkdir()
+    (tmp_path / "a-file").write_text("x")
+    argv = ["bench", "--techniques", "baseline", "--csv", str(tmp_path / "a-folder"),
+            "--report", str(tmp_path / "a-file" / "report.html")]  # fmt: skip
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "csv (--csv): " in err and "is a folder; give a file name" in err
+    assert "report (--report): cannot create " in err
+    assert not (nexa_home / "runs").exists()  # no technique run was started
 
 
 def test_bench_config_validation():

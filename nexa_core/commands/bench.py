@@ -11,7 +11,8 @@ from nexa_core.commands._output import print_result
 from nexa_core.commands.plan import add_plan_args
 from nexa_core.commands.train import TRAIN_FIELDS, add_train_args
 from nexa_core.enums import Task
-from nexa_core.errors import ConfigError
+from nexa_core.errors import ConfigError, raise_if
+from nexa_core.paths import output_problems
 
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:
@@ -66,6 +67,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     if args.png_dir and png_browser() is None:  # say so before minutes of measuring, not after
         raise ConfigError([PNG_NEEDS_A_BROWSER])
+    outputs = [("report (--report)", args.report, False), ("csv (--csv)", args.csv, False),
+               ("png_dir (--png-dir)", args.png_dir, True)]  # fmt: skip
+    raise_if(
+        [p for field, value, folder in outputs if value for p in output_problems(field, Path(value), folder)]
+    )
     comparison_id, _ = start_comparison(config, comparison_id=args.save_as)
     print(f"comparison {comparison_id}: one queued run per technique (nexa runs queue; the Compare page "
           "shows it too); stopping this command leaves them running", file=sys.stderr, flush=True)  # fmt: skip
@@ -83,7 +89,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.csv:
         Path(args.csv).write_text(to_csv(result), encoding="utf-8")
     if args.png_dir:
-        Path(args.png_dir).mkdir(parents=True, exist_ok=True)
         for chart in CHARTS:
             (Path(args.png_dir) / f"{chart}.png").write_bytes(to_png(result, chart))
     if args.json:
