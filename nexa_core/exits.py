@@ -49,7 +49,8 @@ def last_error_line(text: str) -> str | None:
 # torchrun's summary when a worker fails: the first failure is the cause, the rest are its echo
 # (the agent then stops every other rank, and those report connection or signal errors).
 _ROOT_CAUSE = re.compile(r"Root Cause \(first observed failure\):(.*?)(?:={20,}|\Z)", re.S)
-_FIELD = re.compile(r"^\s*(host|rank|exitcode)\s*:\s*(.+?)\s*$", re.M)
+_FIELD = re.compile(r"^\s*(time|host|rank|exitcode)\s*:\s*(.+?)\s*$", re.M)
+_FAILURE_ENTRY = re.compile(r"^\[\d+\]:$", re.M)  # each failure of the report: "[1]:" then its fields
 # What each rank of `nexa train` says (commands/train.py): when it starts, and when it ends early.
 _RANK_STARTED = re.compile(r"nexa train: rank (\d+) of \d+ started on (\S+)")
 _RANK_ENDED = re.compile(r"nexa train: (failed|stopped) \(rank (\d+)\):")
@@ -65,15 +66,9 @@ def failed_rank(log: str) -> dict[str, Any] | None:
     no rank: a rank that raised says so itself (its "failed (rank N)" line comes first, the others'
     connection errors after); a rank killed by a signal says nothing, so it is the one rank that
     started and never reported an end. "rank" is None when the log cannot tell which rank it was."""
-    blocks = _ROOT_CAUSE.findall(log)
-    if blocks:
-        fields = dict(_FIELD.findall(blocks[-1]))
-        rank, code = (
-            re.match(r"-?\d+", fields.get("rank", "")),
-            re.match(r"-?\d+", fields.get("exitcode", "")),
-        )
-        if rank and code:
-            return {"rank": int(rank.group()), "host": fields.get("host"), "exitcode": int(code.group())}
+    root = _torchrun_root_cause(log)
+    if root:
+        return root
     launcher_codes = _DS_LAUNCHER_EXIT.findall(log)
     if launcher_codes and int(launcher_codes[-1]) < 0:
         started = dict(_RANK_STARTED.findall(log))
@@ -84,6 +79,40 @@ def failed_rank(log: str) -> dict[str, Any] | None:
         return {"rank": rank, "host": host, "exitcode": int(launcher_codes[-1])}
     first = _RANK_ENDED.search(log)
     return {"rank": int(first.group(2)), "host": None, "exitcode": None} if first else None
+
+
+def _torchrun_failure(block: str) -> dict[str, Any] | None:
+    fields = dict(_FIELD.findall(block))
+    rank = re.match(r"-?\d+", fields.get("rank", ""))
+    code = re.match(r"-?\d+", fields.get("exitcode", ""))
+    if not (rank and code):
+        return None
+    return {
+        "rank": int(rank.group()),
+        "host": fields.get("host"),
+        "exitcode": int(code.group()),
+        "time": fields.get("time"),
+    }
+
+
+def _torchrun_root_cause(log: str) -> dict[str, Any] | None:
+    """torchrun's root cause, corrected for its clock: it stamps a rank that left no error file
+    with the second its agent noticed, so a rank killed by SIGKILL and the rank that then lost its
+    connection to it share one second, and the tie goes to the lower rank: the echo (seen: rank 1
+    killed, "Root Cause: rank 0, exitcode 1, Connection closed by peer"). Within the root cause's
+    second a SIGKILLed rank is the cause: the agent itself ends the other ranks with SIGTERM."""
+    reports = _ROOT_CAUSE.findall(log)
+    if not reports:
+        return None
+    root = _torchrun_failure(reports[-1])
+    if root is None:
+        return None
+    report_start = log.rfind("Failures:", 0, log.rfind("Root Cause (first observed failure):"))
+    others = [] if report_start < 0 else _FAILURE_ENTRY.split(log[report_start : log.rfind("Root Cause")])
+    tied = [f for f in map(_torchrun_failure, others) if f and f["time"] == root["time"]]
+    killed = [f for f in tied if f["exitcode"] == -signal.SIGKILL]
+    chosen = killed[0] if root["exitcode"] != -signal.SIGKILL and killed else root
+    return {k: chosen[k] for k in ("rank", "host", "exitcode")}
 
 
 def rank_error_line(log: str, rank: int) -> str | None:

@@ -251,6 +251,38 @@ def test_failure_summary_names_the_rank_that_failed_first():
     assert classify_exit(1, killed)[1].startswith("rank 1 on node-b: killed (SIGKILL)")
 
 
+def test_a_sigkilled_rank_in_the_root_causes_second_is_the_cause_not_its_echo():
+    """torchrun stamps ranks without an error file with the second its agent saw them end; a rank
+    killed by SIGKILL and the rank that lost its connection to it then tie, and torchrun names the
+    lower rank (the report below is one a run printed here, trimmed)."""
+
+    def report(other_code: str) -> str:
+        return (
+            "nexa train: failed (rank 0): RuntimeError: [pair.cc:553] Connection closed by peer [127.0.0.1]:51865.\n"
+            "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n"
+            "============================================================\nnexa_core FAILED\n"
+            "------------------------------------------------------------\nFailures:\n[1]:\n"
+            "  time      : 2026-12-04_15:59:52\n  host      : localhost\n  rank      : 1 (local_rank: 1)\n"
+            f"  exitcode  : {other_code} (pid: 22018)\n  error_file: <N/A>\n"
+            "------------------------------------------------------------\n"
+            "Root Cause (first observed failure):\n[0]:\n  time      : 2026-12-04_15:59:52\n  host      : localhost\n"
+            "  rank      : 0 (local_rank: 0)\n  exitcode  : 1 (pid: 22017) \n  error_file: <N/A>\n"
+            "============================================================\n"
+        )
+
+    reason = classify_exit(1, report("-9"))[1]
+    assert reason.startswith("rank 1 on localhost: killed (SIGKILL) without a stop request"), reason
+    # the agent ends the other ranks with SIGTERM: a rank that raised stays the cause
+    reason = classify_exit(1, report("-15"))[1]
+    assert reason.startswith("rank 0 on localhost: exit code 1: nexa train: failed (rank 0)"), reason
+    # a SIGKILL in a later second is not part of the tie
+    later = report("-9").replace(
+        "time      : 2026-12-04_15:59:52\n  host      : localhost\n  rank      : 1",
+        "time      : 2026-12-04_15:59:53\n  host      : localhost\n  rank      : 1",
+    )
+    assert classify_exit(1, later)[1].startswith("rank 0 on localhost: exit code 1"), later
+
+
 def test_the_deepspeed_launcher_s_killed_rank_is_the_one_that_never_said_how_it_ended():
     """That launcher names no rank: its last line carries the first failed rank's exit status (with
     the last rank's command, whichever failed), and the survivors' errors are only the echo."""
