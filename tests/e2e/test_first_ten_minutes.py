@@ -8,6 +8,7 @@ screenshots to docs/img/."""
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Locator, Page, expect
+
+from tests.e2e.conftest import SCREENSHOTS_ENV
 
 STEPS = 20  # few enough for CI on 2 cores, enough to watch the loss curve grow live
 BATCH, SEQ_LEN = 4, 64  # small steps; the bundled NER sentences are shorter than 64 tokens anyway
@@ -100,8 +103,13 @@ class Tour:
 
     def screenshot(self, name: str) -> None:
         """The whole page: Streamlit scrolls inside its main block, so the window is made as tall as
-        the content (at most 2400 px) for the picture, then put back."""
+        the content (at most 2400 px) for the picture, then put back. The pauses that let the charts
+        settle are for the README's pictures only; a test run's pictures go to a temp folder, and
+        2.5 s each was 15 s of the tour."""
         self.shots.mkdir(parents=True, exist_ok=True)
+        if os.environ.get(SCREENSHOTS_ENV) != "1":
+            self.page.screenshot(path=str(self.shots / f"{name}.png"))
+            return
         self.page.wait_for_timeout(1500)  # let plotly finish its transitions before the picture
         size = self.page.viewport_size or {"width": 1400, "height": 1000}
         height = self.page.evaluate("() => document.querySelector('[data-testid=stMain]').scrollHeight")
