@@ -34,4 +34,14 @@ bash "$ROOT/scripts/slurm_local.sh" install || echo "nexa: the Slurm tests will 
 
 export NEXA_HOME="$(mktemp -d)/nexa_home"  # tests never touch the user's runs
 # --durations: the slowest tests in every CI log, to keep the suite inside its time budget
-exec python -m pytest -q -ra --durations=20 "$@"
+if [ "$#" -gt 0 ]; then  # a selection (`-m e2e`, a file, -k ...): one process, as given
+  exec python -m pytest -q -ra --durations=20 "$@"
+fi
+# The whole suite in two parts. First every test that can share the machine, on two pytest-xdist
+# workers (most of them wait on a training process that uses one core of the reference machine's
+# two). Then the Slurm jobs and the browser tests in one process: the private Slurm cluster is one per
+# session, its time-limit and memory tests and the browser's page loads want the machine alone.
+status=0
+python -m pytest -q -ra --durations=20 -n "${NEXA_TEST_WORKERS:-2}" -m "not slurm and not e2e" || status=$?
+python -m pytest -q -ra --durations=10 -m "slurm or e2e" || status=$?
+exit "$status"

@@ -223,12 +223,13 @@ def test_resume_after_stop_matches_an_uninterrupted_run(nexa_home, tmp_path):
 def test_two_rank_zero3_run_completes_and_exports(nexa_home, tmp_path):
     from transformers import AutoModelForTokenClassification
 
+    from nexa_core.device_manager import _free_port
     from nexa_core.export import export_checkpoint
 
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     env = dict(os.environ, NEXA_HOME=str(nexa_home), NEXA_RUN_ID="two-ranks")
     out = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", "29533",
+        [torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
          "-m", "nexa_core", "train", "--model", MINILM, "--max-steps", "2", *FAST,
          "--deepspeed", "on", "--zero-stage", "3", "--json"],
         capture_output=True, text=True, timeout=600, env=env,
