@@ -254,9 +254,10 @@ def test_two_rank_zero3_run_completes_and_exports(nexa_home, tmp_path):
 
 def test_ner_fine_tuning_learns(nexa_home):
     """The real MiniLM on the shipped utility NER set: entity F1 far above the untrained model's."""
-    # one epoch (25 steps) at lr 5e-4: F1 0.94 (seed 0) and 0.98 (seed 1) measured 2026-12-04; untrained 0.018
-    result = nexa_train(nexa_home, "--model", MINILM, "--epochs", "1", "--batch-size", "16", "--seq-len", "64",
-                        "--lr", "5e-4", "--deepspeed", "off", "--seed", "0")  # fmt: skip
+    # 12 steps at lr 5e-4: F1 0.77 (seed 0) and 0.81 (seed 1), measured 2026-12-04 (one epoch, 25 steps:
+    # 0.94 and 0.98); untrained 0.018
+    result = nexa_train(nexa_home, "--model", MINILM, "--max-steps", "12", "--batch-size", "16", "--seq-len", "64",
+                        "--lr", "5e-4", "--deepspeed", "off", "--seed", "0", "--no-save")  # fmt: skip
     assert result["f1"] >= 0.6, result
 
 
