@@ -158,4 +158,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from nexa_core import entry
+
+    entry.install()  # end without the interpreter's teardown, as `nexa` does (about 1 s a case)
+    entry.finish(main())
