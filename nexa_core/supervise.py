@@ -9,9 +9,12 @@ so a queue moves on with no panel or terminal open.
 
 from __future__ import annotations
 
+import glob
+import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from nexa_core.exits import classify_exit, log_tail
 from nexa_core.runstore import TERMINAL, RunState, RunStore
@@ -28,6 +31,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     child = subprocess.Popen(command, stdin=subprocess.DEVNULL)  # inherits stdout/stderr: the run log
     returncode = child.wait()
+    remove_shm_buffers(command)
     store = RunStore()
     run = store.get_run(run_id) or {}
     state, reason = classify_exit(
@@ -40,6 +44,31 @@ def main(argv: list[str]) -> int:
         store.update_run(run_id, exit_code=returncode)
     _start_next(store)
     return 0
+
+
+# DeepSpeed's all-reduce between CPU ranks on one machine (csrc/cpu/comm/shm.cpp, used when the
+# DeepSpeed launcher sets LOCAL_SIZE) maps one file per rank in /dev/shm, named after the run's
+# rendezvous, and never unlinks it: 66 MiB per rank measured here (DeepSpeed 0.19.8), left behind by
+# every such run, finished or killed, until /dev/shm (RAM) fills.
+SHM_DIR = Path("/dev/shm")
+
+
+def shm_buffers(command: list[str], uid: int, shm_dir: Path = SHM_DIR) -> list[Path]:
+    """The all-reduce buffers of the run that ``command`` (its launcher argv) started."""
+
+    def flag(name: str) -> str | None:
+        return command[command.index(name) + 1] if name in command[:-1] else None
+
+    addr, port = flag("--master_addr"), flag("--master_port")
+    if not (addr and port and port.isdigit()):
+        return []
+    return sorted(shm_dir.glob(f"deepspeed_allreduce_buffer_{uid}_{glob.escape(addr)}_{port}_*"))
+
+
+def remove_shm_buffers(command: list[str]) -> None:
+    """Once every rank has ended: no process maps them any more (the port is this run's own)."""
+    for path in shm_buffers(command, os.getuid()):
+        path.unlink(missing_ok=True)
 
 
 def _start_next(store: RunStore) -> None:

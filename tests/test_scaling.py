@@ -19,6 +19,7 @@ from nexa_core.errors import ConfigError
 from nexa_core.exits import classify_exit
 from nexa_core.launch import LaunchMode, RunSpec, build_launch
 from nexa_core.runstore import RunState, RunStore
+from nexa_core.supervise import shm_buffers
 from nexa_core.train_config import TrainConfig
 from tests.run_helpers import processes_carrying, wait_for_step
 
@@ -283,6 +284,26 @@ def test_a_sigkilled_rank_in_the_root_causes_second_is_the_cause_not_its_echo():
     assert classify_exit(1, later)[1].startswith("rank 0 on localhost: exit code 1"), later
 
 
+def test_a_runs_cpu_all_reduce_buffers_are_found_by_its_rendezvous_and_no_others(tmp_path):
+    names = ["deepspeed_allreduce_buffer_0_127.0.0.1_40001_0", "deepspeed_allreduce_buffer_0_127.0.0.1_40001_1",
+             "deepspeed_allreduce_buffer_0_127.0.0.1_400011_0",  # another run's port
+             "deepspeed_allreduce_buffer_1000_127.0.0.1_40001_0",  # another user's
+             "deepspeed_allreduce_buffer_0_10.0.0.1_40001_0"]  # fmt: skip
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    command = [
+        "python",
+        "-m",
+        "deepspeed.launcher.runner",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        "40001",
+    ]
+    assert [p.name for p in shm_buffers(command, 0, tmp_path)] == names[:2]
+    assert shm_buffers(["python", "-m", "nexa_core", "train"], 0, tmp_path) == []  # no rendezvous: none
+
+
 def test_the_deepspeed_launcher_s_killed_rank_is_the_one_that_never_said_how_it_ended():
     """That launcher names no rank: its last line carries the first failed rank's exit status (with
     the last rank's command, whichever failed), and the survivors' errors are only the echo."""
@@ -332,6 +353,7 @@ def test_two_rank_zero3_through_the_deepspeed_launcher_completes_and_exports(nex
     run = runner.wait(runner.launch(RunSpec(train, LaunchMode.DEEPSPEED, nproc=2)), timeout_s=600)
     assert run["state"] == "succeeded", (run["reason"], runner.logs(run["id"])[-3000:])
     assert "deepspeed.launcher.runner" in " ".join(run["command"])
+    assert not shm_buffers(run["command"], os.getuid())  # DeepSpeed's CPU all-reduce files, removed
     store = RunStore()
     assert [s for s, _, _ in store.metrics(run["id"], ["loss"])["loss"]] == [1, 2]  # rank 0 alone writes
     assert {row["rank"] for row in store.memory(run["id"])} == {0, 1}
@@ -380,5 +402,6 @@ def test_killing_one_rank_fails_the_run_with_that_ranks_summary_and_leaves_nothi
     run = runner.wait(run_id, timeout_s=120)
     assert run["state"] == "failed"
     assert run["reason"].startswith("rank 1 on ") and "killed (SIGKILL)" in run["reason"], run["reason"]
+    assert not shm_buffers(run["command"], os.getuid())
     assert not [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not processes_carrying(run_id)
