@@ -68,7 +68,10 @@ def shm_buffers(command: list[str], uid: int, shm_dir: Path = SHM_DIR) -> list[P
 def remove_shm_buffers(command: list[str]) -> None:
     """Once every rank has ended: no process maps them any more (the port is this run's own)."""
     for path in shm_buffers(command, os.getuid()):
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:  # never in the way of recording how the run ended
+            continue
 
 
 def _start_next(store: RunStore) -> None:
