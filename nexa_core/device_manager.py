@@ -287,17 +287,21 @@ def stale_build_locks(root: Path, now: float, max_age_s: float = STALE_BUILD_LOC
     return found
 
 
+def extension_root() -> Path:
+    """torch's extension folder: TORCH_EXTENSIONS_DIR, else torch's default root (under which torch
+    adds a ``py311_cpu``-style level)."""
+    env = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if env:
+        return Path(env)
+    from torch.utils.cpp_extension import get_default_build_root
+
+    return Path(get_default_build_root())
+
+
 def clear_stale_build_locks(root: Path | None = None) -> list[Path]:
     """Remove stale JIT build locks (``stale_build_locks``) from torch's extension folder
-    (TORCH_EXTENSIONS_DIR, else torch's default root) before DeepSpeed loads its ops."""
-    if root is None:
-        env = os.environ.get("TORCH_EXTENSIONS_DIR")
-        if env:
-            root = Path(env)
-        else:
-            from torch.utils.cpp_extension import get_default_build_root
-
-            root = Path(get_default_build_root())
+    (``extension_root``) before DeepSpeed loads its ops."""
+    root = extension_root() if root is None else root
     removed = []
     for lock in stale_build_locks(root, time.time()):
         try:

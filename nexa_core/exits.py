@@ -107,8 +107,9 @@ def _torchrun_root_cause(log: str) -> dict[str, Any] | None:
     root = _torchrun_failure(reports[-1])
     if root is None:
         return None
-    report_start = log.rfind("Failures:", 0, log.rfind("Root Cause (first observed failure):"))
-    others = [] if report_start < 0 else _FAILURE_ENTRY.split(log[report_start : log.rfind("Root Cause")])
+    cause_at = log.rfind("Root Cause (first observed failure):")
+    report_start = log.rfind("Failures:", 0, cause_at)
+    others = [] if report_start < 0 else _FAILURE_ENTRY.split(log[report_start:cause_at])
     tied = [f for f in map(_torchrun_failure, others) if f and f["time"] == root["time"]]
     killed = [f for f in tied if f["exitcode"] == -signal.SIGKILL]
     chosen = killed[0] if root["exitcode"] != -signal.SIGKILL and killed else root

@@ -10,6 +10,11 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("NEXA_HOME"):
+    # each pytest-xdist worker its own home (scripts/test.sh runs two): the launch lock and the
+    # one-run-per-device rule live there, so a test without the nexa_home fixture never queues behind
+    # the other worker's run
+    os.environ["NEXA_HOME"] = os.path.join(os.environ["NEXA_HOME"], os.environ["PYTEST_XDIST_WORKER"])
 
 
 @pytest.fixture

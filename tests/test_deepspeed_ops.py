@@ -1,14 +1,13 @@
 """`nexa ops`: DeepSpeed's C++ ops built ahead of the first run, once."""
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from nexa_core.deepspeed_ops import build_ops, run_ops
+from nexa_core.device_manager import extension_root
 
 pytestmark = pytest.mark.slow
 
@@ -16,12 +15,6 @@ pytestmark = pytest.mark.slow
 def test_the_ops_built_are_the_ones_a_run_on_this_machine_loads():
     assert run_ops(gpu=False) == ("CPUAdamBuilder", "ShareMemCommBuilder")
     assert run_ops(gpu=True) == ("CPUAdamBuilder", "FusedAdamBuilder")
-
-
-def _extension_root() -> Path:
-    from torch.utils.cpp_extension import get_default_build_root
-
-    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
 
 
 def test_nexa_ops_readies_every_op_and_a_second_call_rebuilds_nothing():
@@ -36,7 +29,7 @@ def test_nexa_ops_readies_every_op_and_a_second_call_rebuilds_nothing():
 
     first = ops()
     assert [(r["op"], r["ready"]) for r in first] == [("CPUAdamBuilder", True), ("ShareMemCommBuilder", True)]
-    built = {p: p.stat().st_mtime_ns for p in _extension_root().rglob("*.so")}  # <root>[/py311_cpu]/<op>/
+    built = {p: p.stat().st_mtime_ns for p in extension_root().rglob("*.so")}  # <root>[/py311_cpu]/<op>/
     assert {p.parent.name for p in built} >= {"cpu_adam", "deepspeed_shm_comm"}
     second = ops()
     assert all(r["ready"] and r["detail"].startswith("ready in ") for r in second)
