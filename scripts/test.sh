@@ -39,11 +39,10 @@ if [ "$#" -gt 0 ]; then  # a selection (`-m e2e`, a file, -k ...): one process, 
 fi
 # The whole suite in two parts. First every test that can share the machine, on two pytest-xdist
 # workers (most of them wait on a training process that uses one of the reference machine's two
-# cores). Then the Slurm jobs beside the browser tests, each kind on one worker (tests/conftest.py
-# groups them): the Slurm jobs share one private cluster and wait on its scheduler (the time-limit
-# job alone is a minute), and the browser tests must not run beside the first part's training (the
-# tour took 98 s there against 34-43 s alone, measured 2026-12-04).
+# cores). Then the Slurm jobs and the browser tests in one process: the private Slurm cluster is one
+# per session, and the browser tour took 98 s beside another worker against 34-43 s alone (measured
+# 2026-12-04), more than the second worker saved.
 status=0
 python -m pytest -q -ra --durations=20 -n "${NEXA_TEST_WORKERS:-2}" -m "not slurm and not e2e" || status=$?
-python -m pytest -q -ra --durations=10 -n 2 --dist loadgroup -m "slurm or e2e" || status=$?
+python -m pytest -q -ra --durations=10 -m "slurm or e2e" || status=$?
 exit "$status"

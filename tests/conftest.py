@@ -51,17 +51,6 @@ def pytest_configure(config):
     )
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (`--dist loadgroup`)
-def pytest_collection_modifyitems(config, items):
-    """The Slurm jobs share one cluster and the browser tests one Chromium at a time: under
-    `--dist loadgroup` (scripts/test.sh's second part) each kind stays on one worker, in file order,
-    and the two kinds run side by side."""
-    for item in items:
-        for kind in ("slurm", "e2e"):
-            if item.get_closest_marker(kind):
-                item.add_marker(pytest.mark.xdist_group(kind))
-
-
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
     """A private two-node Slurm cluster on this machine for the whole session (scripts/slurm_local.sh:
