@@ -13,6 +13,8 @@ less the CUDA context, NVML vs the per-GPU total.
     python benchmarks/gpu_validation.py --list       # the cases and the estimated device time
     python benchmarks/gpu_validation.py --cases a,b  # a subset
     python benchmarks/gpu_validation.py --dry-run    # CPU, tiny models, 2 steps, RSS: checks the kit itself
+    python benchmarks/gpu_validation.py --replan benchmarks/results/gpu_validation-*.json
+                                                     # no run: earlier measurements against today's planner
 
 Results: benchmarks/results/gpu_validation-<date>-<gpu>.json (date, GPU, driver, CUDA, library
 versions, every measurement and estimate). --dry-run writes to a temporary folder unless --out.
@@ -257,6 +259,51 @@ def compare(result: dict[str, Any], est, dry_run: bool) -> dict[str, float | Non
     }
 
 
+def result_row(case: Case, planned, result: dict[str, Any], dry_run: bool) -> dict[str, Any]:
+    """One case as the results file keeps it: its settings, the planner's estimate, what was measured."""
+    plan, est = planned
+    estimate = {
+        "params": plan.size.params,
+        "trainable_params": plan.size.trainable_params,
+        "per_gpu": est.per_gpu.to_dict(),
+        "per_gpu_total_bytes": est.per_gpu.total_bytes,
+        "allocated_bytes": comparable_bytes(est.per_gpu, GpuMetric.ALLOCATED),
+        "reserved_bytes": comparable_bytes(est.per_gpu, GpuMetric.RESERVED),
+        "host_total_bytes": est.host.total_bytes,
+    }
+    return {
+        "case": {**run_settings(case, dry_run).to_dict(), "overrides": case.overrides},
+        "estimate": estimate,
+        "result": result,
+        "errors": {} if "error" in result else compare(result, est, dry_run),
+    }
+
+
+def replan(paths: list[Path]) -> tuple[list[dict[str, Any]], bool]:
+    """The measured cases of earlier results files against today's planner (no GPU needed): each
+    case is planned anew from its name in CASES and the GPU size the file records. Returns the rows
+    and whether they are dry runs (files of both kinds are refused: they measure different things)."""
+    by_name = {c.name: c for c in CASES}
+    payloads = {path: json.loads(Path(path).read_text()) for path in paths}
+    kinds = {bool(p["dry_run"]) for p in payloads.values()}
+    if len(kinds) > 1:
+        raise ValueError("dry-run and GPU results files measure different things: replan them apart")
+    dry = kinds.pop()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for path, payload in payloads.items():
+            gpu_gb = payload["environment"].get("gpu_memory_bytes", 80 * GIB) / GIB
+            for old in payload["cases"]:
+                case = by_name.get(old["case"]["name"])
+                if case is None or "error" in old["result"]:
+                    continue
+                folder = Path(tmp) / re.sub(r"[^A-Za-z0-9]+", "-", f"{path}-{case.name}")
+                folder.mkdir()
+                (folder / "config.json").write_text(json.dumps(case_config(case, dry)))
+                rows.append(result_row(case, plan_for(case, folder, dry, gpu_gb), old["result"], dry))
+    return rows, dry
+
+
 def _fmt(measured: int | None, estimate: int, error: float | None, unit: int) -> str:
     if measured is None:
         return f"{'-':>7s} {estimate / unit:7.2f} {'-':>7s}"
@@ -325,7 +372,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--timeout", type=float, default=None, help="seconds per case (default 240 GPU, 180 dry run)"
     )
+    parser.add_argument(
+        "--replan",
+        type=Path,
+        nargs="+",
+        metavar="RESULTS",
+        help="no run: the measured cases of these results files against today's planner",
+    )
     args = parser.parse_args(argv)
+    if args.replan:
+        missing = [str(p) for p in args.replan if not p.is_file()]
+        if missing:
+            parser.error(f"--replan: no such results file: {', '.join(missing)}")
+        try:
+            rows, dry = replan(args.replan)
+        except (ValueError, KeyError, json.JSONDecodeError) as exc:
+            parser.error(f"--replan: {exc}")
+        print(report(rows, dry))
+        return 0
     dry = args.dry_run
     if args.cases:
         wanted = [n.strip() for n in args.cases.split(",")]
@@ -382,26 +446,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         rows, start = payload["cases"], time.perf_counter()
         for case in cases:
-            plan, est = plans[case.name]
             result = run_worker(case, dirs[case.name], dry, timeout)
-            estimate = {
-                "params": plan.size.params,
-                "trainable_params": plan.size.trainable_params,
-                "per_gpu": est.per_gpu.to_dict(),
-                "per_gpu_total_bytes": est.per_gpu.total_bytes,
-                "allocated_bytes": comparable_bytes(est.per_gpu, GpuMetric.ALLOCATED),
-                "reserved_bytes": comparable_bytes(est.per_gpu, GpuMetric.RESERVED),
-                "host_total_bytes": est.host.total_bytes,
-            }
-            errors = {} if "error" in result else compare(result, est, dry)
-            rows.append(
-                {
-                    "case": {**run_settings(case, dry).to_dict(), "overrides": case.overrides},
-                    "estimate": estimate,
-                    "result": result,
-                    "errors": errors,
-                }
-            )
+            rows.append(result_row(case, plans[case.name], result, dry))
             # Written after every case: a run cut short (a device lease ending) keeps what it measured.
             payload["wall_s"] = round(time.perf_counter() - start, 1)
             out.write_text(json.dumps(payload, indent=1))

@@ -103,3 +103,34 @@ def test_gpu_report_compares_each_metric_with_its_share_of_the_estimate(tmp_path
     text = gv.report([row, failed], dry_run=False)
     assert "+0.0%" in text and "-50.0%" in text and "broken" in text and "FAILED: exit 1: boom" in text
     assert "allocated: median |error| 0.0%" in text and "reserved: median |error| 50.0%" in text
+
+
+def test_replan_puts_the_recorded_gpu_measurements_against_todays_planner(tmp_path, capsys):
+    """The H200 results in benchmarks/results: every measured case planned anew, the measurement as
+    recorded, the error from the new estimate; a failed case is left out."""
+    recorded = sorted(gv.RESULTS.glob("gpu_validation-*-nvidia-h200-run*.json"))
+    assert recorded, "the committed GPU results are missing"
+    measured = [r for p in recorded for r in json.loads(p.read_text())["cases"] if "error" not in r["result"]]
+    rows, dry = gv.replan(recorded)
+    assert dry is False and [r["case"]["name"] for r in rows] == [r["case"]["name"] for r in measured]
+    for row, old in zip(rows, measured):
+        assert row["result"] == old["result"]
+        allocated = row["result"]["peak_allocated_bytes"]
+        assert row["errors"]["allocated"] == pytest.approx(row["estimate"]["allocated_bytes"] / allocated - 1)
+    # a case planned today from its name gives what plan_for gives it
+    first = next(c for c in gv.CASES if c.name == rows[0]["case"]["name"])
+    (tmp_path / "config.json").write_text(json.dumps(gv.case_config(first, dry_run=False)))
+    gpu_gb = json.loads(recorded[0].read_text())["environment"]["gpu_memory_bytes"] / 2**30
+    _, est = gv.plan_for(first, tmp_path, False, gpu_gb)
+    assert rows[0]["estimate"]["per_gpu_total_bytes"] == est.per_gpu.total_bytes
+
+    assert gv.main(["--replan", *map(str, recorded)]) == 0
+    assert "allocated: median |error|" in capsys.readouterr().out
+    dry_file = tmp_path / "dry.json"
+    dry_file.write_text(json.dumps({"dry_run": True, "environment": {}, "cases": []}))
+    with pytest.raises(SystemExit):
+        gv.main(["--replan", str(recorded[0]), str(dry_file)])
+    assert "dry-run and GPU results files" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        gv.main(["--replan", str(tmp_path / "missing.json")])
+    assert "no such results file" in capsys.readouterr().err
