@@ -259,8 +259,8 @@ def activation_bytes(
     (2sbh) and one layer is recomputed at a time. During backward one layer's activation gradients
     coexist with the stored activations (one more layer's worth). The head: causal LM logits and
     loss in fp32, about 4bsV for the logits alone; a classifier's logits are b·s·labels or b·labels
-    values, negligible but counted. The causal LM head keeps 3 × 4bsV in fp32 and 4 × 4bsV in 16 bits
-    (below).
+    values, negligible but counted. The causal LM head keeps 3 × 4bsV with fp32 and 16-bit logits
+    alike (below).
     """
     b, s = batch_size, seq_len
     h, a, inter = arch.hidden_size, arch.num_heads, arch.intermediate_size
@@ -289,12 +289,13 @@ def activation_bytes(
     if task is Task.CAUSAL_LM:
         # fp32 logits for the loss (transformers' ForCausalLMLoss upcasts them [R19]), the log-softmax output
         # cross-entropy keeps for backward, and in backward the gradient arriving at the log-softmax and
-        # the one it returns. The trainer keeps only the loss (task_metrics.loss), so with fp32 logits
-        # they are freed once the log-softmax exists: 3 × 4bsV (measured: peak live tensor bytes of the
-        # LM head, loss and backward, torch 2.13 CPU fp32, 3.0 × 4bsV besides the weight gradient).
-        # 16-bit logits add their fp32 copy and its gradient: 4 × 4bsV. The usual 4bsV counts the
-        # logits alone.
-        head = (3 if precision is Precision.FP32 else 4) * 4 * b * s * arch.vocab_size
+        # the one it returns. The trainer keeps only the loss (task_metrics.loss), so the logits and their
+        # fp32 copy are freed once the log-softmax exists (its backward saves its output, not its input):
+        # 3 × 4bsV. Measured: peak live tensor bytes of the LM head, loss and backward (torch 2.13 CPU,
+        # b4 s128, V 32000) 3.0 × 4bsV besides the weight gradient with fp32 logits and 3.0 with bf16
+        # ones; the 4 × 4bsV once assumed for 16-bit logits was over-estimating every bf16 GPU run
+        # (docs/BENCHMARKS.md, "Runs on a GPU"). The usual 4bsV counts the logits alone.
+        head = 3 * 4 * b * s * arch.vocab_size
     elif task is Task.NER:
         head = 4 * b * s * num_labels
     elif task is Task.CLASSIFICATION:

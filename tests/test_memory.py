@@ -1,11 +1,16 @@
 """Formula tests: against DeepSpeed's own estimators where both model the same thing, and against
-the closed forms of the ZeRO paper and Korthikanti et al. 2022."""
+the closed forms of the ZeRO paper and Korthikanti et al. 2022, and the causal-LM head against the
+live tensors of a real loss and backward."""
 
+import weakref
 from dataclasses import replace
 
 import pytest
+import torch
 from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from nexa_core.enums import Attention, Precision, Task, Weights
 from nexa_core.memory import (
@@ -214,14 +219,62 @@ def test_checkpointing_keeps_layer_inputs_plus_one_layer():
 
 
 def test_causal_lm_adds_fp32_logits():
-    """16-bit logits: their fp32 copy, the log-softmax output and two gradients (4 × 4bsV); fp32
-    logits need no copy: 3 × 4bsV (measured: peak live tensor bytes of head, loss and backward)."""
+    """The log-softmax output and, in backward, two fp32 gradients: 3 × 4bsV whatever the logits'
+    precision (the fp32 copy of 16-bit logits is freed once the log-softmax exists); the head's own
+    peak is measured in test_the_causal_lm_heads_peak_is_the_planners_head_term."""
     lm = activation_bytes(GPT2_LIKE, 2, 128, Precision.BF16, False, Task.CAUSAL_LM, 0)
     enc = activation_bytes(GPT2_LIKE, 2, 128, Precision.BF16, False, Task.CLASSIFICATION, 0)
-    assert lm - enc == 4 * 4 * 2 * 128 * 50257
+    assert lm - enc == 3 * 4 * 2 * 128 * 50257
     lm32 = activation_bytes(GPT2_LIKE, 2, 128, Precision.FP32, False, Task.CAUSAL_LM, 0)
     enc32 = activation_bytes(GPT2_LIKE, 2, 128, Precision.FP32, False, Task.CLASSIFICATION, 0)
     assert lm32 - enc32 == 3 * 4 * 2 * 128 * 50257
+
+
+class _LiveStorageBytes(TorchDispatchMode):
+    """Bytes of the storages the ops inside it create and that are still alive; `peak` the most at once."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self.seen: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in self.seen:
+                storage = t.untyped_storage()
+                key, size = storage.data_ptr(), storage.nbytes()
+                self.seen.add(key)
+                self.live += size
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(storage, self._freed, key, size)
+        return out
+
+    def _freed(self, key: int, size: int) -> None:
+        self.seen.discard(key)
+        self.live -= size
+
+
+@pytest.mark.parametrize("precision", [Precision.FP32, Precision.BF16])
+def test_the_causal_lm_heads_peak_is_the_planners_head_term(precision):
+    """LM head, transformers' causal-LM loss and backward, as the trainer runs them (only the loss
+    kept): the peak of what they create, less the weight's gradient, is the planner's head term."""
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    b, s, h = 2, 64, 32
+    dtype = torch.float32 if precision is Precision.FP32 else torch.bfloat16
+    torch.manual_seed(0)
+    x = torch.randn(b, s, h, dtype=dtype, requires_grad=True)
+    weight = torch.nn.Parameter(torch.randn(GPT2_LIKE.vocab_size, h, dtype=dtype) * 0.02)
+    labels = torch.randint(0, GPT2_LIKE.vocab_size, (b, s))
+    with _LiveStorageBytes() as live:
+        loss = ForCausalLMLoss(torch.nn.functional.linear(x, weight), labels, vocab_size=GPT2_LIKE.vocab_size)
+        loss.backward()
+    measured = live.peak - weight.numel() * weight.element_size()
+    head = activation_bytes(GPT2_LIKE, b, s, precision, False, Task.CAUSAL_LM, 0) - activation_bytes(
+        GPT2_LIKE, b, s, precision, False, Task.CLASSIFICATION, 0
+    )
+    assert measured == pytest.approx(head, rel=0.02), measured / (4 * b * s * GPT2_LIKE.vocab_size)
 
 
 def test_layouts_cover_each_allowed_offload():
