@@ -57,6 +57,10 @@ _RANK_ENDED = re.compile(r"nexa train: (failed|stopped) \(rank (\d+)\):")
 # The DeepSpeed launcher's last words: the exit status of the first rank it saw fail (its command
 # in that line is the last rank's, whichever failed: deepspeed/launcher/launch.py, sigkill_handler).
 _DS_LAUNCHER_EXIT = re.compile(r"exits with return code = (-?\d+)")
+# What a rank says when another rank vanished under it: the echo, never a cause of its own.
+_ECHO = re.compile(
+    r"Connection (?:reset|closed|refused)|Broken pipe|Read error|Socket Timeout|ProcessGroup\w* is (?:terminated|aborted)"
+)
 
 
 def failed_rank(log: str) -> dict[str, Any] | None:
@@ -70,13 +74,20 @@ def failed_rank(log: str) -> dict[str, Any] | None:
     if root:
         return root
     launcher_codes = _DS_LAUNCHER_EXIT.findall(log)
+    started = dict(_RANK_STARTED.findall(log))
+    ended = {rank for _, rank in _RANK_ENDED.findall(log)}
+    silent = [rank for rank in started if rank not in ended]
     if launcher_codes and int(launcher_codes[-1]) < 0:
-        started = dict(_RANK_STARTED.findall(log))
-        ended = {rank for _, rank in _RANK_ENDED.findall(log)}
-        silent = [rank for rank in started if rank not in ended]
         rank = int(silent[0]) if len(silent) == 1 else None
         host = started[silent[0]] if rank is not None else None
         return {"rank": rank, "host": host, "exitcode": int(launcher_codes[-1])}
+    failures = [line for line in log.splitlines() if _RANK_ENDED.search(line) and "failed (rank" in line]
+    if launcher_codes and len(silent) == 1 and failures and all(_ECHO.search(line) for line in failures):
+        # The launcher reports the first failed rank it polls, from a set: when the killed rank and
+        # its echo have both ended by then, either may be named (seen: rank 1 SIGKILLed, "exits with
+        # return code = 1" from rank 0's "Connection reset by peer"). The silent rank is the cause;
+        # its own exit status is not in the log.
+        return {"rank": int(silent[0]), "host": started[silent[0]], "exitcode": None, "silent": True}
     first = _RANK_ENDED.search(log)
     return {"rank": int(first.group(2)), "host": None, "exitcode": None} if first else None
 
@@ -145,6 +156,13 @@ def classify_exit(returncode: int, log: str, stop_requested: bool = False) -> tu
         rank_killed = code == -signal.SIGKILL
     else:  # torchrun reports a rank killed by SIGKILL as "exitcode: -9" / "Signal 9 (SIGKILL)" and exits 1
         rank_killed = bool(re.search(r"Signal 9 \(SIGKILL\)|exitcode\s*:\s*-9\b", log))
+    if failure and failure.get("silent"):
+        return (
+            RunState.FAILED,
+            f"{where}killed by a signal without a stop request, and the other ranks lost their connection"
+            " to it (the launcher did not record its exit status): SIGKILL, probably out of memory (the"
+            " kernel's OOM killer), or a crash in native code",
+        )
     if returncode in (-signal.SIGKILL, 128 + signal.SIGKILL) or rank_killed:
         return (
             RunState.FAILED,

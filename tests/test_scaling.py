@@ -329,6 +329,28 @@ def test_the_deepspeed_launcher_s_killed_rank_is_the_one_that_never_said_how_it_
     assert reason == "rank 2: exit code 1: nexa train: failed (rank 2): ValueError: bad label 'X'", reason
 
 
+def test_the_deepspeed_launcher_naming_the_echo_still_blames_the_silent_rank():
+    """The launcher polls its ranks from a set: when the killed rank and the one that lost its
+    connection have both ended, it may report the echo's status (seen in a clean-clone run: rank 1
+    SIGKILLed, "exits with return code = 1" and rank 0's connection error)."""
+    log = (
+        "nexa train: rank 0 of 2 started on node-a (pid 100)\n"
+        "nexa train: rank 1 of 2 started on node-a (pid 101)\n"
+        "nexa train: failed (rank 0): RuntimeError: [/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/"
+        "pair.cc:537] Read error [127.0.0.1]:28068: Connection reset by peer. This is typically caused by a"
+        " remote worker hanging or bugs in the application.\n"
+        "[launch.py:259:sigkill_handler] ['python', '-m', 'nexa_core', 'train'] exits with return code = 1\n"
+    )
+    state, reason = classify_exit(1, log)
+    assert state is RunState.FAILED
+    assert reason.startswith("rank 1 on node-a: killed by a signal without a stop request"), reason
+    # a failure of its own (not the echo) is still the cause, silent rank or not
+    own = log.replace("RuntimeError: [/__w", "ValueError: bad label 'X' [/__w").replace(
+        "Read error [127.0.0.1]:28068: Connection reset by peer", "in the data"
+    )
+    assert classify_exit(1, own)[1].startswith("rank 0: exit code 1: nexa train: failed (rank 0): ValueError")
+
+
 def test_monitor_draws_one_host_memory_line_per_host_and_rank():
     from nexa_core import charts, monitor
 
@@ -401,7 +423,9 @@ def test_killing_one_rank_fails_the_run_with_that_ranks_summary_and_leaves_nothi
     rank1.send_signal(signal.SIGKILL)
     run = runner.wait(run_id, timeout_s=120)
     assert run["state"] == "failed"
-    assert run["reason"].startswith("rank 1 on ") and "killed (SIGKILL)" in run["reason"], run["reason"]
+    # the launcher records the killed rank's status (SIGKILL) unless it polled the echo first
+    killed = "killed (SIGKILL)" in run["reason"] or "killed by a signal" in run["reason"]
+    assert run["reason"].startswith("rank 1 on ") and killed, run["reason"]
     assert not shm_buffers(run["command"], os.getuid())
     assert not [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not processes_carrying(run_id)
