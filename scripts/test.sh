@@ -34,7 +34,6 @@ bash "$ROOT/scripts/slurm_local.sh" install || echo "nexa: the Slurm tests will 
 
 export NEXA_HOME="$(mktemp -d)/nexa_home"  # tests never touch the user's runs
 # --durations: the slowest tests in every CI log, to keep the suite inside its time budget
-# (NEXA_TEST_DURATIONS=0: every test, for scripts/durations_from_log.py and tests/durations.json)
 if [ "$#" -gt 0 ]; then  # a selection (`-m e2e`, a file, -k ...): one process, as given
   exec python -m pytest -q -ra --durations=20 "$@"
 fi
@@ -44,6 +43,6 @@ fi
 # per session, and the browser tour took 98 s beside another worker against 34-43 s alone (measured
 # 2026-12-04), more than the second worker saved.
 status=0
-python -m pytest -q -ra --durations="${NEXA_TEST_DURATIONS:-20}" -n "${NEXA_TEST_WORKERS:-2}" -m "not slurm and not e2e" || status=$?
-python -m pytest -q -ra --durations="${NEXA_TEST_DURATIONS:-10}" -m "slurm or e2e" || status=$?
+python -m pytest -q -ra --durations=20 -n "${NEXA_TEST_WORKERS:-2}" -m "not slurm and not e2e" || status=$?
+python -m pytest -q -ra --durations=10 -m "slurm or e2e" || status=$?
 exit "$status"

@@ -17,21 +17,6 @@ if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("NEXA_HOME"):
     os.environ["NEXA_HOME"] = os.path.join(os.environ["NEXA_HOME"], os.environ["PYTEST_XDIST_WORKER"])
 
 
-DURATIONS = Path(__file__).with_name("durations.json")  # scripts/durations_from_log.py writes it
-
-
-def pytest_collection_modifyitems(config, items):
-    """On pytest-xdist workers, the longest modules first (their recorded seconds, a module not
-    recorded before all): the suite then ends on short tests on both workers instead of one long
-    test on one worker while the other idles. A module's tests keep their order and stay together."""
-    if not os.environ.get("PYTEST_XDIST_WORKER") or not DURATIONS.is_file():
-        return
-    import json
-
-    seconds = json.loads(DURATIONS.read_text())
-    items.sort(key=lambda item: -seconds.get(item.nodeid.split("::")[0], float("inf")))
-
-
 @pytest.fixture
 def nexa_home(tmp_path, monkeypatch):
     """A private NEXA_HOME; any run a test leaves active is stopped afterwards, so a failing test
