@@ -42,11 +42,12 @@ fi
 # cores). Then the Slurm jobs and the browser tests in one process: the private Slurm cluster is one
 # per session, and the browser tour took 98 s beside another worker against 34-43 s alone (measured
 # 2026-12-04), more than the second worker saved.
-# Each worker's training processes get one OpenMP thread: torch otherwise starts one per core in
-# every process, and two workers' runs then oversubscribe the two cores (measured 2026-12-04 on 13
-# trainer tests on two workers: 76 s with torch's default, 59 s with one thread).
+# Every training process of the suite gets one OpenMP thread: torch otherwise starts one per core in
+# every process, and runs beside each other (two workers, two ranks, a run beside the browser)
+# oversubscribe the two cores (measured 2026-12-04 on 13 trainer tests on two workers: 76 s with
+# torch's default, 59 s with one thread; the first part of the suite 540-577 s, then 379 s).
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 status=0
-OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" \
-  python -m pytest -q -ra --durations=20 -n "${NEXA_TEST_WORKERS:-2}" -m "not slurm and not e2e" || status=$?
+python -m pytest -q -ra --durations=20 -n "${NEXA_TEST_WORKERS:-2}" -m "not slurm and not e2e" || status=$?
 python -m pytest -q -ra --durations=10 -m "slurm or e2e" || status=$?
 exit "$status"
