@@ -11,7 +11,7 @@ Three figures are measured on a GPU, and each one covers a different part of the
   context (kernels, cuBLAS/cuDNN handles). Compare with the whole per-GPU total.
 
 The planner's per-GPU overhead is ``cuda_context + buffers + gpu_fragmentation × live`` with the
-buffers counted inside ``live`` (memory.per_rank_estimate), so the live terms are recovered as
+buffers counted inside ``live`` (memory.gpu_rank_peak), so the live terms are recovered as
 ``(total − context) / (1 + gpu_fragmentation)`` without reaching into the planner's internals.
 """
 

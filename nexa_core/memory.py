@@ -1,6 +1,6 @@
 """Memory formulas: pure functions of parameter counts, shapes and the parallel layout.
 
-Every term cites its source as [R1]..[R19] (docs/REFERENCES.md gives the public titles and URLs;
+Every term cites its source as [R1]..[R20] (docs/REFERENCES.md gives the public titles and URLs;
 docs/MEMORY.md the measurements). Notation: Ψ params, Ψt trainable params, N data-parallel ranks, p bytes per value
 of the compute dtype, b micro-batch, s sequence length, h hidden, a heads, k key/value heads, d head
 width, I MLP width, V vocabulary, L layers.
@@ -127,7 +127,8 @@ def model_states_bytes(
     Sources: ZeRO paper [R1] sections 3.1 and 5 for the partitioning by stage;
     DeepSpeed's estimate_zero2/zero3_model_states_mem_needs [R5] for the 18 bytes per partitioned
     trainable parameter (16-bit grads 2 + fp32 grads 4 + fp32 master 4 + Adam m, v 8). The
-    parameters ZeRO-3 gathers during a step are not model states: zero3_gathered_bytes.
+    parameters ZeRO-3 gathers during a step are not model states: zero3_gathered_bytes. On a GPU
+    the fp32 gradients exist only inside the optimizer step: gpu_rank_peak.
     """
     p = precision.bytes_per_value
     n = layout.ranks
@@ -416,16 +417,7 @@ def per_rank_estimate(
         host = _scale(cpu_rank_peak(w, layout, states, gathered, acts, buffers, runtime, c), k)
         return Breakdown(), host
 
-    gpu_params = states.gpu.params_bytes + gathered
-    gpu_live = states.gpu.total_bytes - states.gpu.params_bytes + gpu_params + acts + buffers
-    gpu_overhead = c.cuda_context_bytes + buffers + int(c.gpu_fragmentation * gpu_live)
-    gpu = Breakdown(
-        params_bytes=gpu_params,
-        gradients_bytes=states.gpu.gradients_bytes,
-        optimizer_bytes=states.gpu.optimizer_bytes,
-        activations_bytes=acts,
-        overhead_bytes=gpu_overhead,
-    )
+    gpu = gpu_rank_peak(states.gpu, gathered, acts, buffers, zero_step_gradients(w, layout), c)
     offloaded = Breakdown(
         params_bytes=int(states.host.params_bytes * c.host_offload_factor) * k,
         gradients_bytes=int(states.host.gradients_bytes * c.host_offload_factor) * k,
@@ -436,6 +428,58 @@ def per_rank_estimate(
     load_phase = Breakdown(params_bytes=host_load_bytes(w, layout) + offloaded.params_bytes)
     phase = load_phase if load_phase.total_bytes > offloaded.total_bytes else offloaded
     return gpu, _add(phase, Breakdown(overhead_bytes=runtime * k))
+
+
+# DeepSpeed's default sub_group_size (runtime/zero/config.py), which deployment/deepspeed_config.json
+# keeps: ZeRO-3 steps its partition in sub-groups of at most this many elements, one at a time.
+ZERO3_SUB_GROUP_ELEMENTS = 10**9
+
+
+def zero_step_gradients(workload: Workload, layout: Layout) -> tuple[int, int]:
+    """(bytes model_states_bytes counts as the partition's master-dtype gradients, bytes they take
+    at their peak) for a GPU rank under ZeRO 1-3 with the optimizer on the GPU; (0, 0) elsewhere.
+
+    DeepSpeed keeps no such gradients between steps: step() flattens the rank's 16-bit gradients of a
+    parameter group (ZeRO-3: of a sub-group of at most sub_group_size elements), casts the flat copy
+    to the master dtype, steps and frees both (deepspeed/runtime/zero/stage_1_and_2.py step();
+    stage3.py _prepare_fp32_grad_for_sub_group and _release_sub_group [R20]). At the cast the flat
+    copy (p bytes an element) and the cast (m) are alive together; where the dtypes match the cast
+    is the copy. Measured on CPU, live tensor bytes (benchmarks/zero_step_grads.py). The whole
+    partition is taken as one group: the parameters without weight decay are a second, small one."""
+    if layout.cpu_only or layout.zero_stage == 0 or layout.offload_optimizer:
+        return 0, 0
+    p, m = workload.precision.bytes_per_value, workload.precision.master_bytes_per_value
+    elements = workload.trainable // layout.ranks
+    if layout.zero_stage == 3:
+        elements = min(elements, ZERO3_SUB_GROUP_ELEMENTS)
+    return workload.trainable * m // layout.ranks, elements * (p + m if p != m else m)
+
+
+def gpu_rank_peak(
+    states: Breakdown,
+    gathered: int,
+    acts: int,
+    buffers: int,
+    step_gradients: tuple[int, int],
+    c: Calibration,
+) -> Breakdown:
+    """One GPU rank's peak: the larger of forward/backward and the optimizer step.
+
+    Forward/backward: the states, the parameters ZeRO-3 gathers, the activations and the buckets.
+    The optimizer step: the states, the buckets and the gradients DeepSpeed creates only inside it
+    (zero_step_gradients); the activations are freed by then, and (assumed, not measured) so are
+    the parameters ZeRO-3 gathered. Overhead: the CUDA context (assumed)
+    and a fragmentation share (assumed) of the live bytes, plus the buckets, which are live tensors
+    that the overhead term shows (gpu_metrics takes them back into the allocated figure)."""
+    counted, at_step = step_gradients
+    held = states.gradients_bytes - counted
+    backward = Breakdown(states.params_bytes + gathered, held, states.optimizer_bytes, acts)
+    step = Breakdown(states.params_bytes, held + at_step, states.optimizer_bytes, 0)
+    peak = max(backward, step, key=lambda b: b.total_bytes)
+    live = peak.total_bytes + buffers
+    return _add(
+        peak, Breakdown(overhead_bytes=c.cuda_context_bytes + buffers + int(c.gpu_fragmentation * live))
+    )
 
 
 def cpu_rank_peak(

@@ -2,16 +2,18 @@
 the closed forms of the ZeRO paper and Korthikanti et al. 2022, and the causal-LM head against the
 live tensors of a real loss and backward."""
 
-import weakref
+import re
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
+from benchmarks.live_bytes import LiveStorageBytes
 from nexa_core.enums import Attention, Precision, Task, Weights
 from nexa_core.memory import (
     Calibration,
@@ -20,6 +22,7 @@ from nexa_core.memory import (
     activation_bytes,
     attention_keeps_scores,
     attention_score_bytes,
+    deepspeed_buffer_bytes,
     host_load_bytes,
     kv_heads_stored,
     layouts,
@@ -230,35 +233,11 @@ def test_causal_lm_adds_fp32_logits():
     assert lm32 - enc32 == 3 * 4 * 2 * 128 * 50257
 
 
-class _LiveStorageBytes(TorchDispatchMode):
-    """Bytes of the storages the ops inside it create and that are still alive; `peak` the most at once."""
-
-    def __init__(self):
-        super().__init__()
-        self.live = self.peak = 0
-        self.seen: set[int] = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in self.seen:
-                storage = t.untyped_storage()
-                key, size = storage.data_ptr(), storage.nbytes()
-                self.seen.add(key)
-                self.live += size
-                self.peak = max(self.peak, self.live)
-                weakref.finalize(storage, self._freed, key, size)
-        return out
-
-    def _freed(self, key: int, size: int) -> None:
-        self.seen.discard(key)
-        self.live -= size
-
-
 @pytest.mark.parametrize("precision", [Precision.FP32, Precision.BF16])
 def test_the_causal_lm_heads_peak_is_the_planners_head_term(precision):
     """LM head, transformers' causal-LM loss and backward, as the trainer runs them (only the loss
-    kept): the peak of what they create, less the weight's gradient, is the planner's head term."""
+    kept): the peak of the storages they create is the planner's head term (the weight's gradient
+    is created after that peak)."""
     from transformers.loss.loss_utils import ForCausalLMLoss
 
     b, s, h = 2, 64, 32
@@ -267,10 +246,10 @@ def test_the_causal_lm_heads_peak_is_the_planners_head_term(precision):
     x = torch.randn(b, s, h, dtype=dtype, requires_grad=True)
     weight = torch.nn.Parameter(torch.randn(GPT2_LIKE.vocab_size, h, dtype=dtype) * 0.02)
     labels = torch.randint(0, GPT2_LIKE.vocab_size, (b, s))
-    with _LiveStorageBytes() as live:
+    with LiveStorageBytes() as live:
         loss = ForCausalLMLoss(torch.nn.functional.linear(x, weight), labels, vocab_size=GPT2_LIKE.vocab_size)
         loss.backward()
-    measured = live.peak - weight.numel() * weight.element_size()
+    measured = live.peak
     head = activation_bytes(GPT2_LIKE, b, s, precision, False, Task.CAUSAL_LM, 0) - activation_bytes(
         GPT2_LIKE, b, s, precision, False, Task.CLASSIFICATION, 0
     )
@@ -312,6 +291,61 @@ def test_cpu_peak_is_the_larger_of_forward_backward_and_the_optimizer_step():
     # DeepSpeed keeps its gradient buffers through forward and backward
     _, zero2 = per_rank_estimate(big, Layout(2, False, False, 0, 1), NO_OVERHEAD)
     assert zero2.gradients_bytes == 8 * PSI and zero2.activations_bytes == acts
+
+
+NO_GPU_OVERHEAD = Calibration(cuda_context_bytes=0, gpu_fragmentation=0.0)
+
+
+def test_gpu_zero_keeps_the_master_gradients_out_of_forward_and_backward():
+    """ZeRO 1-3 with the optimizer on the GPU: step() creates the partition's fp32 gradients from a
+    flat 16-bit copy and frees both (measured in benchmarks/zero_step_grads.py), so a rank peaks in
+    backward with the 16-bit gradients only, or in the step with 2 + 4 bytes more a parameter."""
+    layout = Layout(2, False, False, 2, 1)
+    big = Workload(
+        PSI, PSI, LARGEST, GPT2_LIKE, Precision.BF16, batch_size=64, seq_len=1024, task=Task.CAUSAL_LM
+    )
+    acts = activation_bytes(GPT2_LIKE, 64, 1024, Precision.BF16, False, Task.CAUSAL_LM, 7)
+    buffers = deepspeed_buffer_bytes(GPT2_LIKE, Precision.BF16, layout)
+    gpu, _ = per_rank_estimate(big, layout, NO_GPU_OVERHEAD)
+    assert acts > 6 * PSI // 2
+    assert (gpu.gradients_bytes, gpu.activations_bytes) == (2 * PSI // 2, acts)
+    assert gpu.total_bytes == 2 * PSI + 2 * PSI // 2 + 12 * PSI // 2 + acts + buffers
+    small = replace(big, batch_size=1, seq_len=8)
+    gpu, _ = per_rank_estimate(small, layout, NO_GPU_OVERHEAD)
+    assert (gpu.gradients_bytes, gpu.activations_bytes) == (2 * PSI // 2 + 6 * (PSI // 2), 0)
+    # ZeRO-3 steps its partition one sub-group (at most 1e9 elements) at a time
+    eight_b = replace(small, params=8 * 10**9, trainable=8 * 10**9)
+    gpu, _ = per_rank_estimate(eight_b, Layout(3, False, False, 1, 1), NO_GPU_OVERHEAD)
+    assert gpu.gradients_bytes == 2 * 8 * 10**9 + 6 * 10**9
+    # fp32: the flat copy is already fp32, so the cast is the copy itself
+    fp32, _ = per_rank_estimate(replace(small, precision=Precision.FP32), layout, NO_GPU_OVERHEAD)
+    assert fp32.gradients_bytes == 4 * PSI // 2 + 4 * (PSI // 2)
+    # the optimizer on the host, or no ZeRO: nothing moves between the phases
+    for other in (Layout(2, True, False, 2, 1), Layout(0, False, False, 2, 1)):
+        states = model_states_bytes(PSI, PSI, LARGEST, Precision.BF16, other).gpu
+        gpu, _ = per_rank_estimate(big, other, NO_GPU_OVERHEAD)
+        assert (gpu.gradients_bytes, gpu.activations_bytes) == (states.gradients_bytes, acts)
+
+
+def test_deepspeed_creates_the_fp32_gradients_in_the_step_as_the_planner_counts_them():
+    """The phase split above rests on DeepSpeed's code (bf16, ZeRO-2 and -3, one CPU rank, real
+    engine; benchmarks/zero_step_grads.py): forward and backward leave no new tensor alive, the step
+    peaks at the planner's step term and frees it again. Fails if a DeepSpeed upgrade keeps them."""
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "zero_step_grads.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--stages", "2,3"], capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = re.findall(r"^ZeRO-(\d): ([\d,]+) trainable; forward\+backward left alive ([\d,]+) B .*"
+                      r"step peak ([\d,]+) B .* planner ([\d,]+) B .*step left alive ([\d,]+) B$", out.stdout, re.M)  # fmt: skip
+    assert [r[0] for r in rows] == ["2", "3"], out.stdout
+    for _, trainable, backward_left, step_peak, planned, step_left in rows:
+        trainable, backward_left, step_peak, planned, step_left = (
+            int(x.replace(",", "")) for x in (trainable, backward_left, step_peak, planned, step_left)
+        )
+        assert backward_left < 0.01 * 4 * trainable
+        assert step_peak == pytest.approx(planned, rel=0.02) and planned == 6 * trainable
+        assert step_left < 0.01 * 4 * trainable
 
 
 def test_optimizer_step_temporaries_follow_the_tensor_torch_steps():
